@@ -1,0 +1,223 @@
+"""A segmentation dataset in memory: 2D samples (slices of stacks included) with decoded masks.
+
+Each sample keeps its SCHISM identity (dataset name, index among that dataset's sorted slices)
+so split files read and write in SCHISM's ``<dataset>, <index>`` format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..events import Message, ProgressCallback, ignore_events
+from .discovery import DatasetFolder, discover_datasets
+from .io import IGNORE, decode_mask, read_class_dict, read_image, read_mask
+from .normalization import Normalization, StatsAccumulator, read_stats_file, write_stats_file
+
+STATS_FILE = "data_stats.json"
+DEFAULT_STATS = "default"
+
+
+@dataclass
+class Sample:
+    dataset: str
+    index: int  # position among the dataset's slices, in sorted file order
+    image: np.ndarray  # (Y, X, C), stored dtype
+    mask: np.ndarray | None  # (Y, X) uint8 classes, IGNORE for unlabeled
+    source: str  # file (and slice) or layer name, for messages
+
+    @property
+    def labelled_fraction(self) -> float:
+        return 0.0 if self.mask is None else float(np.count_nonzero(self.mask != IGNORE)) / self.mask.size
+
+
+@dataclass
+class SegmentationData:
+    samples: list[Sample]
+    class_count: int
+    in_channels: int
+    stats: dict[str, Normalization]
+    class_names: list[str] | None = None
+    class_colors: list[tuple[int, int, int]] | None = None
+    stats_path: Path | None = None
+    messages: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise DataError("the dataset has no images")
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(s.dataset for s in self.samples))
+
+    def normalization(self, dataset: str) -> Normalization:
+        return self.stats.get(dataset) or self.stats[DEFAULT_STATS]
+
+    def class_pixel_counts(self, positions: Sequence[int]) -> np.ndarray:
+        counts = np.zeros(256, dtype=np.int64)
+        for position in positions:
+            mask = self.samples[position].mask
+            if mask is not None:
+                counts += np.bincount(mask.ravel(), minlength=256)
+        return counts[: self.class_count]
+
+    def position_of(self) -> dict[tuple[str, int], int]:
+        return {(s.dataset, s.index): i for i, s in enumerate(self.samples)}
+
+
+def load_dataset(
+    root: str | Path,
+    *,
+    class_count: int,
+    ignore_index: int = 255,
+    in_channels: int | None = None,
+    mask: str | Path | None = None,
+    write_stats: bool = True,
+    callback: ProgressCallback = ignore_events,
+) -> SegmentationData:
+    """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`)."""
+    stats_folder, folders = discover_datasets(root, mask=mask)
+    class_names = class_colors = None
+    for folder in folders:
+        if folder.class_dict is not None:
+            class_names, class_colors = read_class_dict(folder.class_dict)
+            if len(class_names) != class_count:
+                raise DataError(
+                    f"{folder.class_dict}: lists {len(class_names)} classes but num_classes gives {class_count}"
+                )
+            break
+    samples: list[Sample] = []
+    for folder in folders:
+        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors))
+    samples = _harmonise_channels(samples, in_channels)
+    stats_path = stats_folder / STATS_FILE
+    messages: list[str] = []
+    if stats_path.is_file():
+        stats = read_stats_file(stats_path)
+        missing = [name for name in dict.fromkeys(s.dataset for s in samples) if name not in stats]
+        if missing and DEFAULT_STATS not in stats:
+            raise DataError(f"{stats_path}: no entry for {', '.join(missing)} and no 'default' entry")
+    else:
+        stats = compute_stats(samples)
+        if write_stats:
+            try:
+                write_stats_file(stats_path, stats)
+                messages.append(f"wrote {stats_path}")
+            except OSError as error:
+                messages.append(f"could not write {stats_path} ({error.strerror}); stats kept in the run folder only")
+    for text in messages:
+        callback(Message(text))
+    return SegmentationData(
+        samples,
+        class_count,
+        samples[0].image.shape[-1],
+        stats,
+        class_names,
+        class_colors,
+        stats_path,
+        messages,
+    )
+
+
+def samples_from_arrays(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None],
+    *,
+    class_count: int,
+    rgb: Sequence[bool] | bool = False,
+    names: Sequence[str] | None = None,
+    in_channels: int | None = None,
+    stats: dict[str, Normalization] | None = None,
+) -> SegmentationData:
+    """Build a dataset from arrays already in memory (napari layers).
+
+    Each image is (Y, X), (Z, Y, X), or with a trailing channel axis when ``rgb``; each mask
+    has the image's shape without channels, classes 0..C-1 and IGNORE for unlabeled pixels.
+    """
+    rgb_flags = [rgb] * len(images) if isinstance(rgb, bool) else list(rgb)
+    names = list(names) if names is not None else [f"layer_{i}" for i in range(len(images))]
+    samples: list[Sample] = []
+    for image, mask, is_rgb, name in zip(images, masks, rgb_flags, names, strict=True):
+        image = np.asarray(image)
+        image = image if is_rgb else image[..., np.newaxis]
+        if image.ndim == 3:
+            image = image[np.newaxis]
+        if image.ndim != 4:
+            raise DataError(f"{name}: expected a 2D image or a 3D stack, got shape {image.shape}")
+        if mask is not None:
+            mask = np.asarray(mask)
+            mask = mask[np.newaxis] if mask.ndim == 2 else mask
+            if mask.shape != image.shape[:3]:
+                raise DataError(f"{name}: labels shape {mask.shape} does not match the image {image.shape[:3]}")
+            if mask.size and (mask[mask != IGNORE].max(initial=0) >= class_count):
+                raise DataError(f"{name}: labels have classes beyond the {class_count} configured")
+        for z in range(image.shape[0]):
+            slice_mask = None if mask is None else mask[z].astype(np.uint8, copy=False)
+            source = name if image.shape[0] == 1 else f"{name}[{z}]"
+            samples.append(Sample(name, z, image[z], slice_mask, source))
+    samples = _harmonise_channels(samples, in_channels)
+    return SegmentationData(
+        samples, class_count, samples[0].image.shape[-1], stats or compute_stats(samples)
+    )
+
+
+def compute_stats(samples: Sequence[Sample]) -> dict[str, Normalization]:
+    """Mean/std per dataset and over all samples ("default"), in 0..1 units."""
+    per_dataset: dict[str, StatsAccumulator] = {}
+    for sample in samples:
+        per_dataset.setdefault(sample.dataset, StatsAccumulator()).add(sample.image)
+    total = StatsAccumulator()
+    for accumulator in per_dataset.values():
+        total.merge(accumulator)
+    stats = {name: acc.result() for name, acc in per_dataset.items()}
+    stats[DEFAULT_STATS] = total.result()
+    return stats
+
+
+def _read_folder(
+    folder: DatasetFolder,
+    class_count: int,
+    ignore_index: int,
+    class_colors: list[tuple[int, int, int]] | None,
+) -> list[Sample]:
+    samples: list[Sample] = []
+    masks = folder.masks or [None] * len(folder.images)
+    for image_path, mask_path in zip(folder.images, masks, strict=True):
+        image = read_image(image_path)
+        decoded = None
+        if mask_path is not None:
+            raw = read_mask(mask_path)
+            if raw.shape[:3] != image.shape[:3]:
+                raise DataError(
+                    f"{mask_path}: mask shape {_shape(raw.shape[:3])} does not match image "
+                    f"{image_path.name} {_shape(image.shape[:3])}"
+                )
+            decoded = decode_mask(raw, class_count, ignore_index, str(mask_path), class_colors)
+        for z in range(image.shape[0]):
+            source = str(image_path) if image.shape[0] == 1 else f"{image_path} [slice {z}]"
+            samples.append(
+                Sample(folder.name, len(samples), image[z], None if decoded is None else decoded[z], source)
+            )
+    return samples
+
+
+def _harmonise_channels(samples: list[Sample], in_channels: int | None) -> list[Sample]:
+    channels = {s.image.shape[-1] for s in samples}
+    target = in_channels or max(channels)
+    for sample in samples:
+        have = sample.image.shape[-1]
+        if have == target:
+            continue
+        if have == 1:
+            sample.image = np.repeat(sample.image, target, axis=-1)  # gray -> RGB, as SCHISM does
+        else:
+            raise DataError(f"{sample.source}: has {have} channels but the model takes {target}")
+    return samples
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(v) for v in (shape[1:] if shape[0] == 1 else shape))
