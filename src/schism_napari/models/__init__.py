@@ -1,0 +1,90 @@
+"""Model registry: smp architectures with any smp encoder, and SCHISM's UnetVanilla/UnetSegmentor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._torchvision_compat import ensure_torchvision_importable
+from ..config import SMP_ARCHITECTURES, ModelConfig, allowed_values
+from ..errors import ConfigError, SchismError
+
+
+def output_channels(config: ModelConfig) -> int:
+    """SCHISM: two classes or fewer is binary, with a single logit channel."""
+    return 1 if config.binary else config.num_classes
+
+
+def build_model(config: ModelConfig, in_channels: int, *, source: str | None = None) -> nn.Module:
+    """Build the network; ``model.size_divisor`` tells what input sides it needs to divide."""
+    out = output_channels(config)
+    if config.model_type == "UnetVanilla":
+        from .unet import UNet
+
+        model: nn.Module = UNet(in_channels, out, n_block=config.n_block, channels=config.channels)
+    elif config.model_type == "UnetSegmentor":
+        from .unet import UNet
+
+        model = UNet(
+            in_channels,
+            out,
+            n_block=config.n_block,
+            channels=config.channels,
+            k_size=config.k_size,
+            activation=config.activation,
+            p=config.p,
+        )
+    elif config.model_type in SMP_ARCHITECTURES:
+        model = _build_smp(config, in_channels, out, source)
+    else:
+        raise ConfigError("Model", "model_type", config.model_type, "unknown architecture", source)
+    return model
+
+
+def size_divisor(model: nn.Module) -> int:
+    return int(getattr(model, "size_divisor", 32))
+
+
+def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
+    ensure_torchvision_importable()
+    import segmentation_models_pytorch as smp
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    names = get_encoder_names()
+    if config.encoder not in names:
+        raise ConfigError("Model", "encoder", config.encoder, allowed_values(tuple(names), config.encoder), source)
+    try:
+        model = smp.create_model(
+            config.model_type, encoder_name=config.encoder, encoder_weights=None, in_channels=in_channels, classes=out
+        )
+    except Exception as error:  # smp raises ValueError/KeyError/AttributeError for bad combinations
+        raise ConfigError(
+            "Model", "encoder", config.encoder, f"cannot build {config.model_type} with it: {error}", source
+        ) from None
+    model.size_divisor = 32
+    if config.encoder_weights:
+        load_encoder_weights(model.encoder, Path(config.encoder_weights))
+    return model
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+    """Load local encoder weights without executing code (safetensors or weights_only torch.load)."""
+    if not path.is_file():
+        raise SchismError(f"{path}: encoder weights file not found ([Model] encoder_weights)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise SchismError(f"{path}: not a loadable weights file ({error})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("decoder.", "segmentation_head."))}
+    missing, _unexpected = encoder.load_state_dict(state, strict=False)  # e.g. a classifier fc.*
+    if len(missing) == len(encoder.state_dict()):
+        raise SchismError(f"{path}: none of its weights fit encoder {type(encoder).__name__}")

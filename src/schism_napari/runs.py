@@ -1,0 +1,169 @@
+"""The run folder: what training writes (SCHISM's file names) and what prediction loads from it.
+
+``model_best_loss.pth`` and ``model_best_<Metric>.pth`` are bare state_dicts as in SCHISM;
+``last_checkpoint.pth`` adds the optimizer, scheduler and epoch for ``--resume``. Everything is
+written atomically and loaded with ``torch.load(weights_only=True)``, so a run folder from
+elsewhere cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import atomic_path, atomic_write_text
+from .config import SchismConfig, canonical_metric
+from .data.dataset import DEFAULT_STATS, STATS_FILE
+from .data.normalization import Normalization, read_stats_file
+from .errors import SchismError
+
+HYPERPARAMETERS = "hyperparameters.ini"
+LAST_CHECKPOINT = "last_checkpoint.pth"
+METRICS_CSV = "metrics.csv"
+HISTORY = "val_metrics_history.txt"
+CURVES = "learning_curves.png"
+CONFUSION = "confusion_matrix.png"
+RUN_INFO = "run_info.json"
+BEST_LOSS = "loss"
+
+
+def best_weights_file(name: str) -> str:
+    return f"model_best_{name}.pth"
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create a new run folder; refuse one that already holds files (nothing is overwritten)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SchismError(f"{path} already exists and is not empty; choose a new --out folder (or --resume it)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_weights(path: Path, state: dict[str, Any]) -> None:
+    """Atomic torch.save; run-folder files belong to the run, so they may be replaced."""
+    with atomic_path(path, overwrite=True) as temporary:
+        torch.save(state, temporary)
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SchismError(f"{path}: weights file not found") from None
+    except Exception as error:
+        raise SchismError(f"{path}: cannot load weights safely ({type(error).__name__}: {error})") from None
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n", overwrite=True)
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_INFO
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SchismError(f"{path}: not valid JSON ({error.msg})") from None
+
+
+def read_run_config(run_dir: Path) -> SchismConfig:
+    run_dir = Path(run_dir)
+    for name in (HYPERPARAMETERS, "Hyperparameters.ini"):  # SCHISM wrote the capitalised name
+        if (run_dir / name).is_file():
+            return SchismConfig.from_ini(run_dir / name)
+    raise SchismError(f"{run_dir}: no {HYPERPARAMETERS}; is this a training run folder?")
+
+
+def available_weights(run_dir: Path) -> dict[str, Path]:
+    """Checkpoint names ("loss", metric names as spelled in the config, "last") -> files."""
+    run_dir = Path(run_dir)
+    found = {p.stem.removeprefix("model_best_"): p for p in sorted(run_dir.glob("model_best_*.pth"))}
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        found["last"] = run_dir / LAST_CHECKPOINT
+    return found
+
+
+def resolve_weights(run_dir: Path, metric: str = BEST_LOSS) -> tuple[str, Path]:
+    """Find the checkpoint for ``metric``: exact name, any case, or the same canonical metric."""
+    found = available_weights(run_dir)
+    if not found:
+        raise SchismError(f"{run_dir}: no model_best_*.pth weights; is this a training run folder?")
+    if metric in found:
+        return metric, found[metric]
+    for name, path in found.items():
+        if name.lower() == metric.lower():
+            return name, path
+    wanted = canonical_metric(metric)
+    for name, path in found.items():
+        if wanted is not None and canonical_metric(name) == wanted:
+            return name, path
+    raise SchismError(f"{run_dir}: no weights for metric {metric!r}; available: {', '.join(found)}")
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for prediction, with everything needed to prepare its inputs."""
+
+    config: SchismConfig
+    model: nn.Module
+    normalization: Normalization
+    in_channels: int
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]] | None
+    source: str  # run folder and checkpoint, for display
+
+    @property
+    def class_count(self) -> int:
+        return self.config.model.class_count
+
+
+def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedModel:
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SchismError(f"{run_dir}: no such run folder")
+    config = read_run_config(run_dir)
+    info = read_run_info(run_dir)
+    in_channels = config.model.in_channels or info.get("in_channels") or 1
+    name, path = resolve_weights(run_dir, metric)
+    state = load_weights(path)
+    if name == "last":
+        state = state["model"]
+    model = build_model(config.model, in_channels, source=str(run_dir / HYPERPARAMETERS))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise SchismError(
+            f"{path}: weights do not fit the model described in {HYPERPARAMETERS} "
+            f"({str(error).splitlines()[0]})"
+        ) from None
+    model.eval()
+    stats_path = run_dir / STATS_FILE
+    if not stats_path.is_file():
+        raise SchismError(f"{stats_path}: missing; prediction needs the training normalisation")
+    stats = read_stats_file(stats_path)
+    normalization = stats.get(DEFAULT_STATS) or next(iter(stats.values()))
+    names = info.get("class_names") or default_class_names(config.model.class_count)
+    colors = info.get("class_colors")
+    return TrainedModel(
+        config,
+        model,
+        normalization,
+        in_channels,
+        list(names),
+        [tuple(c) for c in colors] if colors else None,
+        f"{run_dir} ({path.name})",
+    )
+
+
+def default_class_names(class_count: int) -> list[str]:
+    return [f"class {k}" for k in range(class_count)]

@@ -1,0 +1,1 @@
+"""Training: losses, metrics, the training loop and the run folder it writes."""

@@ -1,0 +1,124 @@
+"""Segmentation metrics from one confusion matrix accumulated over the whole validation set.
+
+Averaging per batch (as SCHISM's torchmetrics did per step) biases scores towards small
+batches; one matrix over all pixels gives the exact dataset-level Dice, IoU, precision,
+recall and accuracy, per class and as the mean over classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import canonical_metric
+from ..data.io import IGNORE
+
+AP_BINS = 1000
+
+
+class ConfusionMatrix:
+    """Rows: true class; columns: predicted class. Unlabeled pixels (IGNORE) are skipped."""
+
+    def __init__(self, class_count: int, *, average_precision: bool = False, excluded: tuple[int, ...] = ()):
+        self.class_count = class_count
+        self.excluded = excluded  # classes left out of the means (ignore_background)
+        self.matrix = torch.zeros(class_count, class_count, dtype=torch.int64)
+        self._histograms = torch.zeros(2, class_count, AP_BINS, dtype=torch.float64) if average_precision else None
+
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor | None = None) -> None:
+        """``probabilities`` (B, C, H, W); ``target`` (B, H, W) with IGNORE; ``predicted`` defaults to argmax."""
+        valid = target != IGNORE
+        if predicted is None:
+            predicted = probabilities.argmax(dim=1)
+        truth, guess = target[valid].long(), predicted[valid].long()
+        counts = torch.bincount(truth * self.class_count + guess, minlength=self.class_count**2)
+        self.matrix += counts.reshape(self.class_count, self.class_count).cpu()
+        if self._histograms is not None:
+            scores = probabilities.permute(0, 2, 3, 1)[valid]  # (P, C)
+            bins = (scores.float() * (AP_BINS - 1)).round().long().clamp(0, AP_BINS - 1)
+            classes = torch.arange(self.class_count, device=bins.device)
+            positive = (truth[:, None] == classes).long()
+            flat = (positive * self.class_count + classes) * AP_BINS + bins
+            histogram = torch.bincount(flat.ravel(), minlength=2 * self.class_count * AP_BINS)
+            self._histograms += histogram.reshape(2, self.class_count, AP_BINS).cpu().double()
+
+    def per_class(self) -> dict[str, np.ndarray]:
+        m = self.matrix.double().numpy()
+        tp = np.diag(m)
+        fp = m.sum(axis=0) - tp
+        fn = m.sum(axis=1) - tp
+        total = m.sum()
+        tn = total - tp - fp - fn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores = {
+                "Jaccard": tp / (tp + fp + fn),
+                "Dice": 2 * tp / (2 * tp + fp + fn),
+                "Precision": tp / (tp + fp),
+                "Recall": tp / (tp + fn),
+                "Accuracy": (tp + tn) / total,  # one class against the rest
+            }
+        if self._histograms is not None:
+            scores["AveragePrecision"] = self._average_precision()
+        for name in scores:
+            scores[name] = np.where(np.isfinite(scores[name]), scores[name], np.nan)
+        return scores
+
+    def _average_precision(self) -> np.ndarray:
+        negatives, positives = self._histograms.numpy()
+        results = np.full(self.class_count, np.nan)
+        for c in range(self.class_count):
+            # thresholds from high to low score
+            tp = np.cumsum(positives[c][::-1])
+            fp = np.cumsum(negatives[c][::-1])
+            if tp[-1] == 0:
+                continue
+            precision = tp / np.maximum(tp + fp, 1)
+            recall_steps = np.diff(np.concatenate([[0.0], tp / tp[-1]]))
+            results[c] = float(np.sum(precision * recall_steps))
+        return results
+
+    def mean(self, name: str) -> float:
+        """Mean over the classes that occur (NaN classes and excluded classes left out)."""
+        canonical = canonical_metric(name)
+        if canonical == "Accuracy":
+            m = self.matrix.double()
+            keep = [c for c in range(self.class_count) if c not in self.excluded]
+            total = m[keep].sum()
+            return float(m.diag()[keep].sum() / total) if total > 0 else float("nan")
+        if canonical == "GeneralizedDice":
+            return self._generalized_dice()
+        values = self.per_class()[canonical]
+        keep = [c for c in range(self.class_count) if c not in self.excluded and np.isfinite(values[c])]
+        return float(np.mean(values[keep])) if keep else float("nan")
+
+    def _generalized_dice(self) -> float:
+        m = self.matrix.double().numpy()
+        keep = [c for c in range(self.class_count) if c not in self.excluded]
+        tp = np.diag(m)[keep]
+        support = m.sum(axis=1)[keep]
+        predicted = m.sum(axis=0)[keep]
+        weights = np.where(support > 0, 1.0 / np.maximum(support, 1) ** 2, 0.0)
+        denominator = np.sum(weights * (support + predicted))
+        return float(2 * np.sum(weights * tp) / denominator) if denominator > 0 else float("nan")
+
+    def class_scores(self, name: str) -> list[float]:
+        canonical = canonical_metric(name)
+        if canonical == "GeneralizedDice":
+            return [self._generalized_dice()] * self.class_count
+        return [float(v) for v in self.per_class()[canonical]]
+
+
+def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1 or C, H, W) logits -> (B, C >= 2, H, W) class probabilities."""
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1 - foreground, foreground], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def predicted_classes(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Argmax; for two classes, foreground when its probability exceeds ``threshold`` (one rule
+    for training, validation and inference, unlike SCHISM's logits > 0.5 vs sigmoid > 0.5)."""
+    if probabilities.shape[1] == 2:
+        return (probabilities[:, 1] > threshold).long()
+    return probabilities.argmax(dim=1)
