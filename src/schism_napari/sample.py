@@ -1,0 +1,148 @@
+"""A procedural, seeded synthetic "rock CT" for tests, the demo and napari's sample data.
+
+Three classes as in a porous rock scan: pores (0, dark), matrix (1, mid gray) and dense
+mineral grains (2, bright). Pores are a thresholded smooth random field, minerals random
+ellipsoids; the image gets partial-volume blur, beam-hardening shading and noise, stored as
+16-bit. Intensity alone separates the classes only roughly, so a network must use context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLASS_NAMES = ("pore", "matrix", "mineral")
+CLASS_COLORS = ((40, 40, 200), (150, 150, 150), (230, 180, 40))
+_LEVELS = (9000.0, 26000.0, 46000.0)
+
+
+@dataclass
+class SampleFiles:
+    root: Path
+    datasets: Path  # SCHISM layout: datasets/<name>/{images,masks}
+    config: Path  # an INI file suited to the sample (short CPU training)
+    volume: Path  # 3D test stack, uint16
+    volume_labels: Path  # its ground truth, classes 0..2
+    image_2d: Path  # non-square 2D test image
+    image_2d_labels: Path
+
+
+def _smooth(field: np.ndarray, sigma: float | tuple[float, ...]) -> np.ndarray:
+    """Gaussian filter through the FFT (periodic edges): no SciPy needed."""
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (field.ndim,))
+    spectrum = np.fft.rfftn(field)
+    for axis, (n, s) in enumerate(zip(field.shape, sigmas, strict=True)):
+        frequencies = np.fft.rfftfreq(n) if axis == field.ndim - 1 else np.fft.fftfreq(n)
+        shape = [1] * field.ndim
+        shape[axis] = frequencies.size
+        spectrum = spectrum * np.exp(-2 * (np.pi * frequencies * s) ** 2).reshape(shape)
+    return np.fft.irfftn(spectrum, s=field.shape)
+
+
+def make_rock(shape: tuple[int, ...] = (16, 256, 256), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image uint16, labels uint8) of the given 2D or 3D shape."""
+    rng = np.random.default_rng(seed)
+    ndim = len(shape)
+    pore_field = _smooth(rng.standard_normal(shape), 5.0 if ndim == 2 else (2.5, 5.0, 5.0))
+    labels = np.ones(shape, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), axis=-1)
+    area = float(np.prod(shape[-2:]))
+    for _ in range(int(area / 2500) + 2):
+        centre = np.array([rng.uniform(0, n) for n in shape], dtype=np.float32)
+        radii = rng.uniform(4, 12, size=ndim).astype(np.float32)
+        if ndim == 3:
+            radii[0] = rng.uniform(2, 5)
+        distance = np.sum(((grid - centre) / radii) ** 2, axis=-1)
+        labels[distance <= 1.0] = 2
+    labels[pore_field < np.quantile(pore_field, 0.22)] = 0
+    image = np.choose(labels, _LEVELS).astype(np.float64)
+    image = _smooth(image, 1.2)  # partial volume at interfaces
+    yy, xx = np.meshgrid(np.linspace(-1, 1, shape[-2]), np.linspace(-1, 1, shape[-1]), indexing="ij")
+    image *= 1.0 - 0.12 * (yy**2 + xx**2)  # beam hardening: darker towards the edge of the field
+    image += _smooth(rng.standard_normal(shape), 0.7) * 9000.0  # correlated detector noise
+    return np.clip(image, 0, 65535).astype(np.uint16), labels
+
+
+def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int = 192) -> SampleFiles:
+    """Write a SCHISM-layout dataset and test data under ``out`` (which must be new or empty)."""
+    import tifffile
+
+    from .atomic import atomic_write
+    from .runs import prepare_run_dir
+
+    root = prepare_run_dir(Path(out))
+    datasets = root / "datasets"
+
+    def save(path: Path, array: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p: tifffile.imwrite(p, array, compression="zlib"))
+
+    # Two scans with different seeds; rock_b's masks use SCHISM's spread gray levels (0, 128, 255).
+    for index, name in enumerate(("rock_a", "rock_b")):
+        volume, labels = make_rock((slices, size, size), seed=seed + index)
+        for z in range(slices):
+            save(datasets / name / "images" / f"slice_{z:03d}.tif", volume[z])
+            mask = labels[z] if name == "rock_a" else np.round(labels[z] * 127.5).astype(np.uint8)
+            save(datasets / name / "masks" / f"slice_{z:03d}.tif", mask)
+    class_dict = "name,r,g,b\n" + "".join(f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(CLASS_NAMES, CLASS_COLORS, strict=True))
+    (datasets / "class_dict.csv").write_text(class_dict, encoding="utf-8")
+
+    volume, volume_labels = make_rock((slices, size, size), seed=seed + 10)
+    save(root / "test_volume.tif", volume)
+    save(root / "test_volume_labels.tif", volume_labels)
+    image_2d, image_2d_labels = make_rock((size + 45, size + 131), seed=seed + 11)
+    save(root / "test_image_2d.tif", image_2d)
+    save(root / "test_image_2d_labels.tif", image_2d_labels)
+    config = root / "schism_sample.ini"
+    config.write_text(SAMPLE_INI, encoding="utf-8")
+    return SampleFiles(
+        root,
+        datasets,
+        config,
+        root / "test_volume.tif",
+        root / "test_volume_labels.tif",
+        root / "test_image_2d.tif",
+        root / "test_image_2d_labels.tif",
+    )
+
+
+SAMPLE_INI = """\
+# A small configuration that trains in about a minute on a laptop CPU.
+[Model]
+model_type = UnetSegmentor
+num_classes = 3
+n_block = 3
+channels = 8
+k_size = 3
+activation = leakyrelu
+p = 0.1
+
+[Optimizer]
+optimizer = AdamW
+lr = 0.01
+
+[Scheduler]
+scheduler = OneCycleLR
+
+[Loss]
+loss = CrossEntropyLoss + 0.5*DiceLoss
+
+[Training]
+batch_size = 8
+epochs = 6
+val_split = 0.8
+metrics = Jaccard, Dice, ConfusionMatrix
+
+[Data]
+crop_size = 96
+img_res = 96
+num_samples = 20
+crops_per_image = 2
+
+[Inference]
+tile_size = 128
+overlap = 0.25
+batch_size = 8
+"""
