@@ -61,7 +61,7 @@ def unique_path(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         return path
-    stem, suffix = (path.name.split(".", 1) + [""])[:2]
+    stem, _, suffix = path.name.partition(".")
     suffix = f".{suffix}" if suffix else ""
     counter = 2
     while True:

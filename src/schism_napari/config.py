@@ -98,19 +98,24 @@ class ModelConfig:
         default=None, metadata=_help("Input channels; None takes them from the data (1 gray, 3 RGB).", min=1)
     )
     encoder: str = field(
-        default="resnet18", metadata=_help("smp encoder for smp architectures (e.g. resnet18, efficientnet-b0, mit_b0).")
+        default="resnet18",
+        metadata=_help("smp encoder for smp architectures (e.g. resnet18, efficientnet-b0, mit_b0)."),
     )
     encoder_weights: str | None = field(
         default=None,
         metadata=_help("None, or a local .pth/.safetensors file of encoder weights (nothing is downloaded)."),
     )
-    n_block: int = field(default=4, metadata=_help("UnetVanilla/UnetSegmentor: number of down-sampling blocks.", min=1, max=8))
+    n_block: int = field(
+        default=4, metadata=_help("UnetVanilla/UnetSegmentor: number of down-sampling blocks.", min=1, max=8)
+    )
     channels: int = field(default=8, metadata=_help("UnetVanilla/UnetSegmentor: channels of the first block.", min=1))
     k_size: int = field(default=3, metadata=_help("UnetSegmentor: convolution kernel size (odd).", min=1))
     activation: str = field(
         default="relu", metadata=_help("UnetSegmentor activation: " + ", ".join(ACTIVATIONS), choices=ACTIVATIONS)
     )
-    p: float = field(default=0.5, metadata=_help("UnetSegmentor dropout probability (training only).", min=0.0, max=0.95))
+    p: float = field(
+        default=0.5, metadata=_help("UnetSegmentor dropout probability (training only).", min=0.0, max=0.95)
+    )
 
     @property
     def binary(self) -> bool:
@@ -151,7 +156,9 @@ class ModelConfig:
 class OptimizerConfig:
     """[Optimizer]: a torch.optim class; other keys are passed to it."""
 
-    optimizer: str = field(default="Adam", metadata=_help("torch optimizer: " + ", ".join(OPTIMIZERS), choices=OPTIMIZERS))
+    optimizer: str = field(
+        default="Adam", metadata=_help("torch optimizer: " + ", ".join(OPTIMIZERS), choices=OPTIMIZERS)
+    )
     lr: float = field(default=1e-3, metadata=_help("Learning rate.", min=1e-12))
     kwargs: dict[str, Any] = field(default_factory=dict, metadata=_help("Other keyword arguments for the optimizer."))
 
@@ -160,7 +167,9 @@ class OptimizerConfig:
 
         canonical = _canonical_name(self.optimizer, OPTIMIZERS)
         if canonical is None:
-            raise ConfigError("Optimizer", "optimizer", self.optimizer, allowed_values(OPTIMIZERS, self.optimizer), source)
+            raise ConfigError(
+                "Optimizer", "optimizer", self.optimizer, allowed_values(OPTIMIZERS, self.optimizer), source
+            )
         self.optimizer = canonical
         _check_range(self, "Optimizer", "lr", source)
         cls = getattr(torch.optim, canonical)
@@ -263,11 +272,13 @@ class TrainingConfig:
     batch_size: int = field(default=8, metadata=_help("Crops per optimisation step.", min=1))
     epochs: int = field(default=10, metadata=_help("Number of epochs.", min=1))
     val_split: float = field(
-        default=0.8, metadata=_help("SCHISM meaning: the TRAINING fraction of num_samples; the rest validates.", min=0.01, max=1.0)
+        default=0.8,
+        metadata=_help("SCHISM meaning: the TRAINING fraction of num_samples; the rest validates.", min=0.01, max=1.0),
     )
     early_stopping: bool = field(default=False, metadata=_help("Stop when the validation loss stops improving."))
     patience: int | None = field(
-        default=None, metadata=_help("Early-stopping patience in epochs; None means int(0.2 * epochs) as SCHISM.", min=1)
+        default=None,
+        metadata=_help("Early-stopping patience in epochs; None means int(0.2 * epochs) as SCHISM.", min=1),
     )
     metrics: list[str] = field(
         default_factory=lambda: ["Jaccard"],
@@ -279,7 +290,9 @@ class TrainingConfig:
     seed: int | None = field(default=0, metadata=_help("Random seed for splits, crops and weights; None: random."))
     device: str = field(default="auto", metadata=_help("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."))
     amp: bool = field(default=True, metadata=_help("Mixed precision on CUDA (ignored elsewhere)."))
-    grad_clip: float | None = field(default=None, metadata=_help("Clip the gradient norm to this value; None: off.", min=1e-12))
+    grad_clip: float | None = field(
+        default=None, metadata=_help("Clip the gradient norm to this value; None: off.", min=1e-12)
+    )
 
     def score_metrics(self) -> list[str]:
         """The metrics that are scores (best checkpoints), as spelled in the config."""
@@ -312,9 +325,12 @@ class DataConfig:
     crop_size: int = field(default=224, metadata=_help("Side of the random square crops, in image pixels.", min=8))
     img_res: int = field(default=560, metadata=_help("Crops are resized to this side before the network.", min=8))
     num_samples: int = field(
-        default=500, metadata=_help("Images (slices) used for training + validation; the rest is the test split.", min=1)
+        default=500,
+        metadata=_help("Images (slices) used for training + validation; the rest is the test split.", min=1),
     )
-    crops_per_image: int = field(default=1, metadata=_help("Random crops taken from each training image per epoch.", min=1))
+    crops_per_image: int = field(
+        default=1, metadata=_help("Random crops taken from each training image per epoch.", min=1)
+    )
     ignore_index: int = field(
         default=255, metadata=_help("Mask value for unlabeled pixels (sparse scribbles); never counts.", min=0, max=255)
     )
@@ -333,15 +349,21 @@ class InferenceConfig:
     """[Inference]: sliding-window prediction."""
 
     tile_size: int | None = field(
-        default=None, metadata=_help("Tile side in image pixels; None uses [Data] crop_size (same scale as training).", min=16)
+        default=None,
+        metadata=_help("Tile side in image pixels; None uses [Data] crop_size (same scale as training).", min=16),
     )
-    overlap: float = field(default=0.25, metadata=_help("Fraction of a tile shared with its neighbour (0 to 0.9).", min=0.0, max=0.9))
+    overlap: float = field(
+        default=0.25, metadata=_help("Fraction of a tile shared with its neighbour (0 to 0.9).", min=0.0, max=0.9)
+    )
     batch_size: int = field(default=4, metadata=_help("Tiles per forward pass.", min=1))
     blending: str = field(
-        default="gaussian", metadata=_help("gaussian (smooth importance weights) or constant.", choices=("gaussian", "constant"))
+        default="gaussian",
+        metadata=_help("gaussian (smooth importance weights) or constant.", choices=("gaussian", "constant")),
     )
     tta: bool = field(default=False, metadata=_help("Test-time augmentation: average over flips (4x slower)."))
-    threshold: float = field(default=0.5, metadata=_help("Binary models: foreground when probability > threshold.", min=0.0, max=1.0))
+    threshold: float = field(
+        default=0.5, metadata=_help("Binary models: foreground when probability > threshold.", min=0.0, max=1.0)
+    )
 
     def validate(self, source: str | None) -> None:
         if self.tile_size is not None:
@@ -440,7 +462,13 @@ class SchismConfig:
                 config.warnings.append(f"[{section_name}] is not used by schism-napari and was ignored")
                 continue
             if section_name not in SECTIONS:
-                raise ConfigError(section_name, None, None, "unknown section; " + allowed_values(tuple(SECTIONS), section_name), source)
+                raise ConfigError(
+                    section_name,
+                    None,
+                    None,
+                    "unknown section; " + allowed_values(tuple(SECTIONS), section_name),
+                    source,
+                )
             section = config.section(section_name)
             _fill_section(section, section_name, dict(parser.items(section_name)), source)
         return config.validate()
@@ -486,7 +514,9 @@ def parse_loss_expression(expression: str, source: str | None = None) -> list[tu
     for raw in re.split(r"[+,]", str(expression)):
         part = raw.strip()
         if not part:
-            raise ConfigError("Loss", "loss", expression, "empty term; write e.g. 'CrossEntropyLoss + 0.5*DiceLoss'", source)
+            raise ConfigError(
+                "Loss", "loss", expression, "empty term; write e.g. 'CrossEntropyLoss + 0.5*DiceLoss'", source
+            )
         match = re.fullmatch(r"(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z_+]+)", part)
         if not match:
             raise ConfigError("Loss", "loss", expression, f"cannot read term {part!r}; write weight*LossName", source)
@@ -599,10 +629,14 @@ def _parameters(cls: type, exclude: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
-def _check_kwargs(section: str, kwargs: dict[str, Any], accepted: tuple[str, ...], owner: str, source: str | None) -> None:
+def _check_kwargs(
+    section: str, kwargs: dict[str, Any], accepted: tuple[str, ...], owner: str, source: str | None
+) -> None:
     for key, value in kwargs.items():
         if key not in accepted:
-            raise ConfigError(section, key, value, f"{owner} takes no such argument; " + allowed_values(accepted, key), source)
+            raise ConfigError(
+                section, key, value, f"{owner} takes no such argument; " + allowed_values(accepted, key), source
+            )
 
 
 def _canonical_name(name: str, choices: tuple[str, ...]) -> str | None:

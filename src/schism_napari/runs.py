@@ -143,8 +143,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedM
         model.load_state_dict(state)
     except RuntimeError as error:
         raise SchismError(
-            f"{path}: weights do not fit the model described in {HYPERPARAMETERS} "
-            f"({str(error).splitlines()[0]})"
+            f"{path}: weights do not fit the model described in {HYPERPARAMETERS} ({str(error).splitlines()[0]})"
         ) from None
     model.eval()
     stats_path = run_dir / STATS_FILE

@@ -86,7 +86,9 @@ def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int 
             save(datasets / name / "images" / f"slice_{z:03d}.tif", volume[z])
             mask = labels[z] if name == "rock_a" else np.round(labels[z] * 127.5).astype(np.uint8)
             save(datasets / name / "masks" / f"slice_{z:03d}.tif", mask)
-    class_dict = "name,r,g,b\n" + "".join(f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(CLASS_NAMES, CLASS_COLORS, strict=True))
+    class_dict = "name,r,g,b\n" + "".join(
+        f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(CLASS_NAMES, CLASS_COLORS, strict=True)
+    )
     (datasets / "class_dict.csv").write_text(class_dict, encoding="utf-8")
 
     volume, volume_labels = make_rock((slices, size, size), seed=seed + 10)

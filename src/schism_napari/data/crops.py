@@ -78,7 +78,9 @@ class CropSampler:
         sample = self.data.samples[position]
         key = (sample.dataset, sample.image.dtype.str)
         if key not in self._affine:
-            self._affine[key] = self.data.normalization(sample.dataset).affine(sample.image.dtype, self.data.in_channels)
+            self._affine[key] = self.data.normalization(sample.dataset).affine(
+                sample.image.dtype, self.data.in_channels
+            )
         return self._affine[key]
 
 

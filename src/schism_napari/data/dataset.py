@@ -160,9 +160,7 @@ def samples_from_arrays(
             source = name if image.shape[0] == 1 else f"{name}[{z}]"
             samples.append(Sample(name, z, image[z], slice_mask, source))
     samples = _harmonise_channels(samples, in_channels)
-    return SegmentationData(
-        samples, class_count, samples[0].image.shape[-1], stats or compute_stats(samples)
-    )
+    return SegmentationData(samples, class_count, samples[0].image.shape[-1], stats or compute_stats(samples))
 
 
 def compute_stats(samples: Sequence[Sample]) -> dict[str, Normalization]:
@@ -170,6 +168,19 @@ def compute_stats(samples: Sequence[Sample]) -> dict[str, Normalization]:
     per_dataset: dict[str, StatsAccumulator] = {}
     for sample in samples:
         per_dataset.setdefault(sample.dataset, StatsAccumulator()).add(sample.image)
+    return _with_default(per_dataset)
+
+
+def folder_stats(folders: Sequence[DatasetFolder]) -> dict[str, Normalization]:
+    """Like :func:`compute_stats`, reading only the images (masks not needed)."""
+    per_dataset: dict[str, StatsAccumulator] = {}
+    for folder in folders:
+        for path in folder.images:
+            per_dataset.setdefault(folder.name, StatsAccumulator()).add(read_image(path))
+    return _with_default(per_dataset)
+
+
+def _with_default(per_dataset: dict[str, StatsAccumulator]) -> dict[str, Normalization]:
     total = StatsAccumulator()
     for accumulator in per_dataset.values():
         total.merge(accumulator)
@@ -199,9 +210,7 @@ def _read_folder(
             decoded = decode_mask(raw, class_count, ignore_index, str(mask_path), class_colors)
         for z in range(image.shape[0]):
             source = str(image_path) if image.shape[0] == 1 else f"{image_path} [slice {z}]"
-            samples.append(
-                Sample(folder.name, len(samples), image[z], None if decoded is None else decoded[z], source)
-            )
+            samples.append(Sample(folder.name, len(samples), image[z], None if decoded is None else decoded[z], source))
     return samples
 
 

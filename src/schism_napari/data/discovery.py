@@ -21,11 +21,15 @@ class DatasetFolder:
 def list_image_files(folder: Path) -> list[Path]:
     """Image files of a folder in sorted name order (SCHISM pairs images and masks by this order)."""
     return sorted(
-        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
-def discover_datasets(root: str | Path, *, mask: str | Path | None = None, require_masks: bool = True) -> tuple[Path, list[DatasetFolder]]:
+def discover_datasets(
+    root: str | Path, *, mask: str | Path | None = None, require_masks: bool = True
+) -> tuple[Path, list[DatasetFolder]]:
     """Return the folder holding ``data_stats.json`` and the datasets found under ``root``.
 
     ``root`` may be: a SCHISM ``datasets/`` folder (subfolders with images/ and masks/), one such

@@ -121,7 +121,7 @@ def decode_mask(
     lut_size = int(max(values.max(initial=0), ignore_index)) + 1
     lut = np.full(lut_size, -1, dtype=np.int64)
     if set(values.tolist()) <= plain:
-        lut[: class_count] = np.arange(class_count)
+        lut[:class_count] = np.arange(class_count)
         lut[ignore_index] = IGNORE
     else:
         levels = gray_levels(class_count)

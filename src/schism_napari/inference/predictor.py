@@ -37,7 +37,9 @@ class Slices:
         self.array, self.rgb = array, rgb
         spatial = array.ndim - (1 if rgb else 0)
         if spatial not in (2, 3):
-            raise DataError(f"expected a 2D image or a 3D stack{' (RGB)' if rgb else ''}, got shape {tuple(array.shape)}")
+            raise DataError(
+                f"expected a 2D image or a 3D stack{' (RGB)' if rgb else ''}, got shape {tuple(array.shape)}"
+            )
         self.is_stack = spatial == 3
         self.count = int(array.shape[0]) if self.is_stack else 1
         self.height, self.width = (int(v) for v in array.shape[spatial - 2 : spatial])
@@ -86,7 +88,9 @@ class Predictor:
         self.callback, self.stop = callback, stop or StopToken()
 
     @classmethod
-    def from_trained(cls, trained: Any, *, settings: InferenceConfig | None = None, device: str = "auto", **options: Any) -> Predictor:
+    def from_trained(
+        cls, trained: Any, *, settings: InferenceConfig | None = None, device: str = "auto", **options: Any
+    ) -> Predictor:
         """Build from a :class:`~schism_napari.runs.TrainedModel`; tiles default to crop_size."""
         from ..training.trainer import select_device
 
@@ -122,7 +126,11 @@ class Predictor:
         slices = image if isinstance(image, Slices) else Slices(image, rgb=rgb)
         shape = (slices.count, self.class_count, slices.height, slices.width)
         labels_dtype = np.uint8 if self.class_count <= 256 else np.uint16
-        labels = labels_out if labels_out is not None else np.zeros((slices.count, slices.height, slices.width), labels_dtype)
+        labels = (
+            labels_out
+            if labels_out is not None
+            else np.zeros((slices.count, slices.height, slices.width), labels_dtype)
+        )
         probabilities = probabilities_out
         if probabilities is None and keep_probabilities:
             probabilities = np.zeros(shape, dtype=np.float32)
@@ -213,7 +221,9 @@ class Predictor:
         """(Y, X, C) stored dtype -> (in_channels, Y, X) float32 normalised."""
         tensor = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32)).permute(2, 0, 1)
         if tensor.shape[0] != self.in_channels:
-            tensor = tensor.mean(0, keepdim=True) if self.in_channels == 1 else tensor[:1].expand(self.in_channels, -1, -1)
+            tensor = (
+                tensor.mean(0, keepdim=True) if self.in_channels == 1 else tensor[:1].expand(self.in_channels, -1, -1)
+            )
         return tensor * a + b
 
     @torch.inference_mode()

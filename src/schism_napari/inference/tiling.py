@@ -12,7 +12,7 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     """
     if length <= tile:
         return [0]
-    stride = max(1, int(round(tile * (1 - overlap))))
+    stride = max(1, round(tile * (1 - overlap)))
     starts = list(range(0, length - tile + 1, stride))
     if starts[-1] + tile < length:
         starts.append(length - tile)

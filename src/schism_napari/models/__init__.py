@@ -84,7 +84,9 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
             raise SchismError(f"{path}: not a loadable weights file ({error})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("decoder.", "segmentation_head."))}
+    state = {
+        k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("decoder.", "segmentation_head."))
+    }
     missing, _unexpected = encoder.load_state_dict(state, strict=False)  # e.g. a classifier fc.*
     if len(missing) == len(encoder.state_dict()):
         raise SchismError(f"{path}: none of its weights fit encoder {type(encoder).__name__}")

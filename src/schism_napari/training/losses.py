@@ -19,7 +19,17 @@ from ..data.io import IGNORE
 
 _SMP_LOSSES = ("DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "TverskyLoss")
 # Arguments the loss builder sets itself; the INI may not override them.
-_MANAGED = {"mode", "ignore_index", "from_logits", "class_weights", "weight", "reduction", "size_average", "reduce", "pos_weight"}
+_MANAGED = {
+    "mode",
+    "ignore_index",
+    "from_logits",
+    "class_weights",
+    "weight",
+    "reduction",
+    "size_average",
+    "reduce",
+    "pos_weight",
+}
 
 
 def loss_keyword_arguments(name: str) -> set[str]:

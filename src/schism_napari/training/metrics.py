@@ -25,15 +25,15 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(class_count, class_count, dtype=torch.int64)
         self._histograms = torch.zeros(2, class_count, AP_BINS, dtype=torch.float64) if average_precision else None
 
-    def update(self, probabilities: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor | None = None) -> None:
-        """``probabilities`` (B, C, H, W); ``target`` (B, H, W) with IGNORE; ``predicted`` defaults to argmax."""
+    def update(self, target: torch.Tensor, predicted: torch.Tensor, probabilities: torch.Tensor | None = None) -> None:
+        """``target`` and ``predicted`` (..., H, W) classes, target with IGNORE for unlabeled pixels;
+        ``probabilities`` (B, C, H, W) only when average precision is wanted."""
+        target, predicted = _as_tensor(target), _as_tensor(predicted)
         valid = target != IGNORE
-        if predicted is None:
-            predicted = probabilities.argmax(dim=1)
         truth, guess = target[valid].long(), predicted[valid].long()
         counts = torch.bincount(truth * self.class_count + guess, minlength=self.class_count**2)
         self.matrix += counts.reshape(self.class_count, self.class_count).cpu()
-        if self._histograms is not None:
+        if self._histograms is not None and probabilities is not None:
             scores = probabilities.permute(0, 2, 3, 1)[valid]  # (P, C)
             bins = (scores.float() * (AP_BINS - 1)).round().long().clamp(0, AP_BINS - 1)
             classes = torch.arange(self.class_count, device=bins.device)
@@ -122,3 +122,7 @@ def predicted_classes(probabilities: torch.Tensor, threshold: float = 0.5) -> to
     if probabilities.shape[1] == 2:
         return (probabilities[:, 1] > threshold).long()
     return probabilities.argmax(dim=1)
+
+
+def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))

@@ -224,7 +224,9 @@ class Trainer:
         if not val_positions:
             val_positions = split.train
             self.callback(Message("no validation images: validating on the training images", "warning"))
-        val_images, val_masks = fixed_crops(self.data, val_positions, cfg.data.crop_size, cfg.data.crops_per_image, seed)
+        val_images, val_masks = fixed_crops(
+            self.data, val_positions, cfg.data.crop_size, cfg.data.crops_per_image, seed
+        )
 
         loss_function = build_loss(cfg.loss, cfg.model, self._class_weights(split)).to(self.device)
         optimizer = self._optimizer(model)
@@ -403,7 +405,9 @@ class Trainer:
                 cfg.data.img_res,
             )
             y = self._target(y)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=cfg.training.amp and self.device.type == "cuda"):
+            with torch.autocast(
+                self.device.type, dtype=torch.float16, enabled=cfg.training.amp and self.device.type == "cuda"
+            ):
                 logits = model(x)
             logits = logits.float()
             count = int((y != IGNORE).sum())
@@ -411,7 +415,7 @@ class Trainer:
                 weighted_loss += float(loss_function(logits, y)) * count
                 labelled += count
             probabilities = probabilities_from_logits(logits)
-            matrix.update(probabilities, y, predicted_classes(probabilities, cfg.inference.threshold))
+            matrix.update(y, predicted_classes(probabilities, cfg.inference.threshold), probabilities)
         return (weighted_loss / labelled if labelled else math.nan), matrix
 
     def _write_epoch_outputs(self, history: list[dict[str, Any]], metrics: list[str]) -> None:

@@ -1,0 +1,63 @@
+"""Scoring a trained model on whole images (tiled prediction at full resolution) against masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data.dataset import SegmentationData
+from .inference import Predictor
+from .training.metrics import ConfusionMatrix
+
+REPORTED = ("Jaccard", "Dice", "Precision", "Recall", "Accuracy")
+
+
+@dataclass
+class Evaluation:
+    matrix: ConfusionMatrix
+    class_names: list[str]
+    images: int
+
+    def table(self) -> list[dict[str, object]]:
+        """One row per class plus a 'mean' row, for printing or CSV."""
+        per_class = self.matrix.per_class()
+        rows: list[dict[str, object]] = []
+        for k, name in enumerate(self.class_names):
+            support = int(self.matrix.matrix[k].sum())
+            rows.append({"class": name, "pixels": support, **{m: float(per_class[m][k]) for m in REPORTED}})
+        rows.append(
+            {"class": "mean", "pixels": int(self.matrix.matrix.sum()), **{m: self.matrix.mean(m) for m in REPORTED}}
+        )
+        return rows
+
+    def format(self) -> str:
+        header = f"{'class':<14}{'pixels':>12}" + "".join(f"{m:>11}" for m in REPORTED)
+        lines = [header]
+        for row in self.table():
+            values = "".join(f"{row[m]:>11.4f}" if np.isfinite(row[m]) else f"{'-':>11}" for m in REPORTED)
+            lines.append(f"{row['class']!s:<14}{row['pixels']:>12}{values}")
+        return "\n".join(lines)
+
+
+def evaluate(
+    predictor: Predictor,
+    data: SegmentationData,
+    positions: Sequence[int],
+    class_names: list[str],
+    *,
+    ignore_background: bool = False,
+) -> Evaluation:
+    """Predict each image whole (tiles, blending) and accumulate one confusion matrix."""
+    matrix = ConfusionMatrix(data.class_count, excluded=(0,) if ignore_background else ())
+    for position in positions:
+        sample = data.samples[position]
+        if sample.mask is None:
+            continue
+        result = predictor.predict(sample.image, rgb=True, keep_probabilities=False)
+        target = sample.mask
+        if ignore_background:
+            target = np.where(target == 0, 255, target).astype(np.uint8)
+        matrix.update(target, result.labels)
+    return Evaluation(matrix, class_names, len(positions))
