@@ -1,0 +1,78 @@
+"""Shared fixtures: a small synthetic rock-CT dataset and one tiny trained run, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+TINY_INI = """\
+[Model]
+model_type = UnetSegmentor
+num_classes = 3
+n_block = 2
+channels = 8
+activation = relu
+p = 0.0
+
+[Optimizer]
+optimizer = AdamW
+lr = 0.01
+
+[Scheduler]
+scheduler = None
+
+[Loss]
+loss = CrossEntropyLoss
+
+[Training]
+batch_size = 8
+epochs = 4
+val_split = 0.75
+metrics = Jaccard, Dice
+
+[Data]
+crop_size = 64
+img_res = 64
+num_samples = 8
+crops_per_image = 2
+
+[Inference]
+tile_size = 64
+overlap = 0.25
+batch_size = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def sample_files(tmp_path_factory: pytest.TempPathFactory):
+    """The synthetic sample (two SCHISM datasets of 6 slices, 96 px), written once."""
+    from schism_napari.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("sample") / "sample", seed=0, slices=6, size=96)
+
+
+@pytest.fixture
+def tiny_config():
+    """A fresh, small configuration (UnetSegmentor, 4 epochs of 64 px crops) for each test."""
+    from schism_napari.config import SchismConfig
+
+    return SchismConfig.from_ini_string(TINY_INI, source="tiny.ini")
+
+
+@pytest.fixture(scope="session")
+def trained_run(sample_files, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder trained once on the sample (a few seconds on CPU). Treat it as read-only."""
+    from schism_napari.config import SchismConfig
+    from schism_napari.data import load_dataset
+    from schism_napari.training.trainer import Trainer
+
+    config = SchismConfig.from_ini_string(TINY_INI, source="tiny.ini")
+    config.training.epochs = 8
+    data = load_dataset(sample_files.datasets, class_count=3)
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    Trainer(config, data, run_dir).run()
+    return run_dir
