@@ -206,23 +206,20 @@ class SchedulerConfig:
                 key = next(iter(self.kwargs))
                 raise ConfigError("Scheduler", key, self.kwargs[key], "given but scheduler = None", source)
             return
-        names = tuple(
-            n
-            for n, obj in vars(schedulers).items()
-            if inspect.isclass(obj)
-            and not n.startswith("_")
-            and n not in UNSUPPORTED_SCHEDULERS
-            and (issubclass(obj, schedulers.LRScheduler) or n == "ReduceLROnPlateau")
-        )
+        names = scheduler_names()
+        unsupported = _canonical_name(str(self.scheduler), UNSUPPORTED_SCHEDULERS)
+        if unsupported is not None:
+            raise ConfigError(
+                "Scheduler",
+                "scheduler",
+                self.scheduler,
+                f"{unsupported} needs Python callables and cannot come from an INI file; allowed: " + ", ".join(names),
+                source,
+            )
         canonical = _canonical_name(str(self.scheduler), names)
         if canonical is None:
-            hint = (
-                "needs Python callables and cannot come from an INI file; allowed: "
-                if self.scheduler in UNSUPPORTED_SCHEDULERS
-                else ""
-            )
             raise ConfigError(
-                "Scheduler", "scheduler", self.scheduler, hint + allowed_values(names, str(self.scheduler)), source
+                "Scheduler", "scheduler", self.scheduler, allowed_values(names, str(self.scheduler)), source
             )
         self.scheduler = canonical
         cls = getattr(schedulers, canonical)
@@ -483,9 +480,9 @@ class SchismConfig:
             for f in dataclasses.fields(section):
                 value = getattr(section, f.name)
                 if f.name == "kwargs":
-                    lines.extend(f"{key} = {_format_value(v)}" for key, v in value.items())
+                    lines.extend(f"{key} = {format_value(v)}" for key, v in value.items())
                 else:
-                    lines.append(f"{f.name} = {_format_value(value)}")
+                    lines.append(f"{f.name} = {format_value(value)}")
         return "\n".join(lines) + "\n"
 
     def to_ini(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -493,6 +490,37 @@ class SchismConfig:
         from .atomic import atomic_write_text
 
         return atomic_write_text(Path(path), self.to_ini_string(), overwrite=overwrite)
+
+
+def interactive_config() -> SchismConfig:
+    """Starting values for the napari widgets: a small network and short CPU-friendly runs.
+
+    The dataclass defaults stay SCHISM's, so a key left out of an INI file means what it meant
+    there; these values only pre-fill the form.
+    """
+    config = SchismConfig()
+    config.model = ModelConfig(model_type="UnetSegmentor", n_block=3, channels=16, activation="leakyrelu", p=0.1)
+    config.optimizer = OptimizerConfig(optimizer="AdamW", lr=3e-3)
+    config.scheduler = SchedulerConfig(scheduler="OneCycleLR")
+    config.loss = LossConfig(loss="CrossEntropyLoss + 0.5*DiceLoss")
+    config.training = TrainingConfig(batch_size=8, epochs=10, metrics=["Jaccard", "Dice"])
+    config.data = DataConfig(crop_size=96, img_res=96, num_samples=500, crops_per_image=16)
+    config.inference = InferenceConfig(tile_size=256, overlap=0.25, batch_size=4)
+    return config.validate()
+
+
+def scheduler_names() -> tuple[str, ...]:
+    """torch schedulers that an INI file (and the widget) can name."""
+    import torch.optim.lr_scheduler as schedulers
+
+    return tuple(
+        n
+        for n, obj in vars(schedulers).items()
+        if inspect.isclass(obj)
+        and not n.startswith("_")
+        and n not in UNSUPPORTED_SCHEDULERS
+        and (issubclass(obj, schedulers.LRScheduler) or n == "ReduceLROnPlateau")
+    )
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -668,7 +696,7 @@ def allowed_values(choices: tuple[str, ...], given: str) -> str:
     return f"{hint}allowed: {', '.join(choices)}"
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     if value is None or isinstance(value, bool):
         return str(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):

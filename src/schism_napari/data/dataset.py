@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from ..events import Message, ProgressCallback, ignore_events
 from .discovery import DatasetFolder, discover_datasets
-from .io import IGNORE, decode_mask, read_class_dict, read_image, read_mask
+from .io import IGNORE, choose_encoding, decode_mask, mask_values, read_class_dict, read_image, read_mask
 from .normalization import Normalization, StatsAccumulator, read_stats_file, write_stats_file
 
 STATS_FILE = "data_stats.json"
@@ -132,11 +132,13 @@ def samples_from_arrays(
     names: Sequence[str] | None = None,
     in_channels: int | None = None,
     stats: dict[str, Normalization] | None = None,
+    skip_unlabeled: bool = False,
 ) -> SegmentationData:
     """Build a dataset from arrays already in memory (napari layers).
 
     Each image is (Y, X), (Z, Y, X), or with a trailing channel axis when ``rgb``; each mask
     has the image's shape without channels, classes 0..C-1 and IGNORE for unlabeled pixels.
+    ``skip_unlabeled`` leaves out slices without a single painted pixel (sparse scribbles).
     """
     rgb_flags = [rgb] * len(images) if isinstance(rgb, bool) else list(rgb)
     names = list(names) if names is not None else [f"layer_{i}" for i in range(len(images))]
@@ -157,10 +159,48 @@ def samples_from_arrays(
                 raise DataError(f"{name}: labels have classes beyond the {class_count} configured")
         for z in range(image.shape[0]):
             slice_mask = None if mask is None else mask[z].astype(np.uint8, copy=False)
+            if skip_unlabeled and (slice_mask is None or not (slice_mask != IGNORE).any()):
+                continue
             source = name if image.shape[0] == 1 else f"{name}[{z}]"
             samples.append(Sample(name, z, image[z], slice_mask, source))
+    if not samples:
+        raise DataError("no labelled pixels: paint at least a few strokes in the labels layer(s)")
     samples = _harmonise_channels(samples, in_channels)
     return SegmentationData(samples, class_count, samples[0].image.shape[-1], stats or compute_stats(samples))
+
+
+def merge_datasets(parts: Sequence[SegmentationData]) -> SegmentationData:
+    """One training set from several (a dataset folder plus layers added in napari).
+
+    Dataset names must differ between parts; the first part's "default" statistics win, so a
+    folder's data_stats.json keeps normalising everything as it did.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    names = [name for part in parts for name in part.datasets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"two training sources share the dataset name(s) {', '.join(duplicates)}")
+    first = parts[0]
+    for part in parts[1:]:
+        if part.class_count != first.class_count or part.in_channels != first.in_channels:
+            raise DataError(
+                f"cannot combine training sources: {part.class_count} vs {first.class_count} classes, "
+                f"{part.in_channels} vs {first.in_channels} channels"
+            )
+    stats: dict[str, Normalization] = {}
+    for part in reversed(parts):
+        stats.update(part.stats)
+    return SegmentationData(
+        [sample for part in parts for sample in part.samples],
+        first.class_count,
+        first.in_channels,
+        stats,
+        next((p.class_names for p in parts if p.class_names), None),
+        next((p.class_colors for p in parts if p.class_colors), None),
+        first.stats_path,
+        [m for p in parts for m in p.messages],
+    )
 
 
 def compute_stats(samples: Sequence[Sample]) -> dict[str, Normalization]:
@@ -195,11 +235,11 @@ def _read_folder(
     ignore_index: int,
     class_colors: list[tuple[int, int, int]] | None,
 ) -> list[Sample]:
-    samples: list[Sample] = []
+    pairs = []
     masks = folder.masks or [None] * len(folder.images)
     for image_path, mask_path in zip(folder.images, masks, strict=True):
         image = read_image(image_path)
-        decoded = None
+        raw = None
         if mask_path is not None:
             raw = read_mask(mask_path)
             if raw.shape[:3] != image.shape[:3]:
@@ -207,7 +247,19 @@ def _read_folder(
                     f"{mask_path}: mask shape {_shape(raw.shape[:3])} does not match image "
                     f"{image_path.name} {_shape(image.shape[:3])}"
                 )
-            decoded = decode_mask(raw, class_count, ignore_index, str(mask_path), class_colors)
+        pairs.append((image_path, image, mask_path, raw))
+    # One encoding for the whole dataset: a single mask cannot tell 255 = "unlabeled" from
+    # 255 = "last SCHISM gray level".
+    gray = [raw for *_, raw in pairs if raw is not None and raw.ndim == 3]
+    encoding = None
+    if gray:
+        values = np.unique(np.concatenate([mask_values(raw) for raw in gray]))
+        encoding = choose_encoding(values, class_count, ignore_index, f"{folder.images[0].parent.parent} masks")
+    samples: list[Sample] = []
+    for image_path, image, mask_path, raw in pairs:
+        decoded = None
+        if raw is not None:
+            decoded = decode_mask(raw, class_count, ignore_index, str(mask_path), class_colors, encoding)
         for z in range(image.shape[0]):
             source = str(image_path) if image.shape[0] == 1 else f"{image_path} [slice {z}]"
             samples.append(Sample(folder.name, len(samples), image[z], None if decoded is None else decoded[z], source))

@@ -20,14 +20,14 @@ IGNORE = 255  # in-memory mask value for unlabeled pixels (classes are 0..254)
 def read_image(path: str | Path) -> np.ndarray:
     """Return the image as slices ``(N, Y, X, C)`` in its stored dtype (N = 1 for a 2D image)."""
     array, axes = _read_with_axes(Path(path))
-    return _to_slices(array, axes, Path(path), drop_alpha=True)
+    return _to_slices(array, axes, Path(path))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Return a mask as ``(N, Y, X)``, or ``(N, Y, X, 3)`` for a colour-coded RGB mask."""
     path = Path(path)
     array, axes = _read_with_axes(path)
-    slices = _to_slices(array, axes, path, drop_alpha=True)
+    slices = _to_slices(array, axes, path)
     if slices.shape[-1] == 1:
         return slices[..., 0]
     if slices.shape[-1] == 3:
@@ -57,33 +57,66 @@ def _read_with_axes(path: Path) -> tuple[np.ndarray, str]:
         raise DataError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
 
 
-def _to_slices(array: np.ndarray, axes: str, path: Path, *, drop_alpha: bool) -> np.ndarray:
+def _slice_plan(shape: tuple[int, ...], axes: str, path: Path) -> tuple[list[int], bool, tuple[int, int, int, int]]:
+    """How to turn an array of ``shape``/``axes`` into (N, Y, X, C): transpose order, whether a
+    channel axis exists, and the final shape (alpha dropped)."""
+    ndim = len(shape)
+    if len(axes) != ndim:  # unusual metadata: fall back to shape
+        axes = "YX" if ndim == 2 else "Q" * (ndim - 2) + "YX"
+    if "Y" not in axes or "X" not in axes:
+        raise DataError(f"{path}: cannot find the Y and X axes (tifffile axes {axes!r}, shape {shape})")
+    channel_axes = [i for i, a in enumerate(axes) if a in "SC" and shape[i] > 1]
+    if len(channel_axes) > 1:
+        raise DataError(f"{path}: more than one channel axis (axes {axes!r}, shape {shape})")
+    order = [i for i in range(ndim) if i not in channel_axes and axes[i] not in "YX"]
+    order += [axes.index("Y"), axes.index("X"), *channel_axes]
+    channels = shape[channel_axes[0]] if channel_axes else 1
+    if channel_axes and axes[channel_axes[0]] == "S" and channels in (2, 4):
+        channels -= 1  # gray + alpha, RGBA: alpha dropped
+    count = int(np.prod([shape[i] for i in order[: -3 if channel_axes else -2]], dtype=np.int64))
+    return order, bool(channel_axes), (count, shape[axes.index("Y")], shape[axes.index("X")], channels)
+
+
+def _to_slices(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if np.iscomplexobj(array):
         raise DataError(f"{path}: complex images are not supported")
-    if len(axes) != array.ndim:  # unusual metadata: fall back to shape
-        axes = "YX" if array.ndim == 2 else "Q" * (array.ndim - 2) + "YX"
-    if "Y" not in axes or "X" not in axes:
-        raise DataError(f"{path}: cannot find the Y and X axes (tifffile axes {axes!r}, shape {array.shape})")
-    channel_axes = [i for i, a in enumerate(axes) if a in "SC" and array.shape[i] > 1]
-    if len(channel_axes) > 1:
-        raise DataError(f"{path}: more than one channel axis (axes {axes!r}, shape {array.shape})")
-    order = [i for i in range(array.ndim) if i not in channel_axes and axes[i] not in "YX"]
-    order += [axes.index("Y"), axes.index("X"), *channel_axes]
+    order, has_channels, final = _slice_plan(array.shape, axes, path)
     array = np.transpose(array, order)
-    if not channel_axes:
+    if not has_channels:
         array = array[..., np.newaxis]
-    if drop_alpha and channel_axes and axes[channel_axes[0]] == "S" and array.shape[-1] == 4:
-        array = array[..., :3]
-    height, width, channels = array.shape[-3:]
-    return array.reshape(-1, height, width, channels)
+    return array[..., : final[3]].reshape(final)
+
+
+def image_header(path: str | Path) -> tuple[tuple[int, int, int, int], np.dtype]:
+    """(N, Y, X, C) and dtype of an image without decoding its pixels where the format allows."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return _slice_plan(tuple(series.shape), series.axes, path)[2], np.dtype(series.dtype)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            dtype = np.asarray(image.crop((0, 0, 1, 1))).dtype
+            bands = [band for band in image.getbands() if band != "A"]
+            return (1, image.height, image.width, min(len(bands), 3)), dtype
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"{path}: cannot read image header ({type(error).__name__}: {error})") from None
 
 
 def unit_range(dtype: np.dtype) -> tuple[float, float]:
-    """The values that map to 0 and 1: the full range of integer types, 0..1 for floats."""
+    """The values that map to 0 and 1: the full range of 8- and 16-bit integers (SCHISM's units,
+    without its clipping of 16-bit data at 255); floats and 32/64-bit integers stay as they are,
+    since their full range says nothing about the data's."""
     dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
         info = np.iinfo(dtype)
         return float(info.min), float(info.max)
     return 0.0, 1.0
@@ -94,54 +127,102 @@ def gray_levels(class_count: int) -> np.ndarray:
     return np.round(np.linspace(0, 255, class_count)).astype(np.int64)
 
 
+def infer_class_count(values: np.ndarray, ignore_index: int = 255) -> int | None:
+    """Guess the number of classes from the distinct values of stored masks, or None.
+
+    Plain classes 0..C-1 (small values) first, then SCHISM gray levels, where 255 is the last
+    class rather than the ignore value.
+    """
+    present = sorted(int(v) for v in np.unique(values))
+    if not present:
+        return None
+    labelled = [v for v in present if v != ignore_index]
+    if labelled and labelled[-1] < 64:
+        return max(2, labelled[-1] + 1)
+    if present[-1] == 255:
+        for count in range(2, 256):
+            if set(present) <= set(gray_levels(count).tolist()):
+                return count
+    return None
+
+
+def choose_encoding(values: np.ndarray, class_count: int, ignore_index: int, source: str) -> str:
+    """How stored mask values map to classes, decided once for all masks of a dataset.
+
+    "plain": classes 0..C-1 plus ``ignore_index`` for unlabeled pixels; "levels": SCHISM's gray
+    levels; "minmax": a two-valued binary mask (SCHISM normalises those to 0/1). When only 0 and
+    255 occur, SCHISM's reading (255 = last class) wins over "class 0 + unlabeled".
+    """
+    present = set(int(v) for v in values)
+    plain = set(range(class_count)) | {ignore_index}
+    levels = gray_levels(class_count)
+    level_set = set(levels.tolist())
+    has_middle_class = bool(present & set(range(1, class_count)) - {ignore_index})
+    if present <= plain and (has_middle_class or not present <= level_set):
+        return "plain"
+    if present <= level_set | {ignore_index}:
+        return "levels"
+    if class_count == 2 and len(present) == 2:
+        return "minmax"
+    shown = ", ".join(str(v) for v in sorted(present)[:12]) + (" ..." if len(present) > 12 else "")
+    raise DataError(
+        f"{source}: mask values [{shown}] do not fit {class_count} classes: expected 0..{class_count - 1} "
+        f"(and {ignore_index} for unlabeled) or SCHISM gray levels {levels.tolist()}; check num_classes"
+    )
+
+
 def decode_mask(
     raw: np.ndarray,
     class_count: int,
     ignore_index: int,
     path: str,
     class_colors: list[tuple[int, int, int]] | None = None,
+    encoding: str | None = None,
 ) -> np.ndarray:
     """Map a stored mask ``(N, Y, X)`` to classes 0..C-1 (uint8) with :data:`IGNORE` for unlabeled.
 
     Accepted: plain classes 0..C-1 (plus ``ignore_index``), SCHISM's evenly spread gray
     levels, two-valued binary masks, and RGB masks whose colours are listed in class_dict.csv.
+    ``encoding`` (see :func:`choose_encoding`) is decided from this mask alone when not given.
     """
     if raw.ndim == 4:  # (N, Y, X, 3) colour-coded, as read_mask returns it
         if class_colors is None:
             raise DataError(f"{path}: RGB mask but no class_dict.csv gives the class colours")
         return _decode_colors(raw, class_colors, path)
+    raw = as_integer_mask(raw, path)
+    values = _unique_values(raw)
+    if encoding is None:
+        encoding = choose_encoding(values, class_count, ignore_index, path)
+    lut = np.full(int(max(values.max(initial=0), ignore_index)) + 1, -1, dtype=np.int64)
+    if encoding == "plain":
+        lut[:class_count] = np.arange(class_count)
+        lut[ignore_index] = IGNORE
+    elif encoding == "levels":
+        lut[ignore_index] = IGNORE
+        lut[gray_levels(class_count)] = np.arange(class_count)
+    elif len(values) == 2:  # minmax
+        lut[values[0]], lut[values[1]] = 0, 1
+    else:
+        lut[values[0]] = 0 if values[0] == 0 else 1
+    if (lut[values] < 0).any():
+        bad = values[lut[values] < 0]
+        raise DataError(f"{path}: mask values {bad[:12].tolist()} do not fit the dataset's other masks")
+    return lut[raw].astype(np.uint8)
+
+
+def as_integer_mask(raw: np.ndarray, path: str) -> np.ndarray:
     if np.issubdtype(raw.dtype, np.floating):
         if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
             raise DataError(f"{path}: mask values must be whole numbers")
         raw = raw.astype(np.int64)
-    if raw.size and (raw.min() < 0):
+    if raw.size and raw.min() < 0:
         raise DataError(f"{path}: mask has negative values (min {raw.min()})")
-    values = _unique_values(raw)
-    plain = set(range(class_count)) | {ignore_index}
-    lut_size = int(max(values.max(initial=0), ignore_index)) + 1
-    lut = np.full(lut_size, -1, dtype=np.int64)
-    if set(values.tolist()) <= plain:
-        lut[:class_count] = np.arange(class_count)
-        lut[ignore_index] = IGNORE
-    else:
-        levels = gray_levels(class_count)
-        allowed_levels = set(levels.tolist())
-        if ignore_index not in allowed_levels:
-            allowed_levels.add(ignore_index)
-        if set(values.tolist()) <= allowed_levels:
-            if ignore_index not in set(levels.tolist()):
-                lut[ignore_index] = IGNORE
-            lut[levels] = np.arange(class_count)
-        elif class_count == 2 and len(values) == 2:
-            lut[values[0]], lut[values[1]] = 0, 1  # SCHISM normalises binary masks to min/max
-        else:
-            shown = ", ".join(str(v) for v in values[:12]) + (" ..." if len(values) > 12 else "")
-            raise DataError(
-                f"{path}: mask values [{shown}] do not fit {class_count} classes: expected 0..{class_count - 1} "
-                f"(and {ignore_index} for unlabeled) or SCHISM gray levels {levels.tolist()}; "
-                "check num_classes"
-            )
-    return lut[raw].astype(np.uint8)
+    return raw
+
+
+def mask_values(raw: np.ndarray) -> np.ndarray:
+    """Distinct values of a stored (non-RGB) mask."""
+    return _unique_values(as_integer_mask(raw, "mask"))
 
 
 def _unique_values(raw: np.ndarray) -> np.ndarray:
