@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 CLASS_NAMES = ("pore", "matrix", "mineral")
-CLASS_COLORS = ((40, 40, 200), (150, 150, 150), (230, 180, 40))
+CLASS_COLORS = ((50, 90, 220), (90, 190, 110), (240, 190, 40))
 _LEVELS = (9000.0, 26000.0, 46000.0)
 
 
@@ -38,7 +38,7 @@ def _smooth(field: np.ndarray, sigma: float | tuple[float, ...]) -> np.ndarray:
         shape = [1] * field.ndim
         shape[axis] = frequencies.size
         spectrum = spectrum * np.exp(-2 * (np.pi * frequencies * s) ** 2).reshape(shape)
-    return np.fft.irfftn(spectrum, s=field.shape)
+    return np.fft.irfftn(spectrum, s=field.shape, axes=tuple(range(field.ndim)))
 
 
 def make_rock(shape: tuple[int, ...] = (16, 256, 256), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -148,3 +148,37 @@ tile_size = 128
 overlap = 0.25
 batch_size = 8
 """
+
+
+def scribbles(
+    labels: np.ndarray, slices: tuple[int, ...] = (0,), strokes_per_class: int = 6, seed: int = 0
+) -> np.ndarray:
+    """napari Labels (class k painted as k + 1, 0 unpainted) with short strokes inside each class,
+    as a user would paint them: a few percent of the pixels of a few slices."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    volume = labels if labels.ndim == 3 else labels[np.newaxis]
+    painted = np.zeros(volume.shape, dtype=np.uint8)
+    for z in slices:
+        plane = volume[z]
+        interior = np.ones(plane.shape, dtype=bool)
+        for shift, axis in ((2, 0), (-2, 0), (2, 1), (-2, 1)):
+            interior &= np.roll(plane, shift, axis=axis) == plane
+        for k in np.unique(plane):
+            candidates = np.argwhere(interior & (plane == k))
+            if candidates.size == 0:
+                continue
+            for y, x in candidates[rng.choice(len(candidates), min(strokes_per_class, len(candidates)), replace=False)]:
+                angle = rng.uniform(0, np.pi)
+                for step in range(-8, 9):
+                    for width in (-1, 0, 1):
+                        yy = round(y + step * np.sin(angle) + width * np.cos(angle))
+                        xx = round(x + step * np.cos(angle) - width * np.sin(angle))
+                        if (
+                            0 <= yy < plane.shape[0]
+                            and 0 <= xx < plane.shape[1]
+                            and interior[yy, xx]
+                            and plane[yy, xx] == k
+                        ):
+                            painted[z, yy, xx] = k + 1
+    return painted if labels.ndim == 3 else painted[0]

@@ -1,0 +1,131 @@
+"""npe2 contributions: the dataset reader, the Labels writer and sample data (widgets: _widgets).
+
+Only these thin adapters know napari's calling conventions; the work is done by the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ---- reader --------------------------------------------------------------------------------------
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """Claim folders in SCHISM layout (a datasets/ folder or one dataset with images/ + masks/)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if (folder / "images").is_dir() or any((p / "images").is_dir() for p in folder.iterdir() if p.is_dir()):
+        return read_dataset_folder
+    return None
+
+
+def read_dataset_folder(path: str | list[str]) -> list[tuple]:
+    """Each dataset becomes an image layer (slices stacked when shapes agree) and a Labels layer."""
+    from .data.discovery import discover_datasets
+    from .data.io import choose_encoding, decode_mask, mask_values, read_class_dict, read_image, read_mask
+    from .data.labels import mask_to_labels
+    from .data.summary import summarize_folder
+    from .errors import DataError
+
+    folder = Path(path[0] if isinstance(path, list) else path)
+    summary = summarize_folder(folder)
+    count = summary.class_count
+    _, folders = discover_datasets(folder, require_masks=False)
+    names = colors = None
+    if folders and folders[0].class_dict:
+        names, colors = read_class_dict(folders[0].class_dict)
+    layers: list[tuple] = []
+    for dataset in folders:
+        images = [read_image(p) for p in dataset.images]
+        if len({img.shape[1:] for img in images}) != 1:
+            raise DataError(f"{dataset.name}: images differ in shape; open them one by one from the Dataset widget")
+        stack = np.concatenate(images)
+        rgb = stack.shape[-1] > 1
+        data = stack if rgb else stack[..., 0]
+        data = data[0] if data.shape[0] == 1 else data
+        layers.append((data, {"name": dataset.name, "rgb": rgb, "metadata": {"schism_dataset": str(folder)}}, "image"))
+        if dataset.masks and count is not None:
+            raws = [read_mask(p) for p in dataset.masks]
+            encoding = None
+            gray = [r for r in raws if r.ndim == 3]
+            if gray:
+                values = np.unique(np.concatenate([mask_values(r) for r in gray]))
+                encoding = choose_encoding(values, count, 255, dataset.name)
+            masks = np.concatenate(
+                [decode_mask(r, count, 255, str(p), colors, encoding) for r, p in zip(raws, dataset.masks, strict=True)]
+            )
+            labels = mask_to_labels(masks[0] if masks.shape[0] == 1 else masks)
+            meta = {"name": f"{dataset.name} masks", "metadata": {"schism_classes": names}}
+            layers.append((labels, meta, "labels"))
+    return layers
+
+
+# ---- writer --------------------------------------------------------------------------------------
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """Labels (0 unpainted, k + 1 class k) -> TIFF mask with classes 0..C-1 and 255 for unpainted."""
+    import tifffile
+
+    from .atomic import atomic_write
+    from .data.io import IGNORE
+
+    labels = np.asarray(data)
+    if labels.max(initial=0) > IGNORE:
+        raise ValueError(f"labels go up to {labels.max()}; a SCHISM mask holds at most 255 classes")
+    mask = labels.astype(np.int64) - 1
+    mask[labels == 0] = IGNORE
+    target = Path(path)
+    if target.suffix.lower() not in (".tif", ".tiff"):
+        target = target.with_suffix(".tif")
+    # napari's save dialog has already confirmed replacing an existing file
+    atomic_write(target, lambda p: tifffile.imwrite(p, mask.astype(np.uint8), compression="zlib"), overwrite=True)
+    return [str(target)]
+
+
+# ---- sample data ---------------------------------------------------------------------------------
+
+
+def sample_rock_ct() -> list[tuple]:
+    """The synthetic rock CT stack with its ground truth (pore, matrix, mineral)."""
+    from .sample import make_rock
+
+    volume, labels = make_rock((16, 192, 192), seed=3)
+    return [
+        (volume, {"name": "rock CT", "contrast_limits": (0, 60000)}, "image"),
+        (labels + 1, {"name": "rock CT ground truth", **_class_metadata()}, "labels"),
+    ]
+
+
+def sample_rock_ct_scribbles() -> list[tuple]:
+    """The same stack with a few strokes painted on three slices: ready for training from scribbles."""
+    from .sample import make_rock, scribbles
+
+    volume, labels = make_rock((16, 192, 192), seed=3)
+    return [
+        (volume, {"name": "rock CT", "contrast_limits": (0, 60000)}, "image"),
+        (scribbles(labels, slices=(2, 8, 13)), {"name": "rock CT scribbles", **_class_metadata()}, "labels"),
+    ]
+
+
+def _class_metadata() -> dict[str, Any]:
+    """Class names and colours travel with the layer, for the widgets and the Labels colormap."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from .sample import CLASS_COLORS, CLASS_NAMES
+
+    colors = {None: "transparent", 0: "transparent"}
+    colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(CLASS_COLORS)})
+    return {
+        "metadata": {"schism_classes": list(CLASS_NAMES), "schism_colors": [list(c) for c in CLASS_COLORS]},
+        "colormap": DirectLabelColormap(color_dict=colors),
+    }

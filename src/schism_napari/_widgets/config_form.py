@@ -1,0 +1,112 @@
+"""A form generated from the typed configuration: one tab per INI section, one widget per key.
+
+Widget types, ranges and tooltips come from the dataclass fields. The form turns its values
+into INI text and parses it with :meth:`SchismConfig.from_ini_string`, so the widget, the INI
+file and the command line share one parser and one set of error messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, Widget
+from qtpy.QtWidgets import QScrollArea, QTabWidget
+
+from ..config import SECTIONS, SchismConfig, field_types, format_value, scheduler_names
+
+_TEXT_FLOATS = {"lr", "grad_clip"}  # values spanning decades: typed, not spun
+_STEPS = {"val_split": 0.05, "overlap": 0.05, "p": 0.05, "threshold": 0.05, "intensity_jitter": 0.05}
+
+
+class ConfigForm:
+    def __init__(self, sections: tuple[str, ...] = tuple(SECTIONS)):
+        self.sections = sections
+        self.widgets: dict[tuple[str, str], Widget] = {}
+        self.tabs = QTabWidget()
+        self.tabs.setUsesScrollButtons(True)
+        for section in sections:
+            container = Container(labels=True)
+            section_class = SECTIONS[section]
+            types = field_types(section_class)
+            for f in dataclasses.fields(section_class):
+                widget = _make_widget(section, f, types[f.name])
+                self.widgets[(section, f.name)] = widget
+                container.append(widget)
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(container.native)
+            self.tabs.addTab(scroll, section)
+
+    def set_config(self, config: SchismConfig) -> None:
+        for (section, key), widget in self.widgets.items():
+            value = getattr(config.section(section), key)
+            if key == "kwargs":
+                widget.value = ", ".join(f"{k}={format_value(v)}" for k, v in value.items())
+            elif isinstance(widget, (LineEdit, ComboBox)):
+                widget.value = "" if value is None and isinstance(widget, LineEdit) else format_value(value)
+            else:
+                widget.value = value
+
+    def ini_text(self) -> str:
+        lines = []
+        for section in self.sections:
+            lines.append(f"[{section}]")
+            for (owner, key), widget in self.widgets.items():
+                if owner != section:
+                    continue
+                if key == "kwargs":
+                    lines.extend(f"{k} = {v}" for k, v in split_keywords(str(widget.value)))
+                    continue
+                value = widget.value
+                if isinstance(widget, LineEdit) and not str(value).strip():
+                    value = "None"
+                lines.append(f"{key} = {format_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def config(self) -> SchismConfig:
+        """The form's values as a validated config; raises ConfigError naming the field at fault."""
+        return SchismConfig.from_ini_string(self.ini_text(), source="form")
+
+    def widget(self, section: str, key: str) -> Widget:
+        return self.widgets[(section, key)]
+
+
+def split_keywords(text: str) -> list[tuple[str, str]]:
+    """``'weight_decay=0.01, betas=(0.9, 0.99)'`` -> ``[('weight_decay', '0.01'), ('betas', '(0.9, 0.99)')]``."""
+    matches = list(re.finditer(r"(?:^|,)\s*([A-Za-z_]\w*)\s*=", text))
+    pairs = []
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        pairs.append((match.group(1), text[match.end() : end].strip().rstrip(",").strip()))
+    return pairs
+
+
+def _make_widget(section: str, f: dataclasses.Field, annotation: Any) -> Widget:
+    meta = f.metadata
+    options: dict[str, Any] = {"name": f.name, "label": f.name, "tooltip": meta.get("help", "")}
+    optional = type(None) in typing.get_args(annotation)
+    base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+    if f.name == "scheduler":
+        return ComboBox(choices=["None", *scheduler_names()], **options)
+    if f.name == "kwargs":
+        options["tooltip"] += " Write key=value pairs separated by commas, e.g. weight_decay=0.01, betas=(0.9, 0.99)."
+        return LineEdit(**options)
+    if "choices" in meta:
+        return ComboBox(choices=list(meta["choices"]), **options)
+    if optional or typing.get_origin(base) is list or base is str or f.name in _TEXT_FLOATS:
+        if optional:
+            options["tooltip"] += " Leave empty for None."
+        return LineEdit(**options)
+    if base is bool:
+        return CheckBox(**options)
+    if base is int:
+        return SpinBox(min=meta.get("min", 0), max=meta.get("max", 10**7), **options)
+    if base is float:
+        return FloatSpinBox(
+            min=meta.get("min", 0.0), max=meta.get("max", 1e6), step=_STEPS.get(f.name, 0.01), **options
+        )
+    return LineEdit(**options)

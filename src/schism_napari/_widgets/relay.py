@@ -1,0 +1,16 @@
+"""Carrying core events from a worker thread into the Qt main thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+
+class EventRelay(QObject):
+    """``relay.emit`` is a thread-safe core callback; ``relay.event`` fires in the GUI thread."""
+
+    event = Signal(object)
+
+    def emit(self, value: Any) -> None:
+        self.event.emit(value)

@@ -1,0 +1,181 @@
+"""State shared by the Dataset, Training and Prediction widgets of one viewer.
+
+The widgets never talk to each other directly: they read and change the session, which
+announces changes through psygnal signals (no Qt needed, so it is testable on its own).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+from ..config import SchismConfig, interactive_config
+from ..data import labels_to_mask, load_dataset, samples_from_arrays
+from ..data.dataset import SegmentationData, merge_datasets
+from ..errors import DataError
+from ..runs import TrainedModel, default_class_names
+
+
+@dataclass
+class LayerPair:
+    """An image layer and the Labels layer that annotates it (scribbles or a corrected prediction)."""
+
+    image: Any  # napari.layers.Image
+    labels: Any  # napari.layers.Labels
+
+    @property
+    def name(self) -> str:
+        return f"{self.image.name} + {self.labels.name}"
+
+
+class Session:
+    config_changed = Signal(object)  # SchismConfig
+    data_changed = Signal()
+    model_changed = Signal(object)  # TrainedModel | None
+    busy_changed = Signal(bool)
+
+    def __init__(self) -> None:
+        self.config: SchismConfig = interactive_config()
+        self.folder: Path | None = None  # a SCHISM/BiaPy dataset folder used for training
+        self.pairs: list[LayerPair] = []
+        self.model: TrainedModel | None = None
+        self.class_names: list[str] | None = None
+        self.class_colors: list[tuple[int, int, int]] | None = None
+        self.busy = False
+
+    # ---- configuration ---------------------------------------------------------------------
+
+    def set_config(self, config: SchismConfig) -> None:
+        self.config = config
+        self.config_changed.emit(config)
+
+    def set_class_count(self, count: int) -> None:
+        if count != self.config.model.class_count:
+            config = self.config.copy()
+            config.model.num_classes = count
+            self.set_config(config.validate())
+
+    # ---- training data ---------------------------------------------------------------------
+
+    def use_folder(self, folder: Path | None, class_names: list[str] | None = None, colors: Any = None) -> None:
+        self.folder = folder
+        if class_names:
+            self.class_names, self.class_colors = class_names, colors
+        self.data_changed.emit()
+
+    def add_pair(self, image: Any, labels: Any) -> None:
+        if image.data.shape[: labels.data.ndim] != labels.data.shape and not (
+            image.rgb and image.data.shape[:-1] == labels.data.shape
+        ):
+            raise DataError(
+                f"labels {labels.name!r} {labels.data.shape} do not match image {image.name!r} {image.data.shape}"
+            )
+        if any(p.image is image and p.labels is labels for p in self.pairs):
+            return
+        names = labels.metadata.get("schism_classes")
+        if names and len(names) == self.config.model.class_count and not self.class_names:
+            colors = labels.metadata.get("schism_colors")
+            self.class_names, self.class_colors = list(names), [tuple(c) for c in colors] if colors else None
+        self.pairs.append(LayerPair(image, labels))
+        self.data_changed.emit()
+
+    def remove_pair(self, index: int) -> None:
+        del self.pairs[index]
+        self.data_changed.emit()
+
+    def forget_layer(self, layer: Any) -> None:
+        """Drop pairs whose layers were deleted from the viewer."""
+        kept = [p for p in self.pairs if p.image is not layer and p.labels is not layer]
+        if len(kept) != len(self.pairs):
+            self.pairs = kept
+            self.data_changed.emit()
+
+    def describe_data(self) -> str:
+        parts = []
+        if self.folder is not None:
+            parts.append(f"folder {self.folder}")
+        parts.extend(f"layers {p.name}" for p in self.pairs)
+        return "; ".join(parts) if parts else "none: choose a folder or add image + labels layers in Dataset"
+
+    def training_data(self) -> SegmentationData:
+        """Snapshot the training sources as they are now (painted labels included)."""
+        config = self.config
+        parts = []
+        if self.folder is not None:
+            parts.append(
+                load_dataset(
+                    self.folder,
+                    class_count=config.model.class_count,
+                    ignore_index=config.data.ignore_index,
+                    in_channels=config.model.in_channels,
+                )
+            )
+        if self.pairs:
+            images = [np.asarray(p.image.data) for p in self.pairs]
+            masks = [labels_to_mask(np.asarray(p.labels.data), config.model.class_count) for p in self.pairs]
+            layers = samples_from_arrays(
+                images,
+                masks,
+                class_count=config.model.class_count,
+                rgb=[bool(p.image.rgb) for p in self.pairs],
+                names=_unique_names([p.image.name for p in self.pairs]),
+                in_channels=parts[0].in_channels if parts else config.model.in_channels,
+                stats={"default": parts[0].stats["default"]} if parts else None,
+                skip_unlabeled=True,
+            )
+            parts.append(layers)
+        if not parts:
+            raise DataError("no training data: choose a dataset folder or add image + labels layers (Dataset tab)")
+        data = merge_datasets(parts)
+        if data.class_names is None:
+            data.class_names = self.class_names
+            data.class_colors = self.class_colors
+        return data
+
+    # ---- model -----------------------------------------------------------------------------
+
+    def set_model(self, model: TrainedModel | None) -> None:
+        self.model = model
+        if model is not None:
+            self.class_names = model.class_names
+            self.class_colors = model.class_colors or self.class_colors
+        self.model_changed.emit(model)
+
+    def names(self) -> list[str]:
+        count = self.config.model.class_count
+        names = self.class_names if self.class_names and len(self.class_names) == count else None
+        return names or default_class_names(count)
+
+    def set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self.busy_changed.emit(busy)
+
+
+_sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer: Any) -> Session:
+    """The session of a viewer, created on first use, so widgets docked separately share it.
+
+    napari hands plugins a proxy of the viewer, a new one per widget: the key is what it wraps.
+    """
+    key = getattr(viewer, "__wrapped__", viewer)
+    if key not in _sessions:
+        session = Session()
+        _sessions[key] = session
+        viewer.layers.events.removed.connect(lambda event: session.forget_layer(event.value))
+    return _sessions[key]
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return unique
