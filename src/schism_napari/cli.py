@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, type=Path, help="output folder (existing files are never replaced)")
     predict.add_argument("--metric", default="loss", help="which best checkpoint: loss (default) or a metric name")
     predict.add_argument("--probabilities", action="store_true", help="also write class probabilities (float32)")
-    predict.add_argument("--zarr", action="store_true", help="write probabilities as a zarr store instead of TIFF")
+    predict.add_argument(
+        "--zarr", action="store_true", help="write probabilities as a zarr store (implies --probabilities)"
+    )
     predict.add_argument("--gray-levels", action="store_true", help="write labels as SCHISM's spread gray levels")
     _add_inference_options(predict)
     predict.set_defaults(handler=command_predict)
@@ -212,6 +214,8 @@ def command_train(arguments: argparse.Namespace) -> int:
     progress = TqdmProgress()
     for warning in config.warnings:
         progress._write(f"warning: {warning}")
+    if run_dir is None:  # refuse a used --out before anything is read or written
+        run_dir = prepare_run_dir(arguments.out)
     data = load_dataset(
         arguments.data,
         class_count=config.model.class_count,
@@ -220,8 +224,6 @@ def command_train(arguments: argparse.Namespace) -> int:
         mask=arguments.mask,
         callback=progress,
     )
-    if run_dir is None:
-        run_dir = prepare_run_dir(arguments.out)
     stop = StopToken()
     with stop_on_interrupt(stop):
         Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
@@ -253,6 +255,7 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from .inference import Slices
     from .inference.files import check_channels, open_lazy, predict_to_files
 
+    arguments.probabilities = arguments.probabilities or arguments.zarr
     inputs = _prediction_inputs(arguments.input, list_image_files)
     out = arguments.out
     if out.exists() and not out.is_dir():

@@ -77,7 +77,7 @@ def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int 
 
     def save(path: Path, array: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda p: tifffile.imwrite(p, array, compression="zlib"))
+        atomic_write(path, lambda p: tifffile.imwrite(p, array, photometric="minisblack", compression="zlib"))
 
     # Two scans with different seeds; rock_b's masks use SCHISM's spread gray levels (0, 128, 255).
     for index, name in enumerate(("rock_a", "rock_b")):

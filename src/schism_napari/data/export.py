@@ -23,6 +23,7 @@ def write_training_pair(
     image: np.ndarray,
     mask: np.ndarray,
     *,
+    rgb: bool = False,
     class_names: list[str] | None = None,
     class_colors: list[tuple[int, int, int]] | None = None,
 ) -> Path:
@@ -46,10 +47,18 @@ def write_training_pair(
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     filename = f"{folder.name}.tif"
-    atomic_write(folder / "images" / filename, lambda p: tifffile.imwrite(p, image, compression="zlib"))
-    atomic_write(folder / "masks" / filename, lambda p: tifffile.imwrite(p, mask.astype(np.uint8), compression="zlib"))
-    if class_names and not (root / "class_dict.csv").exists():
-        colors = class_colors or [(0, 0, 0)] * len(class_names)
+    # photometric says what the axes are: tifffile would store a 3- or 4-slice stack as RGB(A)
+    photometric = "rgb" if rgb else "minisblack"
+    atomic_write(
+        folder / "images" / filename, lambda p: tifffile.imwrite(p, image, photometric=photometric, compression="zlib")
+    )
+    mask_bytes = mask.astype(np.uint8)
+    atomic_write(
+        folder / "masks" / filename,
+        lambda p: tifffile.imwrite(p, mask_bytes, photometric="minisblack", compression="zlib"),
+    )
+    if class_names and class_colors and not (root / "class_dict.csv").exists():
+        colors = class_colors
         rows = "".join(f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(class_names, colors, strict=True))
         atomic_write(root / "class_dict.csv", lambda p: p.write_text("name,r,g,b\n" + rows, encoding="utf-8"))
     return folder

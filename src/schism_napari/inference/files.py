@@ -60,29 +60,39 @@ def check_channels(slices: Any, in_channels: int, path: Path) -> None:
 def predict_to_files(
     predictor: Any, slices: Any, labels_path: Path, probabilities_path: Path | None, levels: Any
 ) -> list[Path]:
-    """Stream slices into memory-mapped TIFFs (or a zarr store) beside their final names, then rename."""
+    """Stream slices into memory-mapped TIFFs (or a zarr store) beside their final names, then rename.
+
+    Labels are (Z, Y, X) or (Y, X); probabilities (Z, C, Y, X) or (C, Y, X), in TIFF or zarr alike.
+    Existing outputs are refused before any work starts.
+    """
     import tifffile
 
-    from ..atomic import atomic_path
+    from ..atomic import OutputExistsError, atomic_path
 
-    spatial = (slices.count, slices.height, slices.width)
+    for target in (labels_path, probabilities_path):
+        if target is not None and target.exists():
+            raise OutputExistsError(f"{target} already exists; not overwriting it (choose another output)")
     classes = predictor.class_count
     maps: list[np.memmap] = []
     with contextlib.ExitStack() as stack:
 
-        def tiff(path: Path, shape: tuple[int, ...], dtype: Any, axes: str) -> np.ndarray:
+        def tiff(path: Path, shape: tuple[int, ...], dtype: Any, axes: str) -> Any:
             temporary = stack.enter_context(atomic_path(path))
-            if not slices.is_stack:  # a 2D image stays 2D on disk
-                shape, axes = shape[1:], axes[1:]
-            maps.append(tifffile.memmap(temporary, shape=shape, dtype=dtype, metadata={"axes": axes}))
-            return maps[-1] if slices.is_stack else maps[-1][np.newaxis]  # (1, ...) view writes through
+            maps.append(
+                tifffile.memmap(temporary, shape=shape, dtype=dtype, photometric="minisblack", metadata={"axes": axes})
+            )
+            return maps[-1]
 
-        labels = tiff(labels_path, spatial, np.uint8 if classes <= 256 else np.uint16, "ZYX")
+        per_slice = (classes, slices.height, slices.width)
+        labels = tiff(labels_path, _shape(slices, per_slice[1:]), np.uint8 if classes <= 256 else np.uint16, "ZYX")
         probabilities = None
         if probabilities_path is not None and probabilities_path.suffix == ".zarr":
-            probabilities = zarr_output(stack, probabilities_path, (slices.count, classes, *spatial[1:]))
+            probabilities = zarr_output(stack, probabilities_path, _shape(slices, per_slice))
         elif probabilities_path is not None:
-            probabilities = tiff(probabilities_path, (slices.count, classes, *spatial[1:]), np.float32, "ZCYX")
+            probabilities = tiff(probabilities_path, _shape(slices, per_slice), np.float32, "ZCYX")
+        if not slices.is_stack:  # a 2D image stays 2D on disk; the predictor writes slice 0
+            labels = _OnlySlice(labels)
+            probabilities = None if probabilities is None else _OnlySlice(probabilities)
         predictor.predict(slices, keep_probabilities=False, labels_out=labels, probabilities_out=probabilities)
         if levels is not None:
             for z in range(slices.count):
@@ -93,20 +103,46 @@ def predict_to_files(
     return [labels_path] + ([probabilities_path] if probabilities_path is not None else [])
 
 
+def _shape(slices: Any, per_slice: tuple[int, ...]) -> tuple[int, ...]:
+    return (slices.count, *per_slice) if slices.is_stack else per_slice
+
+
+class _OnlySlice:
+    """Lets a 2D output array stand where the predictor writes ``out[0]``."""
+
+    def __init__(self, array: Any):
+        self.array = array
+
+    def __getitem__(self, index: int) -> Any:
+        return self.array[...]
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        self.array[...] = value
+
+
 def zarr_output(stack: contextlib.ExitStack, path: Path, shape: tuple[int, ...]) -> Any:
     """A zarr array in a temporary folder, renamed to ``path`` when the block succeeds."""
     import zarr
 
+    from ..atomic import OutputExistsError
+
+    if path.exists():
+        raise OutputExistsError(f"{path} already exists; not overwriting it (choose another output)")
     temporary = path.with_name(f".{path.name}.tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
-    array = zarr.open_array(str(temporary), mode="w-", shape=shape, chunks=(1, 1, *shape[2:]), dtype="float32")
+    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
+    array = zarr.open_array(str(temporary), mode="w-", shape=shape, chunks=chunks, dtype="float32")
 
     def finish(exc_type: Any, exc: Any, traceback: Any) -> bool:
-        if exc_type is None:
-            temporary.rename(path)
-        else:
+        if exc_type is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+            return False
+        try:
+            temporary.rename(path)
+        except OSError:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise OutputExistsError(f"{path} appeared while predicting; not overwriting it") from None
         return False
 
     stack.push(finish)

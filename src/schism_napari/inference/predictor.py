@@ -151,15 +151,18 @@ class Predictor:
 
     def iter_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(z, probabilities (C, Y, X))`` slice by slice, in order."""
+        # Planes are reflect-padded at the bottom/right to what the network divides, as a
+        # whole-image forward pass would be, so border tiles see the same context.
         height, width = slices.height, slices.width
-        tile_h, tile_w = min(self.tile_size, height), min(self.tile_size, width)
+        padded_h, padded_w = _round_up(height, self.divisor), _round_up(width, self.divisor)
+        tile_h, tile_w = min(self.tile_size, padded_h), min(self.tile_size, padded_w)
         positions = [
             (y, x)
-            for y in tile_starts(height, tile_h, self.settings.overlap)
-            for x in tile_starts(width, tile_w, self.settings.overlap)
+            for y in tile_starts(padded_h, tile_h, self.settings.overlap)
+            for x in tile_starts(padded_w, tile_w, self.settings.overlap)
         ]
         weights = torch.from_numpy(importance_map(tile_h, tile_w, self.settings.blending))
-        weight_sum = torch.zeros(height, width)
+        weight_sum = torch.zeros(padded_h, padded_w)
         for y, x in positions:
             weight_sum[y : y + tile_h, x : x + tile_w] += weights
         weights_device = weights.to(self.device)
@@ -184,8 +187,8 @@ class Predictor:
         for z in range(slices.count):
             if self.stop.requested:
                 raise Cancelled("prediction cancelled")
-            plane = self._normalise(slices[z], a, b)
-            pending[z] = [torch.zeros(self.class_count, height, width), len(positions)]
+            plane = _pad_to(self._normalise(slices[z], a, b), padded_h, padded_w)
+            pending[z] = [torch.zeros(self.class_count, padded_h, padded_w), len(positions)]
             for y, x in positions:
                 batch.append((z, y, x, plane[:, y : y + tile_h, x : x + tile_w]))
                 if len(batch) == self.settings.batch_size:
@@ -194,13 +197,13 @@ class Predictor:
                     if self.stop.requested:
                         raise Cancelled("prediction cancelled")
             while next_to_emit in pending and pending[next_to_emit][1] == 0:
-                yield next_to_emit, (pending.pop(next_to_emit)[0] / weight_sum).numpy()
+                yield next_to_emit, _finish(pending.pop(next_to_emit)[0], weight_sum, height, width)
                 next_to_emit += 1
         if batch:
             flush()
         self._report(done, total, slices.count, slices.count)
         while next_to_emit in pending:
-            yield next_to_emit, (pending.pop(next_to_emit)[0] / weight_sum).numpy()
+            yield next_to_emit, _finish(pending.pop(next_to_emit)[0], weight_sum, height, width)
             next_to_emit += 1
 
     @torch.inference_mode()
@@ -234,10 +237,7 @@ class Predictor:
             size = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
             tiles = F.interpolate(tiles, size=size, mode="bilinear", align_corners=False, antialias=self.scale < 1)
         net_h, net_w = tiles.shape[-2:]
-        pad_h, pad_w = (-net_h) % self.divisor, (-net_w) % self.divisor
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < net_h and pad_w < net_w else "replicate"
-            tiles = F.pad(tiles, (0, pad_w, 0, pad_h), mode=mode)
+        tiles = _pad_to(tiles, _round_up(net_h, self.divisor), _round_up(net_w, self.divisor))
         if self.channels_last:
             tiles = tiles.contiguous(memory_format=torch.channels_last)
         flips = [(), (-1,), (-2,), (-2, -1)] if self.settings.tta else [()]
@@ -257,3 +257,22 @@ class Predictor:
 
     def _report(self, done: int, total: int, slices_done: int, slices: int) -> None:
         self.callback(PredictionProgress(done, total, slices_done, slices))
+
+
+def _round_up(value: int, divisor: int) -> int:
+    return -(-value // divisor) * divisor
+
+
+def _pad_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Reflect-pad (..., h, w) at the bottom/right to (height, width); replicate when too small."""
+    pad_h, pad_w = height - tensor.shape[-2], width - tensor.shape[-1]
+    if not (pad_h or pad_w):
+        return tensor
+    mode = "reflect" if pad_h < tensor.shape[-2] and pad_w < tensor.shape[-1] else "replicate"
+    batched = tensor if tensor.ndim == 4 else tensor[None]
+    padded = F.pad(batched, (0, pad_w, 0, pad_h), mode=mode)
+    return padded if tensor.ndim == 4 else padded[0]
+
+
+def _finish(accumulator: torch.Tensor, weight_sum: torch.Tensor, height: int, width: int) -> np.ndarray:
+    return (accumulator / weight_sum)[:, :height, :width].numpy()
