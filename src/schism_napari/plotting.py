@@ -10,37 +10,53 @@ import numpy as np
 from .atomic import atomic_path
 
 
-def draw_learning_curves(figure: Any, history: list[dict[str, Any]], metrics: list[str]) -> None:
-    """Loss (train, validation) and validation metrics against epochs, on ``figure``.
+class LearningCurves:
+    """Loss (train, validation) and validation metrics against epochs on a matplotlib figure.
 
-    Shared with the napari dock, which draws the same figure live on a Qt canvas.
+    Lines are created once and only their data changes, so redrawing after each epoch is cheap
+    enough for the napari dock's GUI thread; the run folder's PNG uses the same drawing.
     """
-    figure.clear()
-    loss_axes = figure.add_subplot(1, 2, 1)
-    metric_axes = figure.add_subplot(1, 2, 2)
-    epochs = [h["epoch"] for h in history]
-    loss_axes.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    loss_axes.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    loss_axes.set_xlabel("epoch")
-    loss_axes.set_title("loss")
-    loss_axes.legend(fontsize="small")
-    for metric in metrics:
-        metric_axes.plot(epochs, [h.get(metric, np.nan) for h in history], "o-", label=metric)
-    metric_axes.set_xlabel("epoch")
-    metric_axes.set_title("validation metrics")
-    metric_axes.set_ylim(0, 1)
-    if metrics:
-        metric_axes.legend(fontsize="small")
-    figure.tight_layout()
+
+    def __init__(self, figure: Any, metrics: list[str]):
+        figure.clear()
+        figure.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.88, wspace=0.25)
+        self.figure, self.metrics = figure, list(metrics)
+        self.loss_axes = figure.add_subplot(1, 2, 1)
+        self.metric_axes = figure.add_subplot(1, 2, 2)
+        self.loss_lines = {
+            key: self.loss_axes.plot([], [], "o-", markersize=3, label=label)[0]
+            for key, label in (("train_loss", "train"), ("val_loss", "validation"))
+        }
+        self.metric_lines = {m: self.metric_axes.plot([], [], "o-", markersize=3, label=m)[0] for m in self.metrics}
+        for axes, title in ((self.loss_axes, "loss"), (self.metric_axes, "validation metrics")):
+            axes.set_title(title, fontsize="medium")
+            axes.set_xlabel("epoch", fontsize="small")
+            axes.tick_params(labelsize="small")
+        self.metric_axes.set_ylim(0, 1)
+        self.loss_axes.legend(fontsize="small")
+        if self.metrics:
+            self.metric_axes.legend(fontsize="small", loc="lower right")
+
+    def update(self, history: list[dict[str, Any]]) -> None:
+        epochs = [h["epoch"] for h in history]
+        for key, line in self.loss_lines.items():
+            line.set_data(epochs, [h[key] for h in history])
+        for metric, line in self.metric_lines.items():
+            line.set_data(epochs, [h.get(metric, np.nan) for h in history])
+        self.loss_axes.relim()
+        self.loss_axes.autoscale_view()
+        right = max(epochs[-1], 2) if epochs else 2
+        for axes in (self.loss_axes, self.metric_axes):
+            axes.set_xlim(0.8, right + 0.2)
 
 
 def save_learning_curves(path: Path, history: list[dict[str, Any]], metrics: list[str]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), dpi=100)
+    figure = Figure(figsize=(10, 4), dpi=90)
     FigureCanvasAgg(figure)
-    draw_learning_curves(figure, history, metrics)
+    LearningCurves(figure, metrics).update(history)
     _save(figure, path)
 
 
@@ -68,4 +84,4 @@ def save_confusion_matrix(path: Path, matrix: np.ndarray, class_names: list[str]
 
 def _save(figure: Any, path: Path) -> None:
     with atomic_path(Path(path), overwrite=True) as temporary:
-        figure.savefig(temporary, format="png")
+        figure.savefig(temporary, format="png", pil_kwargs={"compress_level": 1})  # fast: less GIL held

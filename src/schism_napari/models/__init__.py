@@ -84,9 +84,34 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
             raise SchismError(f"{path}: not a loadable weights file ({error})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise SchismError(f"{path}: expected a state_dict of tensors")
     state = {
         k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("decoder.", "segmentation_head."))
     }
-    missing, _unexpected = encoder.load_state_dict(state, strict=False)  # e.g. a classifier fc.*
-    if len(missing) == len(encoder.state_dict()):
+    own = encoder.state_dict()
+    usable = {}
+    for key, tensor in state.items():
+        if key not in own:
+            continue  # e.g. a classifier head (fc.*) shipped with the weights
+        usable[key] = _adapt_input_channels(tensor, own[key]) if tensor.ndim == 4 else tensor
+        if usable[key].shape != own[key].shape:
+            raise SchismError(
+                f"{path}: {key} has shape {tuple(tensor.shape)}, the encoder needs {tuple(own[key].shape)}"
+            )
+    if not usable:
         raise SchismError(f"{path}: none of its weights fit encoder {type(encoder).__name__}")
+    # nn.Module's own loader: smp encoders override load_state_dict with other signatures
+    nn.Module.load_state_dict(encoder, usable, strict=False)
+
+
+def _adapt_input_channels(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """First-convolution weights for another number of input channels (as smp's patch_first_conv):
+    RGB weights summed for a gray input, or cycled and rescaled for more channels."""
+    have, need = weight.shape[1], target.shape[1]
+    if have == need or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
+        return weight
+    if need == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeated = weight.repeat(1, -(-need // have), 1, 1)[:, :need]
+    return repeated * (have / need)

@@ -1,5 +1,7 @@
 """Losses: torch's cross-entropy family, smp's region losses, the sem seed's focal Dice loss, and
-weighted sums of them. Every term skips unlabeled pixels (IGNORE) and takes class weights.
+weighted sums of them. Every term skips unlabeled pixels (IGNORE). Class weights reach the
+cross-entropy family, FocalDiceLoss and smp's Dice/Jaccard/Focal/Tversky losses in multi-class
+mode; smp has no class weights for LovaszLoss or for its binary mode.
 
 Binary models (one logit channel) get the binary form of each loss, so SCHISM INI files that
 say ``CrossEntropyLoss`` with ``num_classes=2`` train as they did there.
@@ -152,11 +154,14 @@ class FocalDiceLoss(nn.Module):
         valid = target != IGNORE
         probabilities = probabilities.permute(0, 2, 3, 1)[valid]  # (P, C)
         onehot = F.one_hot(target[valid], probabilities.shape[1]).to(probabilities.dtype)
-        overlap = probabilities * onehot
-        if self.class_weights is not None:
-            overlap = overlap * self.class_weights.to(overlap.device)
-        dice = 1 - (2 * overlap.sum(-1) + self.smooth) / (probabilities.sum(-1) + onehot.sum(-1) + self.smooth)
-        return ((1 - torch.exp(-dice)) ** self.gamma * dice).mean()
+        overlap = (probabilities * onehot).sum(-1)
+        dice = 1 - (2 * overlap + self.smooth) / (probabilities.sum(-1) + onehot.sum(-1) + self.smooth)
+        focal = (1 - torch.exp(-dice)) ** self.gamma * dice
+        if self.class_weights is None:
+            return focal.mean()
+        # class weights weigh pixels by their true class (a weighted mean keeps the loss in [0, 1])
+        weights = self.class_weights.to(focal.device)[target[valid]]
+        return (focal * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
 def class_weights_from_counts(counts: torch.Tensor | list[int]) -> torch.Tensor:

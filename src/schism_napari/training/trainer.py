@@ -1,8 +1,10 @@
 """The training loop, shared by the CLI and the napari Training widget.
 
 It reports through one callback (events in :mod:`schism_napari.events`) and polls a
-:class:`StopToken` after every batch: a stop ends the current batch, writes the last
-checkpoint, keeps the best ones and returns normally.
+:class:`StopToken` after every batch: a stop ends the current batch and returns normally,
+keeping the best checkpoints and the last completed epoch's checkpoint (``--resume`` repeats
+the interrupted epoch). Stopped before any epoch ended, the weights learned so far are
+validated and kept as ``model_best_loss.pth``.
 """
 
 from __future__ import annotations
@@ -98,8 +100,12 @@ class Trainer:
         resume: bool = False,
         callback: ProgressCallback = ignore_events,
         stop: StopToken | None = None,
+        curves_each_epoch: bool = True,
     ):
+        """``curves_each_epoch=False`` draws learning_curves.png once at the end: the napari dock
+        shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms."""
         self.config = config.copy()
+        self.curves_each_epoch = curves_each_epoch
         self.config.model.in_channels = data.in_channels
         if data.class_count != self.config.model.class_count:
             raise SchismError(
@@ -159,11 +165,11 @@ class Trainer:
         except (TypeError, ValueError) as error:
             raise ConfigError("Optimizer", None, None, f"{settings.optimizer}: {error}", self.config.source) from None
 
-    def _scheduler(self, optimizer: torch.optim.Optimizer, batches: int) -> Any:
+    def _scheduler(self, optimizer: torch.optim.Optimizer, batches: int, **overrides: Any) -> Any:
         settings = self.config.scheduler
         if settings.scheduler is None:
             return None
-        kwargs = dict(settings.kwargs)
+        kwargs = {**settings.kwargs, **overrides}
         lr, epochs = self.config.optimizer.lr, self.config.training.epochs
         name = settings.scheduler
         if name == "OneCycleLR":
@@ -184,6 +190,25 @@ class Trainer:
             return cls(optimizer, **kwargs)
         except (TypeError, ValueError, KeyError) as error:
             raise ConfigError("Scheduler", None, None, f"{name}: {error}", self.config.source) from None
+
+    def _check_input_size(self, model: nn.Module) -> None:
+        """One forward pass at img_res before training, so an input the architecture cannot take
+        (too small for PAN's pyramid, say) is a clear error instead of a crash deep inside smp."""
+        size = self.config.data.img_res
+        probe = torch.zeros(2, self.data.in_channels, size, size, device=self.device)
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(probe)
+        except RuntimeError as error:
+            raise ConfigError(
+                "Data",
+                "img_res",
+                size,
+                f"{self.config.model.model_type} cannot process {size} px inputs ({str(error).splitlines()[0]}); "
+                "use a larger img_res (and crop_size)",
+                self.config.source,
+            ) from None
 
     def _target(self, y: torch.Tensor) -> torch.Tensor:
         if self.config.loss.ignore_background:
@@ -209,6 +234,7 @@ class Trainer:
         channels_last = self.device.type == "cpu"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self._check_input_size(model)
         if self.initial_weights is not None:
             try:
                 model.load_state_dict(self.initial_weights)
@@ -242,8 +268,13 @@ class Trainer:
             state = load_weights(self.run_dir / LAST_CHECKPOINT)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
+            saved = state.get("scheduler")
+            if scheduler is not None and saved is not None:
+                if cfg.scheduler.scheduler == "OneCycleLR" and saved.get("total_steps") != scheduler.total_steps:
+                    # more epochs than first planned: the remaining steps anneal over the new total
+                    scheduler = self._scheduler(optimizer, len(train_crops), last_epoch=saved["last_epoch"] - 1)
+                else:
+                    scheduler.load_state_dict(saved)
             if state.get("scaler") is not None:
                 scaler.load_state_dict(state["scaler"])
             history, best = state["history"], state["best"]
@@ -304,6 +335,11 @@ class Trainer:
             if self.stop.requested:
                 stopped, reason = True, "stopped by the user"
                 epoch -= 1  # the interrupted epoch does not count; --resume repeats it
+                if BEST_LOSS not in best:
+                    # stopped before any epoch ended: keep what was learned as the best so far
+                    val_loss, _ = self._validate(model, loss_function, val_images, val_masks)
+                    best[BEST_LOSS] = val_loss
+                    save_weights(self.run_dir / best_weights_file(BEST_LOSS), model.state_dict())
                 break
 
             val_loss, matrix = self._validate(model, loss_function, val_images, val_masks)
@@ -340,7 +376,7 @@ class Trainer:
                 **{f"{name}_class{k}": v for name, values in per_class.items() for k, v in enumerate(values)},
             }
             history.append(record)
-            self._write_epoch_outputs(history, metrics)
+            self._write_epoch_outputs(history, metrics, curves=self.curves_each_epoch)
             save_weights(
                 self.run_dir / LAST_CHECKPOINT,
                 {
@@ -373,6 +409,10 @@ class Trainer:
                 stopped, reason = True, f"early stopping: no better validation loss for {stale_epochs} epochs"
                 break
 
+        if history and not self.curves_each_epoch:
+            from ..plotting import save_learning_curves
+
+            save_learning_curves(self.run_dir / CURVES, history, metrics)
         if last_matrix is not None and any(canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics):
             from ..plotting import save_confusion_matrix
 
@@ -418,7 +458,7 @@ class Trainer:
             matrix.update(y, predicted_classes(probabilities, cfg.inference.threshold), probabilities)
         return (weighted_loss / labelled if labelled else math.nan), matrix
 
-    def _write_epoch_outputs(self, history: list[dict[str, Any]], metrics: list[str]) -> None:
+    def _write_epoch_outputs(self, history: list[dict[str, Any]], metrics: list[str], *, curves: bool) -> None:
         from ..atomic import atomic_write_text
         from ..plotting import save_learning_curves
 
@@ -434,7 +474,8 @@ class Trainer:
             for r in history
         ]
         atomic_write_text(self.run_dir / HISTORY, "\n".join(lines) + "\n", overwrite=True)
-        save_learning_curves(self.run_dir / CURVES, history, metrics)
+        if curves:
+            save_learning_curves(self.run_dir / CURVES, history, metrics)
 
 
 def train(
