@@ -88,7 +88,11 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     if target.suffix.lower() not in (".tif", ".tiff"):
         target = target.with_suffix(".tif")
     # napari's save dialog has already confirmed replacing an existing file
-    atomic_write(target, lambda p: tifffile.imwrite(p, mask.astype(np.uint8), compression="zlib"), overwrite=True)
+    atomic_write(
+        target,
+        lambda p: tifffile.imwrite(p, mask.astype(np.uint8), photometric="minisblack", compression="zlib"),
+        overwrite=True,
+    )
     return [str(target)]
 
 

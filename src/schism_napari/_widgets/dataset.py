@@ -21,7 +21,8 @@ from ..data import mask_to_labels, read_image, read_mask
 from ..data.io import decode_mask
 from ..data.summary import FolderSummary, summarize_folder
 from ..errors import SchismError
-from .session import Session, session_for
+from .relay import EventRelay
+from .session import Session, session_for, unwrap_viewer
 
 if TYPE_CHECKING:
     import napari
@@ -30,11 +31,11 @@ if TYPE_CHECKING:
 class DatasetWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, session: Session | None = None):
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = unwrap_viewer(viewer)
         self.session = session or session_for(viewer)
         self.folder = FileEdit(mode="d", label="dataset folder", value="")
         self.scan_button = PushButton(text="Scan folder")
-        self.table = Table(value={"data": [], "columns": []}, label="datasets")
+        self.table = Table(label="datasets")
         self.classes_label = Label(value="", label="classes")
         self.dataset_choice = ComboBox(choices=[], label="open dataset")
         self.pair_index = SpinBox(min=0, max=0, label="image #")
@@ -71,6 +72,7 @@ class DatasetWidget(Container):
         )
         self.summary: FolderSummary | None = None
         self.worker: Any = None
+        self.relay = EventRelay()
         self.scan_button.changed.connect(self.scan)
         self.dataset_choice.changed.connect(self._update_index_range)
         self.open_button.changed.connect(self.open_pair)
@@ -92,7 +94,7 @@ class DatasetWidget(Container):
         """Summarise the folder in a worker (reading every mask can take a while)."""
         folder = Path(self.folder.value)
         self.status.value = f"scanning {folder}…"
-        self.worker = create_worker(summarize_folder, folder, _start_thread=False)
+        self.worker = create_worker(summarize_folder, folder, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._show_summary)
         self.worker.errored.connect(lambda error: self._fail(error, "scan failed"))
         self.worker.finished.connect(self._scan_finished)
@@ -102,12 +104,17 @@ class DatasetWidget(Container):
     def _scan_finished(self) -> None:
         self.worker = None
         self.scan_button.enabled = True
+        self.relay.finished.emit()
 
     def _show_summary(self, summary: FolderSummary) -> None:
         self.summary = summary
         rows = [d.row() for d in summary.datasets]
         columns = list(rows[0]) if rows else []
-        self.table.value = {"data": [list(r.values()) for r in rows], "columns": columns}
+        self.table.value = {
+            "data": [list(row.values()) for row in rows],
+            "index": [str(i) for i in range(len(rows))],
+            "columns": columns,
+        }
         self.classes_label.value = summary.describe_classes()
         self.dataset_choice.choices = [d.name for d in summary.datasets]
         self._update_index_range()

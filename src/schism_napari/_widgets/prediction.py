@@ -36,7 +36,7 @@ from ..events import StopToken
 from ..inference import PredictionResult, Predictor
 from ..runs import BEST_LOSS, TrainedModel, available_weights, load_trained_model
 from .relay import EventRelay
-from .session import Session, session_for
+from .session import Session, session_for, unwrap_viewer
 
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 class PredictionWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, session: Session | None = None):
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = unwrap_viewer(viewer)
         self.session = session or session_for(viewer)
         self.model_label = Label(value="", label="model")
         self.run_folder = FileEdit(mode="d", label="run folder", value="")
@@ -192,7 +192,9 @@ class PredictionWidget(Container):
         self._pending = (layer, model, z)
         self.progress.value = 0
         self.status.value = "predicting…"
-        self.worker = create_worker(predictor.predict, data, rgb=bool(layer.rgb), _start_thread=False)
+        self.worker = create_worker(
+            predictor.predict, data, rgb=bool(layer.rgb), _start_thread=False, _ignore_errors=True
+        )
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
@@ -220,6 +222,7 @@ class PredictionWidget(Container):
     def _on_finished(self) -> None:
         self.worker = None
         self._update_enabled()
+        self.relay.finished.emit()
 
     def _on_returned(self, result: PredictionResult) -> None:
         layer, model, z = self._pending
@@ -360,6 +363,7 @@ class PredictionWidget(Container):
                 self.source_layer.name,
                 np.asarray(self.source_layer.data),
                 mask,
+                rgb=bool(self.source_layer.rgb),
                 class_names=self.session.names(),
                 class_colors=self.session.class_colors,
             )

@@ -8,9 +8,14 @@ from qtpy.QtCore import QObject, Signal
 
 
 class EventRelay(QObject):
-    """``relay.emit`` is a thread-safe core callback; ``relay.event`` fires in the GUI thread."""
+    """``relay.emit`` is a thread-safe core callback; ``relay.event`` fires in the GUI thread.
+
+    ``finished`` fires in the GUI thread once a widget's worker has ended and the widget has
+    taken in its result (or error): what tests and scripts wait for.
+    """
 
     event = Signal(object)
+    finished = Signal()
 
     def emit(self, value: Any) -> None:
         self.event.emit(value)

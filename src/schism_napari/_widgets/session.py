@@ -159,17 +159,21 @@ class Session:
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
 
-def session_for(viewer: Any) -> Session:
-    """The session of a viewer, created on first use, so widgets docked separately share it.
+def unwrap_viewer(viewer: Any) -> Any:
+    """napari hands each plugin widget its own proxy of the viewer, and layers obtained through a
+    proxy are proxies too, so the same layer would compare unequal by identity across widgets.
+    The widgets use only public API; they keep the viewer itself so layers are what napari holds."""
+    return getattr(viewer, "__wrapped__", viewer)
 
-    napari hands plugins a proxy of the viewer, a new one per widget: the key is what it wraps.
-    """
-    key = getattr(viewer, "__wrapped__", viewer)
-    if key not in _sessions:
+
+def session_for(viewer: Any) -> Session:
+    """The session of a viewer, created on first use, so widgets docked separately share it."""
+    viewer = unwrap_viewer(viewer)
+    if viewer not in _sessions:
         session = Session()
-        _sessions[key] = session
+        _sessions[viewer] = session
         viewer.layers.events.removed.connect(lambda event: session.forget_layer(event.value))
-    return _sessions[key]
+    return _sessions[viewer]
 
 
 def _unique_names(names: list[str]) -> list[str]:

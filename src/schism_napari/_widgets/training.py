@@ -25,7 +25,7 @@ from ..training.trainer import Trainer, TrainingResult
 from .config_form import ConfigForm
 from .curves import CurvesCanvas
 from .relay import EventRelay
-from .session import Session, session_for
+from .session import Session, session_for, unwrap_viewer
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 class TrainingWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, session: Session | None = None):
         super().__init__(labels=False)
-        self.viewer = viewer
+        self.viewer = viewer = unwrap_viewer(viewer)
         self.session = session or session_for(viewer)
         self.form = ConfigForm()
         self.form.set_config(self.session.config)
@@ -140,7 +140,13 @@ class TrainingWidget(Container):
             run_dir = unique_path(folder / time.strftime("run_%Y%m%d_%H%M%S"))
             self.stop_token = StopToken()
             trainer = Trainer(
-                config, data, run_dir, initial_weights=initial, callback=self.relay.emit, stop=self.stop_token
+                config,
+                data,
+                run_dir,
+                initial_weights=initial,
+                callback=self.relay.emit,
+                stop=self.stop_token,
+                curves_each_epoch=False,  # the dock draws them live
             )
         except SchismError as error:
             show_error(str(error))
@@ -149,7 +155,7 @@ class TrainingWidget(Container):
         self.curves.reset(config.training.score_metrics())
         self.progress.value = 0
         self.status.value = "starting…"
-        self.worker = create_worker(trainer.run, _start_thread=False)
+        self.worker = create_worker(trainer.run, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
@@ -220,6 +226,7 @@ class TrainingWidget(Container):
     def _on_finished(self) -> None:
         self.worker = None
         self._set_running(False)
+        self.relay.finished.emit()
 
     def _show_data(self) -> None:
         self.data_label.value = "training data: " + self.session.describe_data()
