@@ -29,6 +29,7 @@ from schism_napari.data.io import IGNORE, decode_mask, gray_levels
 from schism_napari.data.normalization import Normalization, StatsAccumulator
 from schism_napari.data.splits import INDEX_FILES, Split, make_split, read_split, write_split
 from schism_napari.errors import DataError
+from schism_napari.sample import CLASS_COLORS
 
 CLASS_NAMES = ["pore", "matrix", "mineral"]
 
@@ -394,7 +395,7 @@ def test_load_sample_datasets(sample_copy):
     assert data.class_count == 3
     assert data.in_channels == 1
     assert data.class_names == CLASS_NAMES
-    assert data.class_colors == [(40, 40, 200), (150, 150, 150), (230, 180, 40)]
+    assert data.class_colors == [tuple(c) for c in CLASS_COLORS]
     for name in ("rock_a", "rock_b"):
         samples = [s for s in data.samples if s.dataset == name]
         assert [s.index for s in samples] == list(range(6))
