@@ -47,15 +47,20 @@ def make_rock(shape: tuple[int, ...] = (16, 256, 256), seed: int = 0) -> tuple[n
     ndim = len(shape)
     pore_field = _smooth(rng.standard_normal(shape), 5.0 if ndim == 2 else (2.5, 5.0, 5.0))
     labels = np.ones(shape, dtype=np.uint8)
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), axis=-1)
     area = float(np.prod(shape[-2:]))
     for _ in range(int(area / 2500) + 2):
         centre = np.array([rng.uniform(0, n) for n in shape], dtype=np.float32)
         radii = rng.uniform(4, 12, size=ndim).astype(np.float32)
         if ndim == 3:
             radii[0] = rng.uniform(2, 5)
-        distance = np.sum(((grid - centre) / radii) ** 2, axis=-1)
-        labels[distance <= 1.0] = 2
+        # only the ellipsoid's bounding box: cost per grain, not per grain and pixel
+        box = tuple(
+            slice(max(0, int(np.floor(c - r))), min(n, int(np.ceil(c + r)) + 1))
+            for c, r, n in zip(centre, radii, shape, strict=True)
+        )
+        grid = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float32) for b in box], indexing="ij")
+        distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+        labels[box][distance <= 1.0] = 2
     labels[pore_field < np.quantile(pore_field, 0.22)] = 0
     image = np.choose(labels, _LEVELS).astype(np.float64)
     image = _smooth(image, 1.2)  # partial volume at interfaces

@@ -443,6 +443,7 @@ class Trainer:
                 masks[start : start + cfg.training.batch_size],
                 self.device,
                 cfg.data.img_res,
+                channels_last=self.device.type == "cpu",
             )
             y = self._target(y)
             with torch.autocast(
