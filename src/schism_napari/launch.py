@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from .atomic import unique_path
 
@@ -52,12 +53,17 @@ def launch(out: Path, *, headless: bool = False) -> int:
 def open_viewer() -> int:
     import napari
 
-    viewer = napari.Viewer(title="schism-napari")
+    setup_viewer(napari.Viewer(title="schism-napari"))
+    napari.run()
+    return 0
+
+
+def setup_viewer(viewer: Any) -> Any:
+    """The sample with scribbles, the SCHISM dock, and the pair ready: the user presses Train."""
     viewer.open_sample("schism-napari", "rock_ct_scribbles")
     _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
     dock.dataset.image_layer.value = viewer.layers["rock CT"]
     dock.dataset.labels_layer.value = viewer.layers["rock CT scribbles"]
     dock.dataset.add_pair()
-    dock.setCurrentIndex(1)  # Training: press Train
-    napari.run()
-    return 0
+    dock.setCurrentIndex(1)  # Training
+    return dock
