@@ -131,6 +131,26 @@ def test_train_then_resume(datasets, tmp_path, capsys):
     assert metrics_epochs(run) == [1, 2, 3]
 
 
+def test_train_in_two_processes_with_torchrun(datasets, tmp_path):
+    """Data-parallel training: two gloo processes, one run folder written by rank 0."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this Python")
+    data = tmp_path / "datasets"
+    shutil.copytree(datasets, data)
+    run = tmp_path / "run"
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "schism_napari.cli", "train"]
+    command += ["--data", str(data), "--config", str(tiny_ini(tmp_path)), "--out", str(run)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stderr
+    assert metrics_epochs(run) == [1, 2]
+    assert result.stderr.count("epoch 2/2") == 1  # only rank 0 reports
+    trained = load_trained_model(run)
+    assert trained.class_count == 3
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_train_refuses_a_non_empty_out_folder(datasets, tmp_path, capsys):
     out = tmp_path / "existing"
     out.mkdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"schism-napari {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model on a dataset folder")
+    train = commands.add_parser(
+        "train",
+        help="train a model on a dataset folder (N processes: torchrun --nproc_per_node N -m schism_napari.cli train)",
+    )
     train.add_argument(
         "--data", required=True, type=Path, help="SCHISM datasets/ folder, one dataset, BiaPy folder or an image"
     )
@@ -214,8 +218,10 @@ def command_train(arguments: argparse.Namespace) -> int:
     progress = TqdmProgress()
     for warning in config.warnings:
         progress._write(f"warning: {warning}")
+    # under torchrun every process runs this; only rank 0 creates the run folder and writes files
+    main_process = int(os.environ.get("RANK", "0")) == 0
     if run_dir is None:  # refuse a used --out before anything is read or written
-        run_dir = prepare_run_dir(arguments.out)
+        run_dir = prepare_run_dir(arguments.out) if main_process else arguments.out
     data = load_dataset(
         arguments.data,
         class_count=config.model.class_count,
@@ -223,6 +229,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         in_channels=config.model.in_channels,
         mask=arguments.mask,
         callback=progress,
+        write_stats=main_process,
     )
     stop = StopToken()
     with stop_on_interrupt(stop):

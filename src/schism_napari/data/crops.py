@@ -85,7 +85,12 @@ class CropSampler:
 
 
 class TrainingCrops:
-    """An epoch of shuffled random crops, ``crops_per_image`` from each training image."""
+    """An epoch of shuffled random crops, ``crops_per_image`` from each training image.
+
+    With ``shard=(rank, world)`` (distributed training) every process shuffles the same way,
+    takes every world-th crop and gets the same number of batches; crop positions differ per
+    process through ``rng``.
+    """
 
     def __init__(
         self,
@@ -95,17 +100,28 @@ class TrainingCrops:
         crops_per_image: int,
         batch_size: int,
         rng: np.random.Generator,
+        *,
+        shard: tuple[int, int] = (0, 1),
+        order_rng: np.random.Generator | None = None,
     ):
-        self.positions = [p for p in positions]
+        self.positions = list(positions)
         self.sampler = CropSampler(data, self.positions, crop_size, rng)
         self.crops_per_image, self.batch_size, self.rng = crops_per_image, batch_size, rng
+        self.order_rng = order_rng or rng
+        self.rank, self.world = shard
+
+    @property
+    def crops_per_process(self) -> int:
+        return math.ceil(len(self.positions) * self.crops_per_image / self.world)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.positions) * self.crops_per_image / self.batch_size)
+        return math.ceil(self.crops_per_process / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         order = np.repeat(np.asarray(self.positions), self.crops_per_image)
-        self.rng.shuffle(order)
+        self.order_rng.shuffle(order)
+        if self.world > 1:  # wrap around so every process has as many crops
+            order = np.resize(order, self.crops_per_process * self.world)[self.rank :: self.world]
         for start in range(0, order.size, self.batch_size):
             crops = [self.sampler.crop(int(p)) for p in order[start : start + self.batch_size]]
             yield np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])

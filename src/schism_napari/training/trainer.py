@@ -54,6 +54,7 @@ from ..runs import (
     write_run_info,
 )
 from .batches import augment, to_device
+from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .metrics import ConfusionMatrix, predicted_classes, probabilities_from_logits
 
@@ -101,11 +102,14 @@ class Trainer:
         callback: ProgressCallback = ignore_events,
         stop: StopToken | None = None,
         curves_each_epoch: bool = True,
+        distributed: bool = True,
     ):
         """``curves_each_epoch=False`` draws learning_curves.png once at the end: the napari dock
-        shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms."""
+        shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms.
+        ``distributed`` joins the torch.distributed process group that torchrun describes, if any."""
         self.config = config.copy()
         self.curves_each_epoch = curves_each_epoch
+        self.distributed = distributed
         self.config.model.in_channels = data.in_channels
         if data.class_count != self.config.model.class_count:
             raise SchismError(
@@ -119,6 +123,7 @@ class Trainer:
         self.callback = callback
         self.stop = stop or StopToken()
         self.device = select_device(self.config.training.device)
+        self.dist: Distributed | None = None
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -128,7 +133,8 @@ class Trainer:
         if self.split is None:
             t, d = self.config.training, self.config.data
             self.split = make_split(len(self.data.samples), d.num_samples, t.val_split, t.seed)
-        write_split(self.run_dir, self.data, self.split, overwrite=True)
+        if self.main:
+            write_split(self.run_dir, self.data, self.split, overwrite=True)
         return self.split
 
     def _write_run_description(self) -> None:
@@ -191,6 +197,15 @@ class Trainer:
         except (TypeError, ValueError, KeyError) as error:
             raise ConfigError("Scheduler", None, None, f"{name}: {error}", self.config.source) from None
 
+    def _stop_requested(self) -> bool:
+        if self.dist is None:
+            return self.stop.requested
+        return self.dist.any(self.stop.requested, self.device)  # one process stopping stops all
+
+    def _save(self, path: Path, state: dict[str, Any]) -> None:
+        if self.main:
+            save_weights(path, state)
+
     def _check_input_size(self, model: nn.Module) -> None:
         """One forward pass at img_res before training, so an input the architecture cannot take
         (too small for PAN's pyramid, say) is a clear error instead of a crash deep inside smp."""
@@ -217,18 +232,42 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------
 
+    @property
+    def main(self) -> bool:
+        """The process that writes the run folder and reports progress (always, without torchrun)."""
+        return self.dist is None or self.dist.main
+
     def run(self) -> TrainingResult:
+        self.dist = from_environment() if self.distributed else None
+        if self.dist is not None:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.dist.local_rank)
+                torch.cuda.set_device(self.device)
+            if not self.dist.main:
+                self.callback = ignore_events
+        try:
+            return self._run()
+        finally:
+            if self.dist is not None:
+                self.dist.close()
+
+    def _run(self) -> TrainingResult:
         cfg = self.config
         seed = cfg.training.seed
+        if seed is None and self.dist is not None:
+            seed = self.dist.shared_seed(self.device)  # every process must split and shuffle alike
         if seed is not None:
             torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed if seed is not None else int(rng.integers(2**31)))
+        rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
+        crop_rng = rng if world == 1 else np.random.default_rng([seed, rank])
+        generator = torch.Generator().manual_seed((seed if seed is not None else int(rng.integers(2**31))) + rank)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         split = self._prepare_split()
         if not split.train:
             raise SchismError("no training images: the split left none (check num_samples and val_split)")
-        self._write_run_description()
+        if self.main:
+            self._write_run_description()
 
         model = build_model(cfg.model, self.data.in_channels, source=cfg.source).to(self.device)
         channels_last = self.device.type == "cpu"
@@ -244,7 +283,14 @@ class Trainer:
                 ) from None
 
         train_crops = TrainingCrops(
-            self.data, split.train, cfg.data.crop_size, cfg.data.crops_per_image, cfg.training.batch_size, rng
+            self.data,
+            split.train,
+            cfg.data.crop_size,
+            cfg.data.crops_per_image,
+            cfg.training.batch_size,
+            crop_rng,
+            shard=(rank, world),
+            order_rng=rng,
         )
         val_positions = split.val
         if not val_positions:
@@ -287,10 +333,15 @@ class Trainer:
                     "raise [Training] epochs in its hyperparameters.ini to continue"
                 )
 
+        network: nn.Module = model  # what the training steps call: DDP averages gradients across processes
+        if self.dist is not None:
+            network = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.callback(
             TrainingStarted(
                 self.run_dir,
-                str(self.device),
+                str(self.device) if world == 1 else f"{self.device} x {world} processes",
                 first_epoch,
                 cfg.training.epochs,
                 len(train_crops),
@@ -313,7 +364,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = self._target(y)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                    loss = loss_function(model(x), y)
+                    loss = loss_function(network(x), y)
                 if not torch.isfinite(loss):
                     raise SchismError(
                         f"the training loss became {loss.item()} at epoch {epoch}, batch {number}; "
@@ -330,16 +381,16 @@ class Trainer:
                     scheduler.step()
                 losses.append(loss.item())
                 self.callback(BatchEnded(epoch, number, len(train_crops), losses[-1]))
-                if self.stop.requested:
+                if self._stop_requested():
                     break
-            if self.stop.requested:
+            if self._stop_requested():
                 stopped, reason = True, "stopped by the user"
                 epoch -= 1  # the interrupted epoch does not count; --resume repeats it
                 if BEST_LOSS not in best:
                     # stopped before any epoch ended: keep what was learned as the best so far
                     val_loss, _ = self._validate(model, loss_function, val_images, val_masks)
                     best[BEST_LOSS] = val_loss
-                    save_weights(self.run_dir / best_weights_file(BEST_LOSS), model.state_dict())
+                    self._save(self.run_dir / best_weights_file(BEST_LOSS), model.state_dict())
                 break
 
             val_loss, matrix = self._validate(model, loss_function, val_images, val_masks)
@@ -358,7 +409,7 @@ class Trainer:
                     best[name] = value
                     improved.append(name)
             for name in improved:
-                save_weights(self.run_dir / best_weights_file(name), model.state_dict())
+                self._save(self.run_dir / best_weights_file(name), model.state_dict())
 
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None and cfg.scheduler.scheduler not in PER_BATCH_SCHEDULERS:
@@ -376,8 +427,9 @@ class Trainer:
                 **{f"{name}_class{k}": v for name, values in per_class.items() for k, v in enumerate(values)},
             }
             history.append(record)
-            self._write_epoch_outputs(history, metrics, curves=self.curves_each_epoch)
-            save_weights(
+            if self.main:
+                self._write_epoch_outputs(history, metrics, curves=self.curves_each_epoch)
+            self._save(
                 self.run_dir / LAST_CHECKPOINT,
                 {
                     "model": model.state_dict(),
@@ -409,16 +461,22 @@ class Trainer:
                 stopped, reason = True, f"early stopping: no better validation loss for {stale_epochs} epochs"
                 break
 
-        if history and not self.curves_each_epoch:
+        if history and not self.curves_each_epoch and self.main:
             from ..plotting import save_learning_curves
 
             save_learning_curves(self.run_dir / CURVES, history, metrics)
-        if last_matrix is not None and any(canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics):
+        if (
+            self.main
+            and last_matrix is not None
+            and any(canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics)
+        ):
             from ..plotting import save_confusion_matrix
 
             names = self.data.class_names or default_class_names(self.data.class_count)
             save_confusion_matrix(self.run_dir / CONFUSION, last_matrix.matrix.numpy(), names)
         best_path = self.run_dir / best_weights_file(BEST_LOSS)
+        if self.dist is not None:
+            self.dist.barrier()  # the main process has written the best weights
         if best_path.is_file():
             model.load_state_dict(load_weights(best_path))
         model.eval()
