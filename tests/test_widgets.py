@@ -205,6 +205,20 @@ def test_scribble_layer_and_pairs(dock, rock):
     assert session.pairs == []
 
 
+def test_class_legend_and_labels_beyond_the_classes(make_napari_viewer, notifications, rock):
+    viewer = make_napari_viewer()
+    viewer.open_sample("schism-napari", "rock_ct_scribbles")
+    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    add_scribble_pair(viewer, dock, viewer.layers["rock CT"], viewer.layers["rock CT scribbles"])
+    legend = dock.dataset.legend.value
+    assert "1 = pore" in legend and "2 = matrix" in legend and "3 = mineral" in legend
+    assert "rgb(50,90,220)" in legend  # the class colours from the sample
+    viewer.layers["rock CT scribbles"].data[0, :5, :5] = 7  # painted with a label that is no class
+    dock.training.train_button.clicked.emit()
+    assert dock.training.worker is None
+    assert any("labels layer 'rock CT scribbles'" in m and "up to 7" in m for m in errors(notifications))
+
+
 # ---- training widget ------------------------------------------------------------------------------
 
 

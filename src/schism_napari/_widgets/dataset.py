@@ -48,6 +48,8 @@ class DatasetWidget(Container):
         self.add_pair_button = PushButton(text="Add image + labels to training set")
         self.pairs = Select(choices=[], label="training layers")
         self.remove_pair_button = PushButton(text="Remove selected")
+        self.legend = Label(value="", label="classes")
+        self.legend.tooltip = "Paint class k with label k + 1; 0 means not painted (ignored by training)."
         self.status = Label(value="", label="")
         self.extend(
             [
@@ -67,6 +69,7 @@ class DatasetWidget(Container):
                 self.add_pair_button,
                 self.pairs,
                 self.remove_pair_button,
+                self.legend,
                 self.status,
             ]
         )
@@ -82,6 +85,9 @@ class DatasetWidget(Container):
         self.add_pair_button.changed.connect(self.add_pair)
         self.remove_pair_button.changed.connect(self.remove_selected)
         self.session.data_changed.connect(self._show_pairs)
+        for signal in (self.session.data_changed, self.session.config_changed, self.session.model_changed):
+            signal.connect(self._show_legend)
+        self._show_legend()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(lambda _event: self.reset_choices())
 
@@ -122,6 +128,7 @@ class DatasetWidget(Container):
             self.session.set_class_count(summary.class_count)
         if summary.class_names:
             self.session.class_names, self.session.class_colors = summary.class_names, summary.class_colors
+        self._show_legend()
         total = sum(len(d.folder.images) for d in summary.datasets)
         self.status.value = f"{len(summary.datasets)} dataset(s), {total} images"
 
@@ -194,9 +201,8 @@ class DatasetWidget(Container):
         layer.brush_size = 5
         self.labels_layer.reset_choices()
         self.labels_layer.value = layer
-        names = self.session.names()
-        self.status.value = "paint label k + 1 for class k: " + ", ".join(f"{k + 1} = {n}" for k, n in enumerate(names))
         self.add_pair()
+        self.status.value = "paint with the labels listed under 'classes'"
 
     def add_pair(self) -> None:
         image, labels = self.image_layer.value, self.labels_layer.value
@@ -212,6 +218,9 @@ class DatasetWidget(Container):
         names = [p.name for p in self.session.pairs]
         for value in sorted((names.index(v) for v in self.pairs.value if v in names), reverse=True):
             self.session.remove_pair(value)
+
+    def _show_legend(self, *_: Any) -> None:
+        self.legend.value = self.session.legend_html()
 
     def _show_pairs(self) -> None:
         self.pairs.choices = [p.name for p in self.session.pairs]

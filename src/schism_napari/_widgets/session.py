@@ -117,7 +117,12 @@ class Session:
             )
         if self.pairs:
             images = [np.asarray(p.image.data) for p in self.pairs]
-            masks = [labels_to_mask(np.asarray(p.labels.data), config.model.class_count) for p in self.pairs]
+            masks = []
+            for pair in self.pairs:
+                try:
+                    masks.append(labels_to_mask(np.asarray(pair.labels.data), config.model.class_count))
+                except DataError as error:
+                    raise DataError(f"labels layer {pair.labels.name!r}: {error}") from None
             layers = samples_from_arrays(
                 images,
                 masks,
@@ -145,6 +150,20 @@ class Session:
             self.class_names = model.class_names
             self.class_colors = model.class_colors or self.class_colors
         self.model_changed.emit(model)
+
+    def legend_html(self) -> str:
+        """'label = class' with colour swatches, for the widgets (label k + 1 is class k)."""
+        colors = (
+            self.class_colors if self.class_colors and len(self.class_colors) == self.config.model.class_count else None
+        )
+        items = []
+        for k, name in enumerate(self.names()):
+            swatch = ""
+            if colors:
+                r, g, b = colors[k]
+                swatch = f'<span style="color: rgb({r},{g},{b})">&#9632;</span> '
+            items.append(f"{swatch}{k + 1} = {name}")
+        return "label " + ", ".join(items) + " (0 = not painted)"
 
     def names(self) -> list[str]:
         count = self.config.model.class_count
