@@ -9,6 +9,35 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Copied verbatim from the SCHISM README (seed 000), "INI File Setup".
+SCHISM_README_INI = """\
+[Model]
+n_block=5
+channels=8
+num_classes=3
+model_type=UnetSegmentor
+k_size=3
+activation=leakyrelu
+ 
+[Optimizer]
+optimizer=Adam
+ 
+[Scheduler]
+scheduler=ConstantLR
+ 
+[Training]
+batch_size=4
+val_split=0.8
+epochs=3
+metrics=DiceScore
+ 
+[Data]
+crop_size=128
+img_res=560
+num_samples=70
+"""  # noqa: W293 (the README has blank lines holding one space; kept verbatim)
+
+
 TINY_INI = """\
 [Model]
 model_type = UnetSegmentor
@@ -76,3 +105,15 @@ def trained_run(sample_files, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     Trainer(config, data, run_dir).run()
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The test machines are small and shared: one intra-op thread is faster than two contending.
+    Modules that train or run many small models use it through ``pytestmark``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

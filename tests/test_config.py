@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import SCHISM_README_INI
 from schism_napari.atomic import OutputExistsError
 from schism_napari.config import (
     ARCHITECTURES,
@@ -12,34 +13,6 @@ from schism_napari.config import (
     canonical_metric,
 )
 from schism_napari.errors import ConfigError
-
-# Copied verbatim from the SCHISM README (seed 000), "INI File Setup".
-SCHISM_README_INI = """\
-[Model]
-n_block=5
-channels=8
-num_classes=3
-model_type=UnetSegmentor
-k_size=3
-activation=leakyrelu
- 
-[Optimizer]
-optimizer=Adam
- 
-[Scheduler]
-scheduler=ConstantLR
- 
-[Training]
-batch_size=4
-val_split=0.8
-epochs=3
-metrics=DiceScore
- 
-[Data]
-crop_size=128
-img_res=560
-num_samples=70
-"""  # noqa: W293 (the README has blank lines holding one space; kept verbatim)
 
 
 def load(text: str, source: str = "test.ini") -> SchismConfig:

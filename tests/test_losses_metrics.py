@@ -14,13 +14,7 @@ from schism_napari.data.io import IGNORE
 from schism_napari.training.losses import build_loss, class_weights_from_counts
 from schism_napari.training.metrics import ConfusionMatrix, predicted_classes, probabilities_from_logits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _loss(expression: str, num_classes: int, class_weights: torch.Tensor | None = None, **kwargs):

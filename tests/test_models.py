@@ -13,14 +13,7 @@ from schism_napari.config import ARCHITECTURES, SCHISM_ARCHITECTURES, SMP_ARCHIT
 from schism_napari.errors import ConfigError, SchismError
 from schism_napari.models import build_model, output_channels, size_divisor
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machines are small and shared: one intra-op thread is faster than two contending."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # PAN's feature pyramid attention pools the 1/32 feature map three more times: it needs >= 128 px.

@@ -28,13 +28,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INDEX_LINE = re.compile(r"^(rock_a|rock_b), (\d+)$")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machines are small and shared: one intra-op thread is faster than two contending."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import SCHISM_README_INI
 from schism_napari.data import read_image
 from schism_napari.data.io import IGNORE
 from schism_napari.runs import available_weights, load_trained_model
@@ -222,39 +223,11 @@ def test_class_legend_and_labels_beyond_the_classes(make_napari_viewer, notifica
 # ---- training widget ------------------------------------------------------------------------------
 
 
-SEED_INI = """\
-[Model]
-n_block=5
-channels=8
-num_classes=3
-model_type=UnetSegmentor
-k_size=3
-activation=leakyrelu
-
-[Optimizer]
-optimizer=Adam
-
-[Scheduler]
-scheduler=ConstantLR
-
-[Training]
-batch_size=4
-val_split=0.8
-epochs=3
-metrics=DiceScore
-
-[Data]
-crop_size=128
-img_res=560
-num_samples=70
-"""
-
-
 def test_training_form_loads_and_saves_ini(dock, tmp_path, notifications):
     _, dock = dock
     training = dock.training
     seed = tmp_path / "seed.ini"
-    seed.write_text(SEED_INI)
+    seed.write_text(SCHISM_README_INI)
     training.load_ini(seed)
     assert training.form.widget("Model", "model_type").value == "UnetSegmentor"
     assert training.form.widget("Model", "n_block").value == 5

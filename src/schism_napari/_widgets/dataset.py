@@ -21,7 +21,7 @@ from ..data import mask_to_labels, read_image, read_mask
 from ..data.io import decode_mask
 from ..data.summary import FolderSummary, summarize_folder
 from ..errors import SchismError
-from .relay import EventRelay
+from .relay import EventRelay, describe
 from .session import Session, session_for, unwrap_viewer
 
 if TYPE_CHECKING:
@@ -226,6 +226,6 @@ class DatasetWidget(Container):
         self.pairs.choices = [p.name for p in self.session.pairs]
 
     def _fail(self, error: Exception, context: str) -> None:
-        message = str(error) if isinstance(error, SchismError) else f"{type(error).__name__}: {error}"
+        message = describe(error)
         self.status.value = context
         show_error(message)

@@ -35,7 +35,7 @@ from ..errors import Cancelled, SchismError
 from ..events import StopToken
 from ..inference import PredictionResult, Predictor
 from ..runs import BEST_LOSS, TrainedModel, available_weights, load_trained_model
-from .relay import EventRelay
+from .relay import EventRelay, describe
 from .session import Session, session_for, unwrap_viewer
 
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
@@ -215,7 +215,7 @@ class PredictionWidget(Container):
         if isinstance(error, Cancelled):
             self.status.value = "cancelled"
             return
-        message = str(error) if isinstance(error, SchismError) else f"{type(error).__name__}: {error}"
+        message = describe(error)
         self.status.value = "prediction failed"
         show_error(f"prediction failed: {message}")
 

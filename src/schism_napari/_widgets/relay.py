@@ -6,6 +6,8 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
+from ..errors import SchismError
+
 
 class EventRelay(QObject):
     """``relay.emit`` is a thread-safe core callback; ``relay.event`` fires in the GUI thread.
@@ -19,3 +21,8 @@ class EventRelay(QObject):
 
     def emit(self, value: Any) -> None:
         self.event.emit(value)
+
+
+def describe(error: BaseException) -> str:
+    """A worker's error for a notification: user errors as they are, others with their type."""
+    return str(error) if isinstance(error, SchismError) else f"{type(error).__name__}: {error}"

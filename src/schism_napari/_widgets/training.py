@@ -24,7 +24,7 @@ from ..runs import TrainedModel, default_class_names
 from ..training.trainer import Trainer, TrainingResult
 from .config_form import ConfigForm
 from .curves import CurvesCanvas
-from .relay import EventRelay
+from .relay import EventRelay, describe
 from .session import Session, session_for, unwrap_viewer
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
@@ -219,7 +219,7 @@ class TrainingWidget(Container):
         show_info(f"training {result.reason}; run folder {result.run_dir}")
 
     def _on_errored(self, error: Exception) -> None:
-        message = str(error) if isinstance(error, SchismError) else f"{type(error).__name__}: {error}"
+        message = describe(error)
         self.status.value = "training failed"
         show_error(f"training failed: {message}")
 
