@@ -491,3 +491,28 @@ def test_prediction_cancel(qtbot, dock, trained_run):
     assert prediction.status.value == "cancelled"
     assert f"{image.name} prediction" not in [layer.name for layer in viewer.layers]
     assert prediction.predict_button.enabled
+
+
+def test_each_image_keeps_its_own_prediction_layers(qtbot, dock, trained_run, rock):
+    viewer, dock = dock
+    volume, _, _ = rock
+    prediction = dock.prediction
+    prediction.run_folder.value = trained_run
+    prediction.load_button.clicked.emit()
+    first = viewer.add_image(volume, name="first")
+    second = viewer.add_image(volume[:, ::-1, :].copy(), name="second")
+    prediction.reset_choices()
+    prediction.image.value = first
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    first_labels = viewer.layers["first prediction"]
+    kept = first_labels.data.copy()
+    prediction.image.value = second
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    assert viewer.layers["first prediction"] is first_labels
+    np.testing.assert_array_equal(first_labels.data, kept)
+    assert viewer.layers["second prediction"].data.shape == volume.shape
+    assert prediction.labels_layer is viewer.layers["second prediction"]  # "Add to training set" takes the latest
+    prediction.image.value = first  # predicting the first again updates its layers in place
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    assert [layer.name for layer in viewer.layers].count("first prediction") == 1
+    assert prediction.labels_layer is first_labels

@@ -7,6 +7,8 @@ image in this session, "Save to dataset" writes both as a new SCHISM dataset fol
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,28 @@ from .relay import EventRelay, describe
 from .session import Session, session_for, unwrap_viewer
 
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
+
+
+@dataclass
+class Outputs:
+    """The layers holding one image's prediction: updated in place when it is predicted again."""
+
+    labels: Labels | None = None
+    probabilities: list[Image] = field(default_factory=list)
+
+    def drop_removed(self, layers: Any) -> None:
+        if self.labels is not None and self.labels not in layers:
+            self.labels = None
+        self.probabilities = [p for p in self.probabilities if p in layers]
+
+    def probabilities_array(self, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The current probabilities as (Z, C, Y, X), whichever layout the layers have."""
+        layers = self.probabilities
+        if len(layers) == 1 and layers[0].data.shape[1:] == spatial_shape:
+            return np.moveaxis(np.asarray(layers[0].data), 0, -3)
+        if layers and all(p.data.shape == spatial_shape for p in layers):
+            return np.stack([np.asarray(p.data) for p in layers], axis=-3)
+        return None
 
 
 if TYPE_CHECKING:
@@ -95,9 +119,9 @@ class PredictionWidget(Container):
         self.stop_token: StopToken | None = None
         self.relay = EventRelay()
         self.relay.event.connect(self._on_event)
-        self.labels_layer: Labels | None = None
-        self.probability_layers: list[Image] = []
-        self.source_layer: Image | None = None
+        self.outputs: weakref.WeakKeyDictionary[Image, Outputs] = weakref.WeakKeyDictionary()
+        self.source_layer: Image | None = None  # the image of the latest prediction
+        self.labels_layer: Labels | None = None  # its Labels layer (the one to correct)
         self._foreground: np.ndarray | None = None  # binary models: P(class 1), for the threshold slider
         self._pending: tuple[Any, ...] | None = None
 
@@ -232,63 +256,55 @@ class PredictionWidget(Container):
     # ---- result layers -----------------------------------------------------------------------
 
     def _show_result(self, layer: Image, model: TrainedModel, result: PredictionResult, z: int | None) -> None:
+        """Put the result in the source image's own output layers (created on its first prediction)."""
+        outputs = self.outputs.setdefault(layer, Outputs())
+        outputs.drop_removed(self.viewer.layers)
         spatial_shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
         probabilities = np.asarray(result.probabilities)  # (C, Y, X) or (Z, C, Y, X)
         labels = mask_to_labels(np.asarray(result.labels))
         if z is not None:  # preview of one slice: place it in full-size layers
-            full_labels = self._existing_data(self.labels_layer, spatial_shape, np.uint8)
+            full_labels = np.zeros(spatial_shape, dtype=np.uint8)
+            if outputs.labels is not None and outputs.labels.data.shape == spatial_shape:
+                full_labels[:] = outputs.labels.data
             full_labels[z] = labels
             labels = full_labels
             full = np.zeros((spatial_shape[0], *probabilities.shape), dtype=np.float32)
-            previous = self._existing_probabilities(spatial_shape)
+            previous = outputs.probabilities_array(spatial_shape)
             if previous is not None:
                 full[:] = previous
             full[z] = probabilities
             probabilities = full
         by_class = np.moveaxis(probabilities, -3, 0)  # (C, [Z,] Y, X)
-        self.source_layer = layer
-        self._update_labels_layer(layer, model, labels)
-        self._update_probability_layers(layer, model, by_class)
+        self._update_labels_layer(layer, outputs, model, labels)
+        self._update_probability_layers(layer, outputs, model, by_class)
+        self.source_layer, self.labels_layer = layer, outputs.labels
         self._foreground = by_class[1] if model.class_count == 2 else None
 
-    def _existing_data(self, existing: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        if existing is not None and existing in self.viewer.layers and existing.data.shape == shape:
-            return np.array(existing.data, dtype=dtype)
-        return np.zeros(shape, dtype=dtype)
-
-    def _existing_probabilities(self, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
-        layers = [p for p in self.probability_layers if p in self.viewer.layers]
-        if not layers:
-            return None
-        if len(layers) == 1 and layers[0].data.shape[1:] == spatial_shape:
-            return np.moveaxis(np.asarray(layers[0].data), 0, -3)
-        if all(p.data.shape == spatial_shape for p in layers):
-            return np.stack([np.asarray(p.data) for p in layers], axis=-3)
-        return None
-
-    def _update_labels_layer(self, layer: Image, model: TrainedModel, labels: np.ndarray) -> None:
+    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: TrainedModel, labels: np.ndarray) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
-        name = f"{layer.name} prediction"
-        colors = {None: "transparent", 0: "transparent"}
-        for k, color in enumerate(model.class_colors or []):
-            colors[k + 1] = [c / 255 for c in color] + [1.0]
-        geometry = {"scale": layer.scale[-labels.ndim :], "translate": layer.translate[-labels.ndim :]}
-        if self.labels_layer is not None and self.labels_layer in self.viewer.layers:
-            self.labels_layer.data = labels
+        if outputs.labels is not None:
+            outputs.labels.data = labels
         else:
-            self.labels_layer = self.viewer.add_labels(labels, name=name, **geometry)
+            outputs.labels = self.viewer.add_labels(
+                labels,
+                name=f"{layer.name} prediction",
+                scale=layer.scale[-labels.ndim :],
+                translate=layer.translate[-labels.ndim :],
+            )
+        outputs.labels.metadata["schism_classes"] = model.class_names
         if model.class_colors:
-            self.labels_layer.colormap = DirectLabelColormap(color_dict=colors)
-        self.labels_layer.metadata["schism_classes"] = model.class_names
-        if model.class_colors:
-            self.labels_layer.metadata["schism_colors"] = [list(c) for c in model.class_colors]
+            colors = {None: "transparent", 0: "transparent"}
+            colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(model.class_colors)})
+            outputs.labels.colormap = DirectLabelColormap(color_dict=colors)
+            outputs.labels.metadata["schism_colors"] = [list(c) for c in model.class_colors]
 
-    def _update_probability_layers(self, layer: Image, model: TrainedModel, by_class: np.ndarray) -> None:
-        scale, translate = layer.scale[-(by_class.ndim - 1) :], layer.translate[-(by_class.ndim - 1) :]
-        existing = [p for p in self.probability_layers if p in self.viewer.layers]
+    def _update_probability_layers(
+        self, layer: Image, outputs: Outputs, model: TrainedModel, by_class: np.ndarray
+    ) -> None:
+        existing = outputs.probabilities
         per_class = self.layout_choice.value == PER_CLASS
-        if per_class and len(existing) == len(by_class):
+        if per_class and len(existing) == len(by_class) and existing[0].data.shape == by_class.shape[1:]:
             for probability_layer, data in zip(existing, by_class, strict=True):
                 probability_layer.data = data
             return
@@ -297,36 +313,34 @@ class PredictionWidget(Container):
             return
         for old in existing:
             self.viewer.layers.remove(old)
+        scale, translate = layer.scale[-(by_class.ndim - 1) :], layer.translate[-(by_class.ndim - 1) :]
+        style = {"colormap": "magma", "contrast_limits": (0, 1)}
         if per_class:
-            names = [f"{layer.name} P({name})" for name in model.class_names]
-            self.probability_layers = [
+            outputs.probabilities = [
                 self.viewer.add_image(
                     data,
-                    name=n,
+                    name=f"{layer.name} P({name})",
                     scale=scale,
                     translate=translate,
-                    colormap="magma",
                     blending="additive",
-                    contrast_limits=(0, 1),
                     visible=k > 0,
+                    **style,
                 )
-                for k, (data, n) in enumerate(zip(by_class, names, strict=True))
+                for k, (data, name) in enumerate(zip(by_class, model.class_names, strict=True))
             ]
         else:
-            self.probability_layers = [
+            outputs.probabilities = [
                 self.viewer.add_image(
                     by_class,
                     name=f"{layer.name} probabilities",
                     scale=(1.0, *scale),
                     translate=(0.0, *translate),
-                    colormap="magma",
-                    contrast_limits=(0, 1),
                     metadata={"schism_classes": model.class_names},
+                    **style,
                 )
             ]
-        if self.labels_layer is not None:  # keep the labels above the probabilities
-            index = self.viewer.layers.index(self.labels_layer)
-            self.viewer.layers.move(index, len(self.viewer.layers))
+        # keep the labels above the probabilities
+        self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
 
     def _apply_threshold(self) -> None:
         if self._foreground is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
