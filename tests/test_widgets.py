@@ -175,6 +175,20 @@ def test_dataset_widget_scans_a_folder_and_opens_a_pair(qtbot, dock, sample_file
     assert "folder" in dock.training.data_label.value
 
 
+def test_scanning_a_folder_keeps_unsaved_form_edits(qtbot, dock, sample_files):
+    """A scan may change the number of classes; the user's other edits in the form stay."""
+    _, dock = dock
+    set_fields(dock.training, Training__epochs=7, Model__num_classes=5, Data__crop_size=80)
+    assert dock.training.session.config.training.epochs == 7  # edits reach the session at once
+    dock.dataset.folder.value = sample_files.datasets
+    click_and_wait(qtbot, dock.dataset, dock.dataset.scan_button)
+    form = dock.training.form
+    assert form.widget("Model", "num_classes").value == 3  # from class_dict.csv
+    assert form.widget("Training", "epochs").value == 7
+    assert form.widget("Data", "crop_size").value == 80
+    assert dock.training.session.config.model.num_classes == 3
+
+
 def test_dataset_widget_reports_a_bad_folder_and_the_viewer_stays_usable(qtbot, dock, tmp_path, notifications):
     viewer, dock = dock
     bad = tmp_path / "bad"

@@ -71,6 +71,11 @@ class ConfigForm:
         """The form's values as a validated config; raises ConfigError naming the field at fault."""
         return SchismConfig.from_ini_string(self.ini_text(), source="form")
 
+    def on_change(self, callback: Any) -> None:
+        """Call ``callback()`` whenever the user edits any field."""
+        for widget in self.widgets.values():
+            widget.changed.connect(lambda *_: callback())
+
     def widget(self, section: str, key: str) -> Widget:
         return self.widgets[(section, key)]
 

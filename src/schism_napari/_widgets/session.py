@@ -34,7 +34,9 @@ class LayerPair:
 
 
 class Session:
-    config_changed = Signal(object)  # SchismConfig
+    config_changed = Signal(object)  # SchismConfig: any change (form edits included)
+    config_replaced = Signal(object)  # SchismConfig: a whole new config (INI loaded): forms refill
+    class_count_requested = Signal(int)  # a scanned dataset says how many classes it has
     data_changed = Signal()
     model_changed = Signal(object)  # TrainedModel | None
     busy_changed = Signal(bool)
@@ -51,14 +53,22 @@ class Session:
     # ---- configuration ---------------------------------------------------------------------
 
     def set_config(self, config: SchismConfig) -> None:
+        """The Training form's current values (it owns the configuration the user edits)."""
         self.config = config
         self.config_changed.emit(config)
 
+    def replace_config(self, config: SchismConfig) -> None:
+        """A configuration from elsewhere (an INI file): the form takes all of it."""
+        self.set_config(config)
+        self.config_replaced.emit(config)
+
     def set_class_count(self, count: int) -> None:
+        """Change only num_classes, keeping every other value (and unsaved form edits)."""
         if count != self.config.model.class_count:
             config = self.config.copy()
             config.model.num_classes = count
             self.set_config(config.validate())
+            self.class_count_requested.emit(count)
 
     # ---- training data ---------------------------------------------------------------------
 

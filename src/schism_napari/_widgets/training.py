@@ -82,7 +82,10 @@ class TrainingWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.session.data_changed.connect(self._show_data)
         self.session.model_changed.connect(self._on_model)
-        self.session.config_changed.connect(self.form.set_config)
+        self.session.config_replaced.connect(self._refill_form)
+        self.session.class_count_requested.connect(self._set_class_count)
+        self._filling = False
+        self.form.on_change(self._form_edited)
         self._show_data()
 
     # ---- INI ---------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ class TrainingWidget(Container):
             return
         for warning in config.warnings:
             show_warning(warning)
-        self.session.set_config(config)
+        self.session.replace_config(config)
         self.status.value = f"loaded {Path(path).name}"
 
     def save_ini(self, path: str | Path, *, overwrite: bool = False) -> Path | None:
@@ -131,7 +134,7 @@ class TrainingWidget(Container):
             return
         try:
             config = self.form.config()
-            self.session.config = config  # keep the other widgets' view without re-filling the form
+            self.session.set_config(config)
             data = self.session.training_data()
             initial = None
             if self.fine_tune.value and self.session.model is not None:
@@ -227,6 +230,26 @@ class TrainingWidget(Container):
         self.worker = None
         self._set_running(False)
         self.relay.finished.emit()
+
+    def _refill_form(self, config: Any) -> None:
+        self._filling = True
+        try:
+            self.form.set_config(config)
+        finally:
+            self._filling = False
+
+    def _set_class_count(self, count: int) -> None:
+        self.form.widget("Model", "num_classes").value = count
+
+    def _form_edited(self) -> None:
+        """Keep the session on the form's values, so the other widgets see unsaved edits too."""
+        if self._filling:
+            return
+        try:
+            config = self.form.config()
+        except SchismError:
+            return  # a value being typed; Train reports it if it stays wrong
+        self.session.set_config(config)
 
     def _show_data(self) -> None:
         self.data_label.value = "training data: " + self.session.describe_data()
