@@ -31,21 +31,18 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 def read_dataset_folder(path: str | list[str]) -> list[tuple]:
     """Each dataset becomes an image layer (slices stacked when shapes agree) and a Labels layer."""
     from .data.discovery import discover_datasets
-    from .data.io import choose_encoding, decode_mask, mask_values, read_class_dict, read_image, read_mask
+    from .data.io import IGNORE, decode_mask, mask_values, read_image, read_mask, shared_encoding
     from .data.labels import mask_to_labels
-    from .data.summary import summarize_folder
+    from .data.summary import class_count_from, first_class_dict
     from .errors import DataError
 
     folder = Path(path[0] if isinstance(path, list) else path)
-    summary = summarize_folder(folder)
-    count = summary.class_count
     _, folders = discover_datasets(folder, require_masks=False)
-    names = colors = None
-    if folders and folders[0].class_dict:
-        names, colors = read_class_dict(folders[0].class_dict)
+    names, colors = first_class_dict(folders)
+    contents = [(d, [read_image(p) for p in d.images], [read_mask(p) for p in d.masks or []]) for d in folders]
+    count = class_count_from(names, [mask_values(r) for *_, raws in contents for r in raws if r.ndim == 3])
     layers: list[tuple] = []
-    for dataset in folders:
-        images = [read_image(p) for p in dataset.images]
+    for dataset, images, raws in contents:
         if len({img.shape[1:] for img in images}) != 1:
             raise DataError(f"{dataset.name}: images differ in shape; open them one by one from the Dataset widget")
         stack = np.concatenate(images)
@@ -53,19 +50,15 @@ def read_dataset_folder(path: str | list[str]) -> list[tuple]:
         data = stack if rgb else stack[..., 0]
         data = data[0] if data.shape[0] == 1 else data
         layers.append((data, {"name": dataset.name, "rgb": rgb, "metadata": {"schism_dataset": str(folder)}}, "image"))
-        if dataset.masks and count is not None:
-            raws = [read_mask(p) for p in dataset.masks]
-            encoding = None
-            gray = [r for r in raws if r.ndim == 3]
-            if gray:
-                values = np.unique(np.concatenate([mask_values(r) for r in gray]))
-                encoding = choose_encoding(values, count, 255, dataset.name)
-            masks = np.concatenate(
-                [decode_mask(r, count, 255, str(p), colors, encoding) for r, p in zip(raws, dataset.masks, strict=True)]
-            )
+        if raws and count is not None:
+            encoding = shared_encoding(raws, count, IGNORE, dataset.name)
+            decoded = [
+                decode_mask(r, count, IGNORE, str(p), colors, encoding)
+                for r, p in zip(raws, dataset.masks, strict=True)
+            ]
+            masks = np.concatenate(decoded)
             labels = mask_to_labels(masks[0] if masks.shape[0] == 1 else masks)
-            meta = {"name": f"{dataset.name} masks", "metadata": {"schism_classes": names}}
-            layers.append((labels, meta, "labels"))
+            layers.append((labels, {"name": f"{dataset.name} masks", "metadata": {"schism_classes": names}}, "labels"))
     return layers
 
 

@@ -18,7 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..data import mask_to_labels, read_image, read_mask
-from ..data.io import decode_mask
+from ..data.io import choose_encoding, decode_mask
 from ..data.summary import FolderSummary, summarize_folder
 from ..errors import SchismError
 from .relay import EventRelay, describe
@@ -158,12 +158,15 @@ class DatasetWidget(Container):
             if dataset.folder.masks:
                 mask_path = dataset.folder.masks[index]
                 count = self.session.config.model.class_count
+                ignore = self.session.config.data.ignore_index
+                # decode with the encoding of the whole dataset, as training will
+                encoding = (
+                    choose_encoding(dataset.mask_values, count, ignore, dataset.name)
+                    if dataset.mask_values.size
+                    else None
+                )
                 mask = decode_mask(
-                    read_mask(mask_path),
-                    count,
-                    self.session.config.data.ignore_index,
-                    str(mask_path),
-                    self.summary.class_colors,
+                    read_mask(mask_path), count, ignore, str(mask_path), self.summary.class_colors, encoding
                 )
                 labels = mask_to_labels(mask[0] if mask.shape[0] == 1 else mask)
                 labels_layer = self.viewer.add_labels(labels, name=f"{image_path.stem} mask")

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from ..events import Message, ProgressCallback, ignore_events
 from .discovery import DatasetFolder, discover_datasets
-from .io import IGNORE, choose_encoding, decode_mask, mask_values, read_class_dict, read_image, read_mask
+from .io import IGNORE, decode_mask, read_class_dict, read_image, read_mask, shared_encoding
 from .normalization import Normalization, StatsAccumulator, read_stats_file, write_stats_file
 
 STATS_FILE = "data_stats.json"
@@ -248,13 +248,8 @@ def _read_folder(
                     f"{image_path.name} {_shape(image.shape[:3])}"
                 )
         pairs.append((image_path, image, mask_path, raw))
-    # One encoding for the whole dataset: a single mask cannot tell 255 = "unlabeled" from
-    # 255 = "last SCHISM gray level".
-    gray = [raw for *_, raw in pairs if raw is not None and raw.ndim == 3]
-    encoding = None
-    if gray:
-        values = np.unique(np.concatenate([mask_values(raw) for raw in gray]))
-        encoding = choose_encoding(values, class_count, ignore_index, f"{folder.images[0].parent.parent} masks")
+    raws = [raw for *_, raw in pairs if raw is not None]
+    encoding = shared_encoding(raws, class_count, ignore_index, f"{folder.images[0].parent.parent} masks")
     samples: list[Sample] = []
     for image_path, image, mask_path, raw in pairs:
         decoded = None

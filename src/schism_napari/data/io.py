@@ -171,6 +171,16 @@ def choose_encoding(values: np.ndarray, class_count: int, ignore_index: int, sou
     )
 
 
+def shared_encoding(raws: list[np.ndarray], class_count: int, ignore_index: int, source: str) -> str | None:
+    """One encoding for all masks of a dataset, from the union of their values: a single mask
+    cannot tell 255 = "unlabeled" from 255 = "last SCHISM gray level". None without gray masks."""
+    gray = [raw for raw in raws if raw.ndim == 3]
+    if not gray:
+        return None
+    values = np.unique(np.concatenate([mask_values(raw) for raw in gray]))
+    return choose_encoding(values, class_count, ignore_index, source)
+
+
 def decode_mask(
     raw: np.ndarray,
     class_count: int,

@@ -49,11 +49,7 @@ class FolderSummary:
 
     @property
     def class_count(self) -> int | None:
-        """Classes from class_dict.csv, else guessed from the mask values of all datasets."""
-        if self.class_names:
-            return len(self.class_names)
-        values = [d.mask_values for d in self.datasets if d.mask_values.size]
-        return infer_class_count(np.unique(np.concatenate(values))) if values else None
+        return class_count_from(self.class_names, [d.mask_values for d in self.datasets])
 
     def describe_classes(self) -> str:
         count = self.class_count
@@ -67,15 +63,25 @@ class FolderSummary:
         return f"{count} classes{names}{levels}"
 
 
+def class_count_from(class_names: list[str] | None, mask_values: list[np.ndarray]) -> int | None:
+    """Classes from class_dict.csv, else guessed from the mask values of all datasets."""
+    if class_names:
+        return len(class_names)
+    values = [v for v in mask_values if v.size]
+    return infer_class_count(np.unique(np.concatenate(values))) if values else None
+
+
+def first_class_dict(folders: list[DatasetFolder]) -> tuple[list[str] | None, list[tuple[int, int, int]] | None]:
+    """Class names and colours from the first dataset that has a class_dict.csv."""
+    path = next((f.class_dict for f in folders if f.class_dict is not None), None)
+    return read_class_dict(path) if path is not None else (None, None)
+
+
 def summarize_folder(root: str | Path) -> FolderSummary:
     """Read image headers and mask values of every dataset under ``root``."""
     root = Path(root)
     _, folders = discover_datasets(root, require_masks=False)
-    names = colors = None
-    for folder in folders:
-        if folder.class_dict is not None:
-            names, colors = read_class_dict(folder.class_dict)
-            break
+    names, colors = first_class_dict(folders)
     summaries = []
     for folder in folders:
         headers = [image_header(path) for path in folder.images]
