@@ -22,7 +22,7 @@ from ..data.io import choose_encoding, decode_mask
 from ..data.summary import FolderSummary, summarize_folder
 from ..errors import SchismError
 from .relay import EventRelay, describe
-from .session import Session, session_for, unwrap_viewer
+from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
 if TYPE_CHECKING:
     import napari
@@ -42,8 +42,8 @@ class DatasetWidget(Container):
         self.open_button = PushButton(text="Open pair in viewer")
         self.use_folder_button = PushButton(text="Train on this folder")
         self.clear_folder_button = PushButton(text="Don't train on a folder")
-        self.image_layer = ComboBox(choices=self._layers_of(Image), label="image layer")
-        self.labels_layer = ComboBox(choices=self._layers_of(Labels), label="labels layer")
+        self.image_layer = ComboBox(choices=layer_choices(viewer, Image), label="image layer")
+        self.labels_layer = ComboBox(choices=layer_choices(viewer, Labels), label="labels layer")
         self.new_labels_button = PushButton(text="New scribble layer for image")
         self.add_pair_button = PushButton(text="Add image + labels to training set")
         self.pairs = Select(choices=[], label="training layers")
@@ -88,11 +88,7 @@ class DatasetWidget(Container):
         for signal in (self.session.data_changed, self.session.config_changed, self.session.model_changed):
             signal.connect(self._show_legend)
         self._show_legend()
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(lambda _event: self.reset_choices())
-
-    def _layers_of(self, kind: type) -> Any:
-        return lambda _widget=None: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+        follow_layers(viewer, self)
 
     # ---- folder ------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from ..events import StopToken
 from ..inference import PredictionResult, Predictor
 from ..runs import BEST_LOSS, TrainedModel, available_weights, load_trained_model
 from .relay import EventRelay, describe
-from .session import Session, session_for, unwrap_viewer
+from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
 
@@ -78,7 +78,7 @@ class PredictionWidget(Container):
         self.run_folder = FileEdit(mode="d", label="run folder", value="")
         self.metric = ComboBox(choices=[BEST_LOSS], value=BEST_LOSS, label="weights")
         self.load_button = PushButton(text="Load run folder")
-        self.image = ComboBox(choices=self._image_layers, label="image")
+        self.image = ComboBox(choices=layer_choices(viewer, Image), label="image")
         self.tile_size = SpinBox(min=16, max=4096, value=256, label="tile size")
         self.overlap = FloatSpinBox(min=0.0, max=0.9, step=0.05, value=0.25, label="overlap")
         self.batch_size = SpinBox(min=1, max=512, value=4, label="batch size")
@@ -134,12 +134,8 @@ class PredictionWidget(Container):
         self.save_button.changed.connect(lambda: self.save_to_dataset())
         self.session.model_changed.connect(self._on_model)
         self.session.busy_changed.connect(lambda busy: self._update_enabled())
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(lambda _event: self.reset_choices())
+        follow_layers(viewer, self)
         self._on_model(self.session.model)
-
-    def _image_layers(self, _widget: Any = None) -> list[Any]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     # ---- model -------------------------------------------------------------------------------
 

@@ -195,6 +195,17 @@ def unwrap_viewer(viewer: Any) -> Any:
     return getattr(viewer, "__wrapped__", viewer)
 
 
+def layer_choices(viewer: Any, kind: type) -> Any:
+    """A magicgui ``choices`` callable: the viewer's layers of one kind."""
+    return lambda _widget=None: [layer for layer in viewer.layers if isinstance(layer, kind)]
+
+
+def follow_layers(viewer: Any, widget: Any) -> None:
+    """Refresh a widget's layer choices when layers are added or removed."""
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        event.connect(lambda _event: widget.reset_choices())
+
+
 def session_for(viewer: Any) -> Session:
     """The session of a viewer, created on first use, so widgets docked separately share it."""
     viewer = unwrap_viewer(viewer)

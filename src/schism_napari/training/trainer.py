@@ -233,6 +233,11 @@ class Trainer:
     # ---- loop --------------------------------------------------------------------------------
 
     @property
+    def use_amp(self) -> bool:
+        """Mixed precision applies on CUDA only."""
+        return self.config.training.amp and self.device.type == "cuda"
+
+    @property
     def main(self) -> bool:
         """The process that writes the run folder and reports progress (always, without torchrun)."""
         return self.dist is None or self.dist.main
@@ -303,7 +308,7 @@ class Trainer:
         loss_function = build_loss(cfg.loss, cfg.model, self._class_weights(split)).to(self.device)
         optimizer = self._optimizer(model)
         scheduler = self._scheduler(optimizer, len(train_crops))
-        use_amp = cfg.training.amp and self.device.type == "cuda"
+        use_amp = self.use_amp
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
         metrics = cfg.training.score_metrics()
@@ -504,9 +509,7 @@ class Trainer:
                 channels_last=self.device.type == "cpu",
             )
             y = self._target(y)
-            with torch.autocast(
-                self.device.type, dtype=torch.float16, enabled=cfg.training.amp and self.device.type == "cuda"
-            ):
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 logits = model(x)
             logits = logits.float()
             count = int((y != IGNORE).sum())
