@@ -530,3 +530,26 @@ def test_each_image_keeps_its_own_prediction_layers(qtbot, dock, trained_run, ro
     click_and_wait(qtbot, prediction, prediction.predict_button)
     assert [layer.name for layer in viewer.layers].count("first prediction") == 1
     assert prediction.labels_layer is first_labels
+
+
+def test_training_on_a_scanned_folder_reads_it_in_the_worker(qtbot, dock, sample_files, tmp_path, notifications):
+    import shutil
+
+    _, dock = dock
+    folder = tmp_path / "datasets"
+    shutil.copytree(sample_files.datasets, folder)
+    dock.dataset.folder.value = folder
+    click_and_wait(qtbot, dock.dataset, dock.dataset.scan_button)
+    dock.dataset.use_folder_button.clicked.emit()
+    small_training(dock.training, epochs=1)
+    dock.training.train_button.clicked.emit()
+    assert dock.training.worker is not None  # the folder is read in the worker, not before it starts
+    with qtbot.waitSignal(dock.training.relay.finished, timeout=WAIT_MS):
+        pass
+    model = dock.training.session.model
+    assert model is not None and model.class_names == ["pore", "matrix", "mineral"]
+    # a folder broken after the scan: the worker's error becomes a notification
+    (folder / "rock_a" / "masks" / "slice_000.tif").unlink()
+    click_and_wait(qtbot, dock.training, dock.training.train_button)
+    assert any("training failed" in m and "masks for 6 images" in m for m in errors(notifications))
+    assert dock.training.train_button.enabled

@@ -33,6 +33,51 @@ class LayerPair:
         return f"{self.image.name} + {self.labels.name}"
 
 
+@dataclass
+class TrainingSources:
+    """What to train on, fixed at Train time: a dataset folder and/or layer pairs (masks copied)."""
+
+    config: SchismConfig
+    folder: Path | None
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    rgb: list[bool]
+    names: list[str]
+    class_names: list[str] | None
+    class_colors: list[tuple[int, int, int]] | None
+
+    def load(self) -> SegmentationData:
+        """Read the folder, build the layer samples, merge: slow work, meant for a worker thread."""
+        config = self.config
+        parts = []
+        if self.folder is not None:
+            parts.append(
+                load_dataset(
+                    self.folder,
+                    class_count=config.model.class_count,
+                    ignore_index=config.data.ignore_index,
+                    in_channels=config.model.in_channels,
+                )
+            )
+        if self.images:
+            parts.append(
+                samples_from_arrays(
+                    self.images,
+                    self.masks,
+                    class_count=config.model.class_count,
+                    rgb=self.rgb,
+                    names=self.names,
+                    in_channels=parts[0].in_channels if parts else config.model.in_channels,
+                    stats={"default": parts[0].stats["default"]} if parts else None,
+                    skip_unlabeled=True,
+                )
+            )
+        data = merge_datasets(parts)
+        if data.class_names is None:
+            data.class_names, data.class_colors = self.class_names, self.class_colors
+        return data
+
+
 class Session:
     config_changed = Signal(object)  # SchismConfig: any change (form edits included)
     config_replaced = Signal(object)  # SchismConfig: a whole new config (INI loaded): forms refill
@@ -112,45 +157,34 @@ class Session:
         parts.extend(f"layers {p.name}" for p in self.pairs)
         return "; ".join(parts) if parts else "none: choose a folder or add image + labels layers in Dataset"
 
-    def training_data(self) -> SegmentationData:
-        """Snapshot the training sources as they are now (painted labels included)."""
-        config = self.config
-        parts = []
-        if self.folder is not None:
-            parts.append(
-                load_dataset(
-                    self.folder,
-                    class_count=config.model.class_count,
-                    ignore_index=config.data.ignore_index,
-                    in_channels=config.model.in_channels,
-                )
-            )
-        if self.pairs:
-            images = [np.asarray(p.image.data) for p in self.pairs]
-            masks = []
-            for pair in self.pairs:
-                try:
-                    masks.append(labels_to_mask(np.asarray(pair.labels.data), config.model.class_count))
-                except DataError as error:
-                    raise DataError(f"labels layer {pair.labels.name!r}: {error}") from None
-            layers = samples_from_arrays(
-                images,
-                masks,
-                class_count=config.model.class_count,
-                rgb=[bool(p.image.rgb) for p in self.pairs],
-                names=_unique_names([p.image.name for p in self.pairs]),
-                in_channels=parts[0].in_channels if parts else config.model.in_channels,
-                stats={"default": parts[0].stats["default"]} if parts else None,
-                skip_unlabeled=True,
-            )
-            parts.append(layers)
-        if not parts:
+    def snapshot(self) -> TrainingSources:
+        """The training sources as they are now, taken in the GUI thread at Train time: painted
+        labels are copied (painting during training changes nothing) and checked against the
+        classes. Reading the folder and computing statistics wait for :meth:`TrainingSources.load`,
+        which the worker runs, so a large dataset never freezes the viewer."""
+        if self.folder is None and not self.pairs:
             raise DataError("no training data: choose a dataset folder or add image + labels layers (Dataset tab)")
-        data = merge_datasets(parts)
-        if data.class_names is None:
-            data.class_names = self.class_names
-            data.class_colors = self.class_colors
-        return data
+        count = self.config.model.class_count
+        masks = []
+        for pair in self.pairs:
+            try:
+                masks.append(labels_to_mask(np.asarray(pair.labels.data), count))
+            except DataError as error:
+                raise DataError(f"labels layer {pair.labels.name!r}: {error}") from None
+        return TrainingSources(
+            self.config.copy(),
+            self.folder,
+            [np.asarray(p.image.data) for p in self.pairs],
+            masks,
+            [bool(p.image.rgb) for p in self.pairs],
+            _unique_names([p.image.name for p in self.pairs]),
+            self.class_names,
+            self.class_colors,
+        )
+
+    def training_data(self) -> SegmentationData:
+        """Snapshot and load in one go (for scripts; the widget loads in its worker)."""
+        return self.snapshot().load()
 
     # ---- model -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from .. import events
 from ..atomic import unique_path
+from ..data.dataset import SegmentationData
 from ..errors import SchismError
 from ..events import StopToken
 from ..runs import TrainedModel, default_class_names
@@ -135,30 +136,35 @@ class TrainingWidget(Container):
         try:
             config = self.form.config()
             self.session.set_config(config)
-            data = self.session.training_data()
+            sources = self.session.snapshot()
             initial = None
             if self.fine_tune.value and self.session.model is not None:
                 initial = {k: v.detach().clone() for k, v in self.session.model.model.state_dict().items()}
             folder = Path(self.runs_folder.value).expanduser()
             run_dir = unique_path(folder / time.strftime("run_%Y%m%d_%H%M%S"))
-            self.stop_token = StopToken()
+        except SchismError as error:
+            show_error(str(error))
+            return
+        self.stop_token = stop = StopToken()
+
+        def train() -> tuple[TrainingResult, SegmentationData]:
+            """In the worker: read the data (a folder can take a while), then train."""
+            data = sources.load()
             trainer = Trainer(
                 config,
                 data,
                 run_dir,
                 initial_weights=initial,
                 callback=self.relay.emit,
-                stop=self.stop_token,
+                stop=stop,
                 curves_each_epoch=False,  # the dock draws them live
             )
-        except SchismError as error:
-            show_error(str(error))
-            return
-        self._data = data
+            return trainer.run(), data
+
         self.curves.reset(config.training.score_metrics())
         self.progress.value = 0
-        self.status.value = "starting…"
-        self.worker = create_worker(trainer.run, _start_thread=False, _ignore_errors=True)
+        self.status.value = "reading the training data…"
+        self.worker = create_worker(train, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
@@ -205,9 +211,9 @@ class TrainingWidget(Container):
             best = ", ".join(f"{k} {v:.4f}" for k, v in event.best.items())
             self.status.value = f"{event.reason} after {event.epochs_completed} epochs · best: {best}"
 
-    def _on_returned(self, result: TrainingResult) -> None:
+    def _on_returned(self, returned: tuple[TrainingResult, SegmentationData]) -> None:
+        result, data = returned
         self.last_result = result
-        data = self._data
         names = data.class_names or default_class_names(data.class_count)
         model = TrainedModel(
             result.config,
