@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from schism_napari.config import LOSSES, LossConfig, ModelConfig
 from schism_napari.data.io import IGNORE
+from schism_napari.probabilities import predicted_classes, probabilities_from_logits
 from schism_napari.training.losses import build_loss, class_weights_from_counts
-from schism_napari.training.metrics import ConfusionMatrix, predicted_classes, probabilities_from_logits
+from schism_napari.training.metrics import ConfusionMatrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .errors import SchismError
+from .progress import TqdmProgress
 
 EXIT_USER_ERROR = 2
 
@@ -116,59 +117,6 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 # ---- progress ----------------------------------------------------------------------------------
 
 
-class TqdmProgress:
-    """Turns core events into tqdm bars and one summary line per epoch."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self.bar: Any = None
-
-    def __call__(self, event: Any) -> None:
-        from . import events
-
-        if isinstance(event, events.TrainingStarted):
-            self._write(
-                f"training on {event.device}: {event.train_samples} training / {event.val_samples} validation images, "
-                f"{event.batches_per_epoch} batches per epoch -> {event.run_dir}"
-            )
-        elif isinstance(event, events.BatchEnded):
-            if self.bar is None:
-                self.bar = self._tqdm(
-                    total=event.batches, desc=f"epoch {event.epoch}", unit="batch", leave=False, disable=None
-                )
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{event.loss:.4f}")
-        elif isinstance(event, events.EpochEnded):
-            self._close()
-            metrics = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
-            saved = f"  saved best: {', '.join(event.improved)}" if event.improved else ""
-            self._write(
-                f"epoch {event.epoch}/{event.epochs}  train_loss={event.train_loss:.4f}  "
-                f"val_loss={event.val_loss:.4f}  {metrics}  ({event.seconds:.1f}s){saved}"
-            )
-        elif isinstance(event, events.TrainingFinished):
-            self._close()
-            self._write(f"{event.reason} after {event.epochs_completed} epochs; run folder: {event.run_dir}")
-        elif isinstance(event, events.PredictionProgress):
-            if self.bar is None:
-                self.bar = self._tqdm(total=event.total, desc="predicting", unit="tile", leave=False, disable=None)
-            self.bar.update(event.done - self.bar.n)
-            if event.done >= event.total:
-                self._close()
-        elif isinstance(event, events.Message):
-            self._write(("warning: " if event.level == "warning" else "") + event.text)
-
-    def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def _write(self, text: str) -> None:
-        self._tqdm.write(text, file=sys.stderr)
-
-
 @contextlib.contextmanager
 def stop_on_interrupt(stop: Any) -> Iterator[None]:
     """First Ctrl-C asks the loop to stop after this batch; the second one aborts."""
@@ -217,7 +165,7 @@ def command_train(arguments: argparse.Namespace) -> int:
     config.validate()
     progress = TqdmProgress()
     for warning in config.warnings:
-        progress._write(f"warning: {warning}")
+        progress.write(f"warning: {warning}")
     # under torchrun every process runs this; only rank 0 creates the run folder and writes files
     main_process = int(os.environ.get("RANK", "0")) == 0
     if run_dir is None:  # refuse a used --out before anything is read or written
@@ -296,7 +244,7 @@ def command_predict(arguments: argparse.Namespace) -> int:
         )
         megapixels = slices.count * slices.height * slices.width / 1e6
         elapsed = time.perf_counter() - started
-        progress._write(
+        progress.write(
             f"{path.name}: {megapixels:.1f} MP in {elapsed:.1f}s ({megapixels / elapsed:.2f} MP/s) -> "
             + ", ".join(str(p) for p in written)
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
-import difflib
 import inspect
 import re
 import typing
@@ -21,40 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError
+from . import models as _models
+from .errors import ConfigError, allowed_values
+from .training import losses as _losses
 
-SMP_ARCHITECTURES = (
-    "Unet",
-    "UnetPlusPlus",
-    "MAnet",
-    "Linknet",
-    "FPN",
-    "PSPNet",
-    "PAN",
-    "DeepLabV3",
-    "DeepLabV3Plus",
-    "UPerNet",
-    "Segformer",
-)
-SCHISM_ARCHITECTURES = ("UnetVanilla", "UnetSegmentor")
-ARCHITECTURES = SCHISM_ARCHITECTURES + SMP_ARCHITECTURES
+# The registries live with the code that builds what they name (one file to add an entry).
+SMP_ARCHITECTURES = _models.SMP_ARCHITECTURES
+SCHISM_ARCHITECTURES = _models.SCHISM_ARCHITECTURES
+ARCHITECTURES = tuple(_models.ARCHITECTURES)
 _ARCHITECTURE_ALIASES = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}
 
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "gelu", "sigmoid", "tanh")
 OPTIMIZERS = ("Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "RAdam", "SGD")
 # Schedulers that need Python callables or other schedulers cannot come from an INI file.
 UNSUPPORTED_SCHEDULERS = ("LRScheduler", "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler")
-LOSSES = (
-    "CrossEntropyLoss",
-    "BCEWithLogitsLoss",
-    "NLLLoss",
-    "DiceLoss",
-    "FocalLoss",
-    "JaccardLoss",
-    "LovaszLoss",
-    "TverskyLoss",
-    "FocalDiceLoss",
-)
+LOSSES = tuple(_losses.LOSS_TERMS)
 _LOSS_ALIASES = {"ce": "CrossEntropyLoss", "bce": "BCEWithLogitsLoss", "dice": "DiceLoss"}
 
 # Canonical metric names and the spellings SCHISM (and common usage) accepts for them.
@@ -256,9 +236,7 @@ class LossConfig:
     def validate(self, source: str | None) -> None:
         terms = self.terms(source)
         self.loss = " + ".join(name if w == 1.0 else f"{w:g}*{name}" for w, name in terms)
-        from .training.losses import loss_keyword_arguments
-
-        accepted = set().union(*(loss_keyword_arguments(name) for _, name in terms))
+        accepted = set().union(*(_losses.loss_keyword_arguments(name) for _, name in terms))
         _check_kwargs("Loss", self.kwargs, tuple(sorted(accepted)), self.loss, source)
 
 
@@ -687,13 +665,6 @@ def _canonical_architecture(name: str, source: str | None) -> str:
             source,
         )
     raise ConfigError("Model", "model_type", name, allowed_values(ARCHITECTURES, key), source)
-
-
-def allowed_values(choices: tuple[str, ...], given: str) -> str:
-    lowered = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(str(given).lower(), list(lowered), n=1, cutoff=0.6)
-    hint = f"did you mean {lowered[close[0]]!r}? " if close else ""
-    return f"{hint}allowed: {', '.join(choices)}"
 
 
 def format_value(value: Any) -> str:

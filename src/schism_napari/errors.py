@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class SchismError(Exception):
     """An error caused by the user's input (file, config, data); shown without a traceback."""
@@ -37,3 +39,11 @@ class DataError(SchismError):
 
 class Cancelled(SchismError):
     """Raised when the user asks a prediction to stop (training stops by returning instead)."""
+
+
+def allowed_values(choices: tuple[str, ...], given: str) -> str:
+    """``did you mean 'x'? allowed: a, b, c``: the tail of a one-line error about a named choice."""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(given).lower(), list(lowered), n=1, cutoff=0.6)
+    hint = f"did you mean {lowered[close[0]]!r}? " if close else ""
+    return f"{hint}allowed: {', '.join(choices)}"

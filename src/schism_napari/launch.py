@@ -20,8 +20,8 @@ def has_display() -> bool:
 def launch(out: Path, *, headless: bool = False) -> int:
     if not headless and has_display():
         return open_viewer()
-    from .cli import TqdmProgress
     from .demo import run_demo
+    from .progress import TqdmProgress
 
     root = unique_path(Path(out))
     print(f"no display: running the headless demo in {root}", file=sys.stderr)

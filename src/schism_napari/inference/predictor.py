@@ -20,10 +20,11 @@ from torch import nn
 
 from ..config import InferenceConfig
 from ..data.normalization import Normalization
+from ..devices import select_device
 from ..errors import Cancelled, DataError
 from ..events import PredictionProgress, ProgressCallback, StopToken, ignore_events
 from ..models import size_divisor
-from ..training.metrics import probabilities_from_logits
+from ..probabilities import probabilities_from_logits
 from .tiling import importance_map, tile_starts
 
 
@@ -92,8 +93,6 @@ class Predictor:
         cls, trained: Any, *, settings: InferenceConfig | None = None, device: str = "auto", **options: Any
     ) -> Predictor:
         """Build from a :class:`~schism_napari.runs.TrainedModel`; tiles default to crop_size."""
-        from ..training.trainer import select_device
-
         config = trained.config
         return cls(
             trained.model,

@@ -1,15 +1,41 @@
-"""Model registry: smp architectures with any smp encoder, and SCHISM's UnetVanilla/UnetSegmentor."""
+"""Model registry: smp architectures with any smp encoder, and SCHISM's UnetVanilla/UnetSegmentor.
+
+:data:`ARCHITECTURES` is the one place that names an architecture: the configuration validates
+``model_type`` against it, :func:`build_model` builds from it and ``scripts/registry_tables.py``
+writes the README table from it. Adding an architecture is one entry here (see CONTRIBUTING.md).
+This module does not import the configuration at run time, so the configuration can import it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
-from ..config import SMP_ARCHITECTURES, ModelConfig, allowed_values
-from ..errors import ConfigError, SchismError
+from ..errors import ConfigError, SchismError, allowed_values
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+# (config, input channels, output channels, INI file name for errors) -> network
+Builder = Callable[["ModelConfig", int, int, "str | None"], nn.Module]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One ``model_type``: how to build it, where it comes from and which [Model] keys it reads.
+
+    ``origin`` and ``keys`` are what the README table shows, so they cannot drift from the code.
+    """
+
+    build: Builder
+    origin: str
+    keys: tuple[str, ...] = ()
 
 
 def output_channels(config: ModelConfig) -> int:
@@ -19,28 +45,30 @@ def output_channels(config: ModelConfig) -> int:
 
 def build_model(config: ModelConfig, in_channels: int, *, source: str | None = None) -> nn.Module:
     """Build the network; ``model.size_divisor`` tells what input sides it needs to divide."""
-    out = output_channels(config)
-    if config.model_type == "UnetVanilla":
-        from .unet import UNet
-
-        model: nn.Module = UNet(in_channels, out, n_block=config.n_block, channels=config.channels)
-    elif config.model_type == "UnetSegmentor":
-        from .unet import UNet
-
-        model = UNet(
-            in_channels,
-            out,
-            n_block=config.n_block,
-            channels=config.channels,
-            k_size=config.k_size,
-            activation=config.activation,
-            p=config.p,
-        )
-    elif config.model_type in SMP_ARCHITECTURES:
-        model = _build_smp(config, in_channels, out, source)
-    else:
+    architecture = ARCHITECTURES.get(config.model_type)
+    if architecture is None:
         raise ConfigError("Model", "model_type", config.model_type, "unknown architecture", source)
-    return model
+    return architecture.build(config, in_channels, output_channels(config), source)
+
+
+def _unet_vanilla(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
+    from .unet import UNet
+
+    return UNet(in_channels, out, n_block=config.n_block, channels=config.channels)
+
+
+def _unet_segmentor(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
+    from .unet import UNet
+
+    return UNet(
+        in_channels,
+        out,
+        n_block=config.n_block,
+        channels=config.channels,
+        k_size=config.k_size,
+        activation=config.activation,
+        p=config.p,
+    )
 
 
 def size_divisor(model: nn.Module) -> int:
@@ -48,6 +76,7 @@ def size_divisor(model: nn.Module) -> int:
 
 
 def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
+    """Any smp architecture by its class name (``smp.create_model``), with any smp encoder."""
     ensure_torchvision_importable()
     import segmentation_models_pytorch as smp
     from segmentation_models_pytorch.encoders import get_encoder_names
@@ -115,3 +144,26 @@ def _adapt_input_channels(weight: torch.Tensor, target: torch.Tensor) -> torch.T
         return weight.sum(dim=1, keepdim=True)
     repeated = weight.repeat(1, -(-need // have), 1, 1)[:, :need]
     return repeated * (have / need)
+
+
+_SMP_KEYS = ("encoder", "encoder_weights")
+# smp classes by name; smp.create_model builds them, so an smp architecture is one line here.
+SMP_ARCHITECTURES = (
+    "Unet",
+    "UnetPlusPlus",
+    "MAnet",
+    "Linknet",
+    "FPN",
+    "PSPNet",
+    "PAN",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "UPerNet",
+    "Segformer",
+)
+ARCHITECTURES: dict[str, Architecture] = {
+    "UnetVanilla": Architecture(_unet_vanilla, "SCHISM", ("n_block", "channels")),
+    "UnetSegmentor": Architecture(_unet_segmentor, "SCHISM", ("n_block", "channels", "k_size", "activation", "p")),
+    **{name: Architecture(_build_smp, "smp", _SMP_KEYS) for name in SMP_ARCHITECTURES},
+}
+SCHISM_ARCHITECTURES = tuple(name for name, a in ARCHITECTURES.items() if a.origin == "SCHISM")

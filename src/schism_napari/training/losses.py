@@ -5,21 +5,30 @@ mode; smp has no class weights for LovaszLoss or for its binary mode.
 
 Binary models (one logit channel) get the binary form of each loss, so SCHISM INI files that
 say ``CrossEntropyLoss`` with ``num_classes=2`` train as they did there.
+
+:data:`LOSS_TERMS` is the one place that names a loss: the configuration validates ``loss`` and
+its keyword arguments against it, :func:`build_loss` builds from it and
+``scripts/registry_tables.py`` writes the README table from it (see CONTRIBUTING.md). This module
+does not import the configuration at run time, so the configuration can import it.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
-from ..config import LossConfig, ModelConfig
 from ..data.io import IGNORE
 
-_SMP_LOSSES = ("DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "TverskyLoss")
+if TYPE_CHECKING:
+    from ..config import LossConfig, ModelConfig
+
 # Arguments the loss builder sets itself; the INI may not override them.
 _MANAGED = {
     "mode",
@@ -36,13 +45,7 @@ _MANAGED = {
 
 def loss_keyword_arguments(name: str) -> set[str]:
     """INI keys of [Loss] that a loss term accepts (passed to the torch/smp class)."""
-    if name == "CrossEntropyLoss":
-        return _parameters(nn.CrossEntropyLoss)
-    if name in ("BCEWithLogitsLoss", "NLLLoss"):
-        return set()
-    if name == "FocalDiceLoss":
-        return {"gamma", "smooth"}
-    return _parameters(_smp_class(name))
+    return LOSS_TERMS[name].keywords()
 
 
 def _parameters(cls: type) -> set[str]:
@@ -79,21 +82,7 @@ def build_loss(config: LossConfig, model: ModelConfig, class_weights: torch.Tens
 
 
 def _build_term(name: str, binary: bool, class_weights: torch.Tensor | None, kwargs: dict) -> nn.Module:
-    if name in ("CrossEntropyLoss", "BCEWithLogitsLoss", "NLLLoss"):
-        if binary:
-            return BinaryCrossEntropy(class_weights)
-        if name == "CrossEntropyLoss":
-            return nn.CrossEntropyLoss(weight=class_weights, ignore_index=IGNORE, **kwargs)
-        if name == "NLLLoss":
-            return LogSoftmaxNLL(class_weights)
-        return OneHotBCE(class_weights)
-    if name == "FocalDiceLoss":
-        return FocalDiceLoss(class_weights, **kwargs)
-    cls = _smp_class(name)
-    arguments = {"mode": "binary" if binary else "multiclass", "ignore_index": IGNORE, **kwargs}
-    if class_weights is not None and not binary and "class_weights" in inspect.signature(cls).parameters:
-        arguments["class_weights"] = class_weights.tolist()
-    return cls(**arguments)
+    return LOSS_TERMS[name].build(binary, class_weights, kwargs)
 
 
 class BinaryCrossEntropy(nn.Module):
@@ -173,3 +162,57 @@ def class_weights_from_counts(counts: torch.Tensor | list[int]) -> torch.Tensor:
         inverse = counts[present].sum() / counts[present]
         weights[present] = inverse / inverse.mean()
     return weights.float()
+
+
+# ---- the registry --------------------------------------------------------------------------------
+
+# (binary model?, class weights or None, INI keyword arguments) -> loss term called as term(logits, target)
+TermBuilder = Callable[[bool, "torch.Tensor | None", dict[str, Any]], nn.Module]
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One loss name of the INI file: the [Loss] keys it takes and how to build it.
+
+    ``origin`` and ``keywords`` are what the README table shows, so they cannot drift from the code.
+    """
+
+    build: TermBuilder
+    keywords: Callable[[], set[str]]
+    origin: str
+
+
+def _cross_entropy(binary: bool, class_weights: torch.Tensor | None, kwargs: dict[str, Any]) -> nn.Module:
+    if binary:
+        return BinaryCrossEntropy(class_weights)
+    return nn.CrossEntropyLoss(weight=class_weights, ignore_index=IGNORE, **kwargs)
+
+
+def _bce(binary: bool, class_weights: torch.Tensor | None, kwargs: dict[str, Any]) -> nn.Module:
+    return BinaryCrossEntropy(class_weights) if binary else OneHotBCE(class_weights)
+
+
+def _nll(binary: bool, class_weights: torch.Tensor | None, kwargs: dict[str, Any]) -> nn.Module:
+    return BinaryCrossEntropy(class_weights) if binary else LogSoftmaxNLL(class_weights)
+
+
+def _smp_term(name: str) -> LossTerm:
+    """An smp loss by class name, in binary or multi-class mode, with class weights where it takes them."""
+
+    def build(binary: bool, class_weights: torch.Tensor | None, kwargs: dict[str, Any]) -> nn.Module:
+        cls = _smp_class(name)
+        arguments = {"mode": "binary" if binary else "multiclass", "ignore_index": IGNORE, **kwargs}
+        if class_weights is not None and not binary and "class_weights" in inspect.signature(cls).parameters:
+            arguments["class_weights"] = class_weights.tolist()
+        return cls(**arguments)
+
+    return LossTerm(build, lambda: _parameters(_smp_class(name)), "smp")
+
+
+LOSS_TERMS: dict[str, LossTerm] = {
+    "CrossEntropyLoss": LossTerm(_cross_entropy, lambda: _parameters(nn.CrossEntropyLoss), "torch"),
+    "BCEWithLogitsLoss": LossTerm(_bce, set, "torch"),
+    "NLLLoss": LossTerm(_nll, set, "torch (after a log-softmax)"),
+    **{name: _smp_term(name) for name in ("DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "TverskyLoss")},
+    "FocalDiceLoss": LossTerm(lambda b, w, kwargs: FocalDiceLoss(w, **kwargs), lambda: {"gamma", "smooth"}, "sem seed"),
+}

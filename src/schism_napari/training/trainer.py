@@ -27,6 +27,7 @@ from ..data.dataset import SegmentationData
 from ..data.io import IGNORE
 from ..data.normalization import write_stats_file
 from ..data.splits import Split, make_split, read_split, write_split
+from ..devices import select_device
 from ..errors import SchismError
 from ..events import (
     BatchEnded,
@@ -39,6 +40,7 @@ from ..events import (
     ignore_events,
 )
 from ..models import build_model
+from ..probabilities import predicted_classes, probabilities_from_logits
 from ..runs import (
     BEST_LOSS,
     CONFUSION,
@@ -56,24 +58,9 @@ from ..runs import (
 from .batches import augment, to_device
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
-from .metrics import ConfusionMatrix, predicted_classes, probabilities_from_logits
+from .metrics import ConfusionMatrix
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SchismError(f"[Training] device = {name}: CUDA is not available on this machine")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise SchismError(f"[Training] device = {name}: MPS is not available on this machine")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""The package's import graph: no cycles, inference independent of training, a Qt-free core.
+
+Imports are read from the source with ``ast`` (module level and inside functions alike; only
+``if TYPE_CHECKING:`` blocks are left out, since they never run), so a lazy import cannot hide a
+cycle or an upward edge.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import schism_napari
+
+PACKAGE = "schism_napari"
+ROOT = Path(schism_napari.__file__).parent
+GUI_MODULES = ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "superqt")
+# Modules that exist to talk to napari: the widgets, the reader/writer/sample hooks, the main job.
+NAPARI_SIDE = (f"{PACKAGE}._widgets", f"{PACKAGE}._napari", f"{PACKAGE}._screenshots", f"{PACKAGE}.launch")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_package(name: str) -> bool:
+    return (ROOT.parent / name.replace(".", "/") / "__init__.py").is_file()
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of the modules ``path`` imports (a package's submodule when named by ``from . import x``)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+            continue
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            origin = ".".join(base + ([node.module] if node.module else []))
+        else:
+            origin = node.module or ""
+        for alias in node.names:
+            candidate = f"{origin}.{alias.name}"
+            inside = candidate.startswith(PACKAGE)
+            is_module = (ROOT.parent / (candidate.replace(".", "/") + ".py")).is_file() or is_package(candidate)
+            targets.add(candidate if inside and is_module else origin)
+    return targets
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        graph[module_name(path)] = imports_of(path)
+    return graph
+
+
+def internal(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_reader_sees_lazy_and_relative_imports():
+    graph = import_graph()
+    assert f"{PACKAGE}.devices" in graph[f"{PACKAGE}.inference.predictor"]
+    assert f"{PACKAGE}.errors" in graph[PACKAGE]
+    assert f"{PACKAGE}.events" in graph[f"{PACKAGE}.progress"]  # from . import events
+    assert f"{PACKAGE}.demo" in graph[f"{PACKAGE}.cli"]  # imported inside a function
+    assert "napari.layers" in graph[f"{PACKAGE}._widgets.dataset"]
+
+
+def test_find_cycle_reports_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(internal(import_graph()))
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_inference_does_not_depend_on_training():
+    graph = internal(import_graph())
+    upward = {
+        (module, target)
+        for module, targets in graph.items()
+        if module.startswith(f"{PACKAGE}.inference")
+        for target in targets
+        if target.startswith(f"{PACKAGE}.training")
+    }
+    assert not upward
+
+
+@pytest.mark.parametrize(
+    "low",
+    ["errors", "events", "atomic", "devices", "probabilities", "config", "data", "models"],
+)
+def test_lower_layers_do_not_import_higher_ones(low):
+    """Data, models and the small shared modules never reach up into training, inference or runs."""
+    higher = ("training", "inference", "runs", "cli", "demo", "evaluation", "progress")
+    graph = internal(import_graph())
+    offending = {
+        (module, target)
+        for module, targets in graph.items()
+        if module == f"{PACKAGE}.{low}" or module.startswith(f"{PACKAGE}.{low}.")
+        for target in targets
+        if any(target == f"{PACKAGE}.{h}" or target.startswith(f"{PACKAGE}.{h}.") for h in higher)
+        and not (low == "config" and target == f"{PACKAGE}.training.losses")  # the loss registry, a leaf
+    }
+    assert not offending
+
+
+def test_the_core_never_imports_qt_or_napari():
+    graph = import_graph()
+    offending = {
+        (module, target)
+        for module, targets in graph.items()
+        if not module.startswith(NAPARI_SIDE)
+        for target in targets
+        if target.split(".")[0] in GUI_MODULES
+    }
+    assert not offending
