@@ -2,6 +2,10 @@
 
 The CLI turns events into tqdm bars, the napari widgets into progress bars and live curves.
 Both run the same core loop, which checks the token between batches and stops cooperatively.
+
+Events are frozen dataclasses rather than strings or dicts so that every consumer reads the same
+typed fields, a renamed field fails at type-check time, and an event can cross from the worker
+thread to the GUI thread without being mutated on the way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class TrainingStarted:
+    """Sent once the data, split and model are ready, before the first batch: consumers size their
+    progress bars from it and show where the run folder is."""
+
     run_dir: Path
     device: str
     first_epoch: int  # 1-based; > 1 when resuming
@@ -25,6 +32,8 @@ class TrainingStarted:
 
 @dataclass(frozen=True)
 class BatchEnded:
+    """After each optimisation step: drives the per-batch progress bar and the time-left estimate."""
+
     epoch: int
     batch: int  # 1-based
     batches: int
@@ -33,6 +42,9 @@ class BatchEnded:
 
 @dataclass(frozen=True)
 class EpochEnded:
+    """After validation of each epoch: the numbers for the live curves and the per-epoch summary,
+    and which best checkpoints were just written."""
+
     epoch: int
     epochs: int
     train_loss: float
@@ -46,6 +58,9 @@ class EpochEnded:
 
 @dataclass(frozen=True)
 class TrainingFinished:
+    """The last event of a run, whatever ended it (all epochs, early stopping, a stop request), so a
+    consumer can always close its bars and report the run folder."""
+
     run_dir: Path
     epochs_completed: int
     stopped: bool  # True when a stop request or early stopping ended the run
@@ -55,6 +70,8 @@ class TrainingFinished:
 
 @dataclass(frozen=True)
 class PredictionProgress:
+    """Tiles done out of the whole prediction (all slices), for one progress bar across a stack."""
+
     done: int  # tiles processed so far
     total: int
     slices_done: int
@@ -63,6 +80,9 @@ class PredictionProgress:
 
 @dataclass(frozen=True)
 class Message:
+    """Something the user should read (a warning about the data, a fallback taken); the core never
+    prints, so the CLI and napari each show it their own way."""
+
     text: str
     level: str = "info"  # "info" or "warning"
 

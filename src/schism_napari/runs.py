@@ -110,7 +110,13 @@ def resolve_weights(run_dir: Path, metric: str = BEST_LOSS) -> tuple[str, Path]:
 
 @dataclass
 class TrainedModel:
-    """A model ready for prediction, with everything needed to prepare its inputs."""
+    """A model ready for prediction, with everything needed to prepare its inputs.
+
+    Weights alone do not predict correctly: the input must be normalized with the statistics the
+    model was trained with, have its channel count and keep its class names and colours. Keeping
+    them together (from a run folder or straight from a finished training) is what lets the CLI,
+    the prediction widget and fine-tuning use a model without re-reading the run folder's files.
+    """
 
     config: SchismConfig
     model: nn.Module

@@ -22,6 +22,13 @@ _STEPS = {"val_split": 0.05, "overlap": 0.05, "p": 0.05, "threshold": 0.05, "int
 
 
 class ConfigForm:
+    """The whole :class:`SchismConfig` as magicgui widgets, generated from the dataclass fields.
+
+    Generated rather than written by hand so that a new config key appears in the widget with its
+    type, range and tooltip without touching the GUI; and read back through the INI parser so that
+    a value the INI file would reject is rejected here with the same one-line message.
+    """
+
     def __init__(self, sections: tuple[str, ...] = tuple(SECTIONS)):
         self.sections = sections
         self.widgets: dict[tuple[str, str], Widget] = {}

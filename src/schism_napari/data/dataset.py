@@ -37,6 +37,16 @@ class Sample:
 
 @dataclass
 class SegmentationData:
+    """Every image + mask pair a training run (or evaluation) sees, already decoded, with what the
+    model needs to know about them: the class count, the input channels and the normalization
+    statistics of each dataset.
+
+    Folders on disk, BiaPy layouts and napari layers all become this one type, so the trainer,
+    the splits, the crops and the evaluation never care where the pixels came from; masks are
+    decoded to classes 0..C-1 with IGNORE for unlabeled pixels once, here, rather than per batch.
+    ``messages`` keeps what loading found worth telling the user (guessed encodings, skipped files).
+    """
+
     samples: list[Sample]
     class_count: int
     in_channels: int
