@@ -54,7 +54,7 @@ def read_dataset_folder(path: str | list[str]) -> list[tuple]:
             encoding = shared_encoding(raws, count, IGNORE, dataset.name)
             decoded = [
                 decode_mask(r, count, IGNORE, str(p), colors, encoding)
-                for r, p in zip(raws, dataset.masks, strict=True)
+                for r, p in zip(raws, dataset.masks or [], strict=True)
             ]
             masks = np.concatenate(decoded)
             labels = mask_to_labels(masks[0] if masks.shape[0] == 1 else masks)
@@ -120,7 +120,7 @@ def _class_metadata() -> dict[str, Any]:
 
     from .sample import CLASS_COLORS, CLASS_NAMES
 
-    colors = {None: "transparent", 0: "transparent"}
+    colors: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
     colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(CLASS_COLORS)})
     return {
         "metadata": {"schism_classes": list(CLASS_NAMES), "schism_colors": [list(c) for c in CLASS_COLORS]},

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def capture(out: Path, epochs: int = 8) -> list[Path]:
@@ -27,8 +28,9 @@ def capture(out: Path, epochs: int = 8) -> list[Path]:
     _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
     dock.setMinimumWidth(560)
     app = QApplication.instance()
+    assert app is not None  # napari.Viewer created it
 
-    def wait(widget: object) -> None:
+    def wait(widget: Any) -> None:
         while widget.worker is not None:
             app.processEvents()
             time.sleep(0.02)

@@ -46,7 +46,7 @@ def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
             temporary_path.unlink()
 
 
-def atomic_write(target: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+def atomic_write(target: Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:
     with atomic_path(target, overwrite=overwrite) as temporary:
         write(temporary)
     return Path(target)

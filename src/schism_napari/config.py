@@ -425,7 +425,7 @@ class SchismConfig:
     @classmethod
     def from_ini_string(cls, text: str, source: str | None = None) -> SchismConfig:
         parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
-        parser.optionxform = str  # SCHISM keys are case-sensitive
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # SCHISM keys are case-sensitive
         try:
             parser.read_string(text, source=source or "<string>")
         except configparser.Error as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +21,10 @@ class Evaluation:
     class_names: list[str]
     images: int
 
-    def table(self) -> list[dict[str, object]]:
+    def table(self) -> list[dict[str, Any]]:
         """One row per class plus a 'mean' row, for printing or CSV."""
         per_class = self.matrix.per_class()
-        rows: list[dict[str, object]] = []
+        rows: list[dict[str, Any]] = []
         for k, name in enumerate(self.class_names):
             support = int(self.matrix.matrix[k].sum())
             rows.append({"class": name, "pixels": support, **{m: float(per_class[m][k]) for m in REPORTED}})

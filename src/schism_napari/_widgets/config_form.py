@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, Widget
+from magicgui.widgets.bases import ValueWidget
 from qtpy.QtWidgets import QScrollArea, QTabWidget
 
 from ..config import SECTIONS, SchismConfig, field_types, format_value, scheduler_names
@@ -31,11 +32,11 @@ class ConfigForm:
 
     def __init__(self, sections: tuple[str, ...] = tuple(SECTIONS)):
         self.sections = sections
-        self.widgets: dict[tuple[str, str], Widget] = {}
+        self.widgets: dict[tuple[str, str], ValueWidget] = {}
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
         for section in sections:
-            container = Container(labels=True)
+            container: Container[Widget] = Container(labels=True)
             section_class = SECTIONS[section]
             types = field_types(section_class)
             for f in dataclasses.fields(section_class):
@@ -83,7 +84,7 @@ class ConfigForm:
         for widget in self.widgets.values():
             widget.changed.connect(lambda *_: callback())
 
-    def widget(self, section: str, key: str) -> Widget:
+    def widget(self, section: str, key: str) -> ValueWidget:
         return self.widgets[(section, key)]
 
 
@@ -97,7 +98,7 @@ def split_keywords(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _make_widget(section: str, f: dataclasses.Field, annotation: Any) -> Widget:
+def _make_widget(section: str, f: dataclasses.Field, annotation: Any) -> ValueWidget:
     meta = f.metadata
     options: dict[str, Any] = {"name": f.name, "label": f.name, "tooltip": meta.get("help", "")}
     optional = type(None) in typing.get_args(annotation)

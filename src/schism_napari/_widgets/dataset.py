@@ -139,7 +139,7 @@ class DatasetWidget(Container):
 
     def open_pair(self) -> None:
         dataset = self._chosen_dataset()
-        if dataset is None:
+        if dataset is None or self.summary is None:
             show_error("scan a dataset folder first")
             return
         index = int(self.pair_index.value)

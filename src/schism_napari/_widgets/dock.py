@@ -28,4 +28,8 @@ class SchismDock(QTabWidget):
             scroll.setWidget(widget.native)
             self.addTab(scroll, title)
         # the training tab can show the prediction tab once a model exists
-        session.model_changed.connect(lambda model: model is not None and self.prediction.reset_choices())
+        session.model_changed.connect(self._on_model_changed)
+
+    def _on_model_changed(self, model: object) -> None:
+        if model is not None:
+            self.prediction.reset_choices()

@@ -245,6 +245,8 @@ class PredictionWidget(Container):
         self.relay.finished.emit()
 
     def _on_returned(self, result: PredictionResult) -> None:
+        if self._pending is None:  # a result without a pending request: nothing to show it on
+            return
         layer, model, z = self._pending
         self._show_result(layer, model, result, z)
         self.status.value = "done" if z is None else f"slice {z} predicted"
@@ -290,7 +292,7 @@ class PredictionWidget(Container):
             )
         outputs.labels.metadata["schism_classes"] = model.class_names
         if model.class_colors:
-            colors = {None: "transparent", 0: "transparent"}
+            colors: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
             colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(model.class_colors)})
             outputs.labels.colormap = DirectLabelColormap(color_dict=colors)
             outputs.labels.metadata["schism_colors"] = [list(c) for c in model.class_colors]

@@ -246,7 +246,7 @@ def _read_folder(
     class_colors: list[tuple[int, int, int]] | None,
 ) -> list[Sample]:
     pairs = []
-    masks = folder.masks or [None] * len(folder.images)
+    masks: list[Path | None] = list(folder.masks) if folder.masks else [None] * len(folder.images)
     for image_path, mask_path in zip(folder.images, masks, strict=True):
         image = read_image(image_path)
         raw = None

@@ -70,16 +70,16 @@ class StatsAccumulator:
             self.total += chunk.shape[0]
 
     def merge(self, other: StatsAccumulator) -> None:
-        if other.sums is None:
+        if other.sums is None or other.squares is None:
             return
-        if self.sums is None:
+        if self.sums is None or self.squares is None:
             self.sums, self.squares, self.total = other.sums.copy(), other.squares.copy(), other.total
         else:
             self.sums, self.squares = self.sums + other.sums, self.squares + other.squares
             self.total += other.total
 
     def result(self) -> Normalization:
-        if self.sums is None or self.total == 0:
+        if self.sums is None or self.squares is None or self.total == 0:
             raise DataError("no pixels to compute normalisation statistics from")
         mean = self.sums / self.total
         std = np.sqrt(np.maximum(self.squares / self.total - mean**2, 0.0))

@@ -82,7 +82,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.channels_last = self.device.type == "cpu"
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.class_count, self.in_channels = class_count, in_channels
         self.normalization, self.scale = normalization, scale
         self.divisor = size_divisor(model)
@@ -249,6 +249,7 @@ class Predictor:
             result = probabilities_from_logits(logits.float())
             result = result.flip(dims) if dims else result
             probabilities = result if probabilities is None else probabilities + result
+        assert probabilities is not None  # flips is never empty
         probabilities = probabilities[..., :net_h, :net_w] / len(flips)
         if self.scale != 1.0:
             probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)

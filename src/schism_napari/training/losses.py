@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,7 +154,7 @@ class FocalDiceLoss(nn.Module):
         return (focal * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def class_weights_from_counts(counts: torch.Tensor | list[int]) -> torch.Tensor:
+def class_weights_from_counts(counts: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
     """Inverse class frequency, normalised to mean 1 over the classes present; absent classes get 0."""
     counts = torch.as_tensor(counts, dtype=torch.float64)
     present = counts > 0

@@ -25,7 +25,12 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(class_count, class_count, dtype=torch.int64)
         self._histograms = torch.zeros(2, class_count, AP_BINS, dtype=torch.float64) if average_precision else None
 
-    def update(self, target: torch.Tensor, predicted: torch.Tensor, probabilities: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        target: torch.Tensor | np.ndarray,
+        predicted: torch.Tensor | np.ndarray,
+        probabilities: torch.Tensor | None = None,
+    ) -> None:
         """``target`` and ``predicted`` (..., H, W) classes, target with IGNORE for unlabeled pixels;
         ``probabilities`` (B, C, H, W) only when average precision is wanted."""
         target, predicted = _as_tensor(target), _as_tensor(predicted)
@@ -64,6 +69,7 @@ class ConfusionMatrix:
         return scores
 
     def _average_precision(self) -> np.ndarray:
+        assert self._histograms is not None  # only called when average precision was asked for
         negatives, positives = self._histograms.numpy()
         results = np.full(self.class_count, np.nan)
         for c in range(self.class_count):
@@ -87,7 +93,7 @@ class ConfusionMatrix:
             return float(m.diag()[keep].sum() / total) if total > 0 else float("nan")
         if canonical == "GeneralizedDice":
             return self._generalized_dice()
-        values = self.per_class()[canonical]
+        values = self.per_class()[canonical or name]
         keep = [c for c in range(self.class_count) if c not in self.excluded and np.isfinite(values[c])]
         return float(np.mean(values[keep])) if keep else float("nan")
 
@@ -105,7 +111,7 @@ class ConfusionMatrix:
         canonical = canonical_metric(name)
         if canonical == "GeneralizedDice":
             return [self._generalized_dice()] * self.class_count
-        return [float(v) for v in self.per_class()[canonical]]
+        return [float(v) for v in self.per_class()[canonical or name]]
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -252,7 +252,7 @@ class Trainer:
             torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
-        crop_rng = rng if world == 1 else np.random.default_rng([seed, rank])
+        crop_rng = rng if world == 1 else np.random.default_rng([seed or 0, rank])  # world > 1: seed is shared
         generator = torch.Generator().manual_seed((seed if seed is not None else int(rng.integers(2**31))) + rank)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         split = self._prepare_split()
@@ -264,7 +264,7 @@ class Trainer:
         model = build_model(cfg.model, self.data.in_channels, source=cfg.source).to(self.device)
         channels_last = self.device.type == "cpu"
         if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._check_input_size(model)
         if self.initial_weights is not None:
             try:
