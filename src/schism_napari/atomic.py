@@ -27,10 +27,8 @@ def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise OutputExistsError(f"{target} already exists; not overwriting it (choose another output)")
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
+    with contextlib.suppress(OSError):  # file systems without permissions (some network mounts)
         os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp makes 0600; a user file follows the umask
-    except OSError:
-        pass  # file systems without permissions (some network mounts)
     os.close(handle)
     temporary_path = Path(temporary)
     try:

@@ -240,6 +240,8 @@ def _tiff_voxel_size(path: Path) -> VoxelSize | None:
                 return None  # a screen/print DPI, not a measurement
         spacing = imagej.get("spacing")
         z = float(spacing) if spacing else None
+        if x == y == 1.0 and unit is None and z is None:
+            return None  # tifffile's default tags: no scale was recorded
         return VoxelSize(x, y, z, unit)
 
 

@@ -110,9 +110,7 @@ def predict_to_files(
         per_slice = (classes, slices.height, slices.width)
         labels_dtype = np.uint8 if classes <= 256 else np.uint16
         labels_axes, probabilities_axes = ("ZYX", "ZCYX") if slices.is_stack else ("YX", "CYX")
-        labels = tiff_output(
-            stack, labels_path, _shape(slices, per_slice[1:]), labels_dtype, labels_axes, voxel_size
-        )
+        labels = tiff_output(stack, labels_path, _shape(slices, per_slice[1:]), labels_dtype, labels_axes, voxel_size)
         probabilities = None
         if probabilities_path is not None and probabilities_path.suffix == ".zarr":
             probabilities = ome_zarr_output(stack, probabilities_path, slices, classes, voxel_size)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
-from ..config import SMP_ARCHITECTURES, ModelConfig, allowed_values
+from ..config import SMP_ARCHITECTURES, ModelConfig
 from ..errors import ConfigError, SchismError
 
 
@@ -54,7 +54,7 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
 
     names = get_encoder_names()
     if config.encoder not in names:
-        raise ConfigError("Model", "encoder", config.encoder, allowed_values(tuple(names), config.encoder), source)
+        raise ConfigError("Model", "encoder", config.encoder, _nearest_encoders(names, config.encoder), source)
     try:
         model = smp.create_model(
             config.model_type, encoder_name=config.encoder, encoder_weights=None, in_channels=in_channels, classes=out
@@ -67,6 +67,24 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
     if config.encoder_weights:
         load_encoder_weights(model.encoder, Path(config.encoder_weights))
     return model
+
+
+def _nearest_encoders(names: list[str], given: str) -> str:
+    """A few close names, not all ~800 smp encoders on one line."""
+    import difflib
+
+    lowered = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(str(given).lower(), list(lowered), n=5, cutoff=0.5)
+    if not close:
+        prefix = str(given).lower()[:3]
+        close = [name for name in lowered if name.startswith(prefix)][:5]
+    shown = ", ".join(lowered[name] for name in close)
+    listing = "segmentation_models_pytorch.encoders.get_encoder_names()"
+    return (
+        f"unknown encoder; nearest: {shown} (all {len(names)}: {listing})"
+        if shown
+        else (f"unknown encoder (all {len(names)} names: {listing})")
+    )
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
