@@ -231,7 +231,7 @@ def _tiff_voxel_size(path: Path) -> VoxelSize | None:
         x, y = (_per_pixel(tags[name].value) for name in ("XResolution", "YResolution"))
         if x is None or y is None:
             return None
-        imagej = tif.imagej_metadata or {}
+        imagej = tif.imagej_metadata or (tif.shaped_metadata[0] if tif.shaped_metadata else {})
         unit = unit_name(imagej.get("unit"))
         resolution_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
         if unit is None and resolution_unit in (2, 3):

@@ -108,7 +108,6 @@ def load_dataset(
         missing = [name for name in dict.fromkeys(s.dataset for s in samples) if name not in stats]
         if missing and DEFAULT_STATS not in stats:
             raise DataError(f"{stats_path}: no entry for {', '.join(missing)} and no 'default' entry")
-        messages.append(f"normalisation from {stats_path}")
     else:  # computed, and written to the run folder by the trainer: never into the user's data
         stats, stats_path = compute_stats(samples), None
     for text in messages:

@@ -166,14 +166,17 @@ def tiff_output(
     from ..atomic import atomic_path
 
     temporary = stack.enter_context(atomic_path(path))
-    options: dict[str, Any] = {"metadata": {"axes": axes}}
+    # ImageJ cannot read BigTIFF: above 4 GB a BigTIFF with tifffile's shaped metadata (same keys)
+    big = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize > 2**32 - 2**25
+    options: dict[str, Any] = {"metadata": {"axes": axes}, "imagej": not big, "bigtiff": big}
     if voxel_size is not None:
         options["resolution"] = (1.0 / voxel_size.x, 1.0 / voxel_size.y)
+        options["resolutionunit"] = "NONE"
         options["metadata"]["unit"] = voxel_size.imagej_unit
         if voxel_size.z is not None:
             options["metadata"]["spacing"] = voxel_size.z
     offset, _ = tifffile.imwrite(
-        temporary, shape=shape, dtype=np.dtype(dtype), imagej=True, byteorder="<", returnoffset=True, **options
+        temporary, shape=shape, dtype=np.dtype(dtype), byteorder="<", returnoffset=True, **options
     )
     writer = TiffSlices(temporary, offset, shape, np.dtype(dtype).newbyteorder("<"))
     stack.callback(writer.close)
