@@ -215,21 +215,55 @@ def test_bad_input_gives_one_clear_line(name, sample_files, trained_run, tmp_pat
     assert "unsafe checkpoint ran" not in capsys.readouterr().out
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def _refuse_writes_under(parent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 555 does not stop root (CI containers): refuse what the kernel would refuse a user."""
+    import tempfile
+
+    def denied(path: object) -> PermissionError:
+        return PermissionError(13, "Permission denied", str(path))
+
+    def inside(path: object) -> bool:
+        return Path(str(path)).resolve().is_relative_to(parent.resolve())
+
+    real_mkdir, real_mkstemp, real_access = Path.mkdir, tempfile.mkstemp, os.access
+
+    def mkdir(self: Path, *args, **kwargs):
+        if inside(self) and not self.exists():
+            raise denied(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("dir") is not None and inside(kwargs["dir"]):
+            raise denied(kwargs["dir"])
+        return real_mkstemp(*args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if inside(path) and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "access", access)
+
+
 @pytest.mark.parametrize("command", ["train", "predict", "stats"])
-def test_read_only_parent_gives_one_line(command, sample_files, trained_run, tmp_path, capsys):
+def test_read_only_parent_gives_one_line(command, sample_files, trained_run, tmp_path, capsys, monkeypatch):
     parent = tmp_path / "read_only"
     parent.mkdir()
+    data = _dataset(tmp_path, sample_files)
+    arguments = {
+        "train": ["train", "--data", str(data), "--config", str(_ini(tmp_path))],
+        "predict": ["predict", "--weights", str(trained_run), "--input", str(sample_files.image_2d)],
+        "stats": ["stats", "--data", str(data)],
+    }[command]
+    out = parent / "out"
     parent.chmod(0o555)
+    if os.geteuid() == 0:
+        _refuse_writes_under(parent, monkeypatch)
     try:
-        out = parent / "out"
-        arguments = {
-            "train": ["train", "--data", str(_dataset(tmp_path, sample_files)), "--config", str(_ini(tmp_path))],
-            "predict": ["predict", "--weights", str(trained_run), "--input", str(sample_files.image_2d)],
-            "stats": ["stats", "--data", str(_dataset(tmp_path, sample_files))],
-        }[command]
-        assert main([*arguments, "--out", str(out if command != "stats" else out / "stats.json")]) == 2
-        assert str(parent) in one_error_line(capsys)
+        assert main([*arguments, "--out", str(out if command != "stats" else parent / "stats.json")]) == 2
+        line = one_error_line(capsys)
+        assert str(parent) in line and ("permission denied" in line.lower()), line
+        assert not out.exists()
     finally:
         parent.chmod(0o755)
 
