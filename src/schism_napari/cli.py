@@ -253,10 +253,20 @@ def command_train(arguments: argparse.Namespace) -> int:
             callback=progress,
             write_stats=False,
         )
+        if arguments.resume is not None and data.stats_path is None:
+            data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
         stop = StopToken()
         with stop_on_interrupt(stop):
             Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
     return 0
+
+
+def _run_stats(run_dir: Path, computed: dict[str, Any]) -> dict[str, Any]:
+    from .data.dataset import STATS_FILE
+    from .data.normalization import read_stats_file
+
+    path = Path(run_dir) / STATS_FILE
+    return read_stats_file(path) if path.is_file() else computed
 
 
 def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
