@@ -37,20 +37,33 @@ def finite_check(array: np.ndarray, source: str | Path) -> None:
 
 
 def available_memory() -> int:
-    """Bytes of memory this process may still use: MemAvailable, capped by a cgroup limit."""
+    """Bytes of memory this process may still use: MemAvailable, capped by a cgroup limit less
+    the cgroup's anonymous memory (its page cache can be reclaimed, so it does not count)."""
     available = _meminfo_available()
-    for path, usage in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    for limit_file, stat_file, key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.stat", "anon"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.stat", "total_rss"),
     ):
         try:
-            limit = Path(path).read_text(encoding="ascii").strip()
-            if limit != "max" and int(limit) < 1 << 60:
-                available = min(available, int(limit) - int(Path(usage).read_text(encoding="ascii")))
-            break
-        except (OSError, ValueError):
+            limit = Path(limit_file).read_text(encoding="ascii").strip()
+        except OSError:
             continue
+        if limit != "max" and int(limit) < 1 << 60:
+            used = _stat_value(Path(stat_file), key)
+            available = min(available, int(limit) - used)
+        break
     return max(available, 0)
+
+
+def _stat_value(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _meminfo_available() -> int:
