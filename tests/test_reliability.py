@@ -410,3 +410,38 @@ def test_training_writes_stats_to_the_run_folder_only(sample_files, tmp_path):
     assert main(["train", "--data", str(data), "--config", str(_ini(tmp_path)), "--out", str(run)]) == 0
     assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
     assert (run / "data_stats.json").is_file()
+
+
+def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
+    from schism_napari.inference.files import open_lazy
+    from schism_napari.inputs import VoxelSize, ngff_multiscales
+
+    volume = np.arange(3 * 8 * 10, dtype=np.uint16).reshape(3, 8, 10)
+    ome = tmp_path / "scan.ome.tif"
+    metadata = {
+        "axes": "ZYX",
+        "PhysicalSizeX": 0.3,
+        "PhysicalSizeY": 0.4,
+        "PhysicalSizeZ": 1.2,
+        "PhysicalSizeXUnit": "µm",
+    }
+    tifffile.imwrite(ome, volume, ome=True, metadata=metadata)
+    assert read_voxel_size(ome) == VoxelSize(0.3, 0.4, 1.2, "micrometer")
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, volume)
+    assert read_voxel_size(plain) is None  # tifffile's default 1/1 tags record no scale
+
+    attributes = tmp_path / "attributes.zarr"
+    array = zarr.open_array(str(attributes), mode="w", shape=volume.shape, dtype="uint16")
+    array[:] = volume
+    array.attrs["voxel_size"] = [2.0, 0.5, 0.5]
+    assert read_voxel_size(attributes) == VoxelSize(0.5, 0.5, 2.0, None)
+
+    image = tmp_path / "image.zarr"  # an OME-Zarr image opens at full resolution, with its scale
+    group = zarr.open_group(str(image), mode="w", zarr_format=2)
+    group.create_array("0", shape=volume.shape, dtype="uint16")[:] = volume
+    group.attrs["multiscales"] = ngff_multiscales("image", "zyx", VoxelSize(0.7, 0.7, 3.0, "nanometer"))
+    assert read_voxel_size(image) == VoxelSize(0.7, 0.7, 3.0, "nanometer")
+    opened, rgb = open_lazy(image)
+    assert not rgb and opened.shape == volume.shape
+    np.testing.assert_array_equal(opened[1], volume[1])

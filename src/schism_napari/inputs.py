@@ -286,8 +286,12 @@ def _zarr_voxel_size(path: Path) -> VoxelSize | None:
     attributes = dict(node.attrs)
     array_path = "0"
     if "multiscales" not in attributes and "ome" not in attributes:
-        parent = zarr.open(str(path.parent), mode="r")
-        attributes, array_path = dict(parent.attrs), path.name
+        try:  # an array inside an OME-Zarr image: the scale is on its group
+            parent = dict(zarr.open_group(str(path.parent), mode="r").attrs)
+        except Exception:
+            parent = {}
+        if "multiscales" in parent or "ome" in parent:
+            attributes, array_path = parent, path.name
     multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
     if not multiscales:
         scale = attributes.get("voxel_size") or attributes.get("resolution") or attributes.get("spacing")
