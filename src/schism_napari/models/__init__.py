@@ -70,7 +70,7 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
 
 
 def _nearest_encoders(names: list[str], given: str) -> str:
-    """A few close names, not all ~800 smp encoders on one line."""
+    """A few close names, not all smp encoders on one 1,300-character line."""
     import difflib
 
     lowered = {name.lower(): name for name in names}
@@ -78,13 +78,11 @@ def _nearest_encoders(names: list[str], given: str) -> str:
     if not close:
         prefix = str(given).lower()[:3]
         close = [name for name in lowered if name.startswith(prefix)][:5]
-    shown = ", ".join(lowered[name] for name in close)
-    listing = "segmentation_models_pytorch.encoders.get_encoder_names()"
-    return (
-        f"unknown encoder; nearest: {shown} (all {len(names)}: {listing})"
-        if shown
-        else (f"unknown encoder (all {len(names)} names: {listing})")
-    )
+    listing = f"all {len(names)} names: segmentation_models_pytorch.encoders.get_encoder_names()"
+    if not close:
+        return f"unknown encoder ({listing})"
+    others = f"; also close: {', '.join(lowered[name] for name in close[1:])}" if close[1:] else ""
+    return f"unknown encoder; did you mean {lowered[close[0]]!r}{others} ({listing})"
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
