@@ -245,7 +245,8 @@ def ome_zarr_output(
     temporary = path.with_name(f".{path.name}.tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
-    shape = (classes, slices.count, slices.height, slices.width) if slices.is_stack else (classes, *_plane(slices))
+    plane = (slices.height, slices.width)
+    shape = (classes, slices.count, *plane) if slices.is_stack else (classes, *plane)
     chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
     group = zarr.open_group(str(temporary), mode="w-", zarr_format=2)
     array = group.create_array("0", shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
@@ -264,10 +265,6 @@ def ome_zarr_output(
 
     stack.push(finish)
     return _ClassesFirst(array) if slices.is_stack else array
-
-
-def _plane(slices: Any) -> tuple[int, int]:
-    return slices.height, slices.width
 
 
 class _ClassesFirst:
