@@ -181,7 +181,7 @@ class VoxelSize:
 
     @property
     def imagej_unit(self) -> str:
-        return {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "angstrom": "A"}.get(
+        return {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "angstrom": "A"}.get(
             self.unit or "", self.unit or "pixel"
         )
 
@@ -283,11 +283,11 @@ def _zarr_voxel_size(path: Path) -> VoxelSize | None:
     import zarr
 
     node = zarr.open(str(path), mode="r")
-    attributes = dict(node.attrs)
+    attributes: dict[str, Any] = dict(node.attrs)
     array_path = "0"
     if "multiscales" not in attributes and "ome" not in attributes:
         try:  # an array inside an OME-Zarr image: the scale is on its group
-            parent = dict(zarr.open_group(str(path.parent), mode="r").attrs)
+            parent: dict[str, Any] = dict(zarr.open_group(str(path.parent), mode="r").attrs)
         except Exception:
             parent = {}
         if "multiscales" in parent or "ome" in parent:

@@ -70,7 +70,7 @@ def _open_zarr(path: Path) -> Any:
         raise SchismError(f"{path}: cannot open as a zarr array ({type(error).__name__}: {error})") from None
     if hasattr(node, "shape"):
         return node
-    attributes = dict(node.attrs)
+    attributes: dict[str, Any] = dict(node.attrs)
     multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
     if multiscales:  # OME-Zarr image: its full-resolution array
         first = multiscales[0]["datasets"][0]["path"]
@@ -110,8 +110,10 @@ def predict_to_files(
         per_slice = (classes, slices.height, slices.width)
         labels_dtype = np.uint8 if classes <= 256 else np.uint16
         labels_axes, probabilities_axes = ("ZYX", "ZCYX") if slices.is_stack else ("YX", "CYX")
-        labels = tiff_output(stack, labels_path, _shape(slices, per_slice[1:]), labels_dtype, labels_axes, voxel_size)
-        probabilities = None
+        labels: Any = tiff_output(
+            stack, labels_path, _shape(slices, per_slice[1:]), labels_dtype, labels_axes, voxel_size
+        )
+        probabilities: Any = None
         if probabilities_path is not None and probabilities_path.suffix == ".zarr":
             probabilities = ome_zarr_output(stack, probabilities_path, slices, classes, voxel_size)
         elif probabilities_path is not None:
@@ -175,9 +177,11 @@ def tiff_output(
         options["metadata"]["unit"] = voxel_size.imagej_unit
         if voxel_size.z is not None:
             options["metadata"]["spacing"] = voxel_size.z
-    offset, _ = tifffile.imwrite(
+    written = tifffile.imwrite(
         temporary, shape=shape, dtype=np.dtype(dtype), byteorder="<", returnoffset=True, **options
     )
+    assert written is not None  # returnoffset: the contiguous data's offset and size
+    offset = written[0]
     writer = TiffSlices(temporary, offset, shape, np.dtype(dtype).newbyteorder("<"))
     stack.callback(writer.close)
     return writer
@@ -210,7 +214,7 @@ class TiffSlices:
         position = self._position(index)
         shape = self.shape if position < 0 else self.slice_shape
         data = np.ascontiguousarray(np.broadcast_to(np.asarray(value), shape), dtype=self.dtype)
-        view = memoryview(data).cast("B")
+        view = memoryview(data).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
         position = max(position, self.offset)
         while view:
             written = os.pwrite(self.fd, view, position)
