@@ -43,10 +43,12 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def datasets(sample_files, trained_run, tmp_path_factory) -> Path:
-    """A copy of the sample's SCHISM datasets folder, with the data_stats.json training wrote; keep it unchanged."""
+    """A copy of the sample's SCHISM datasets folder, with the data_stats.json of the trained run
+    (as a SCHISM user keeps one beside the datasets); keep it unchanged."""
     copy = tmp_path_factory.mktemp("cli_data") / "datasets"
     shutil.copytree(sample_files.datasets, copy)
-    assert (copy / "data_stats.json").is_file()
+    assert not (copy / "data_stats.json").exists()  # training never writes into the dataset folder
+    shutil.copy2(trained_run / "data_stats.json", copy / "data_stats.json")
     return copy
 
 
@@ -207,7 +209,7 @@ def test_predict_probabilities_tiff_and_zarr(trained_run, inputs, tmp_path):
 
     assert main([*base, "--out", str(zarr_out), "--probabilities", "--zarr"]) == 0
     assert sorted(os.listdir(zarr_out)) == ["test_image_2d_labels.tif", "test_image_2d_probabilities.zarr"]
-    store = zarr.open_array(str(zarr_out / "test_image_2d_probabilities.zarr"), mode="r")
+    store = zarr.open_group(str(zarr_out / "test_image_2d_probabilities.zarr"), mode="r")["0"]  # OME-Zarr image
     assert store.dtype == np.float32
     stored = np.asarray(store[:]).reshape(-1, 3, 141, 227)
     assert stored.shape[0] == 1
@@ -225,9 +227,9 @@ def test_predict_stack_and_folder(trained_run, inputs, tmp_path):
     )
     stack_labels = tifffile.imread(stack_out / "test_volume_labels.tif")
     assert stack_labels.shape == (6, 96, 96) and stack_labels.dtype == np.uint8
-    store = zarr.open_array(str(stack_out / "test_volume_probabilities.zarr"), mode="r")
-    assert store.shape == (6, 3, 96, 96)
-    np.testing.assert_array_equal(np.asarray(store[:]).argmax(axis=1), stack_labels)
+    store = zarr.open_group(str(stack_out / "test_volume_probabilities.zarr"), mode="r")["0"]  # OME-Zarr image
+    assert store.shape == (3, 6, 96, 96)  # OME-NGFF order: classes (channel axis) before z
+    np.testing.assert_array_equal(np.asarray(store[:]).argmax(axis=0), stack_labels)
 
     assert main([*base, "--input", str(inputs), "--out", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["test_image_2d_labels.tif", "test_volume_labels.tif"]

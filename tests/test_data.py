@@ -411,14 +411,15 @@ def test_load_sample_datasets(sample_copy):
     np.testing.assert_array_equal(rock_b_first.mask, np.searchsorted([0, 128, 255], raw))
 
 
-def test_load_writes_data_stats_in_schism_format(sample_copy):
+def test_load_computes_data_stats_in_schism_format_without_writing_them(sample_copy):
     stats_path = sample_copy / "data_stats.json"
     assert not stats_path.exists()
+    before = sorted(p.name for p in sample_copy.iterdir())
     data = load_dataset(sample_copy, class_count=3)
-    assert data.stats_path == stats_path
-    assert stats_path.is_file()
-    assert any("data_stats.json" in m for m in data.messages)
-    content = json.loads(stats_path.read_text(encoding="utf-8"))
+    assert data.stats_path is None
+    assert not stats_path.exists()  # never written into the user's dataset folder (the run folder gets it)
+    assert sorted(p.name for p in sample_copy.iterdir()) == before
+    content = {name: value.to_json() for name, value in data.stats.items()}
     assert set(content) == {"rock_a", "rock_b", "default"}
     everything = []
     for name in ("rock_a", "rock_b"):
@@ -454,9 +455,13 @@ def test_load_reads_existing_data_stats(sample_copy):
     np.testing.assert_allclose(image[0], (raw / 65535 - 0.1) / 0.2, rtol=1e-4, atol=1e-4)
 
 
-def test_load_second_time_reads_what_it_wrote(sample_copy):
+def test_load_reads_back_the_stats_it_computed(sample_copy):
+    from schism_napari.data.normalization import write_stats_file
+
     first = load_dataset(sample_copy, class_count=3)
+    write_stats_file(sample_copy / "data_stats.json", first.stats)  # as `schism stats` or a run folder holds them
     second = load_dataset(sample_copy, class_count=3)
+    assert second.stats_path == sample_copy / "data_stats.json"
     assert second.messages == []
     for name in ("rock_a", "rock_b", "default"):
         assert second.stats[name].mean == pytest.approx((first.stats[name].mean[0],) * 3, abs=1e-7)

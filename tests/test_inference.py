@@ -557,9 +557,11 @@ def test_predict_to_files_zarr(trained, sample_files, volume, tmp_path):
     array, _ = open_lazy(sample_files.volume)
     store = tmp_path / "v_probabilities.zarr"
     predict_to_files(predictor, Slices(array), tmp_path / "v_labels.tif", store, None)
-    probabilities = zarr.open_array(str(store), mode="r")
-    assert probabilities.shape == (6, 3, 96, 96) and probabilities.dtype == np.float32
-    np.testing.assert_allclose(probabilities[:], memory.probabilities, atol=1e-6)
+    group = zarr.open_group(str(store), mode="r")  # OME-Zarr: classes before space (NGFF axis order)
+    assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["c", "z", "y", "x"]
+    probabilities = group["0"]
+    assert probabilities.shape == (3, 6, 96, 96) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(np.moveaxis(probabilities[:], 0, 1), memory.probabilities, atol=1e-6)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "v_labels.tif"), memory.labels)
     assert sorted(os.listdir(tmp_path)) == ["v_labels.tif", "v_probabilities.zarr"]
 

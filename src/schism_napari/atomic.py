@@ -27,6 +27,8 @@ def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise OutputExistsError(f"{target} already exists; not overwriting it (choose another output)")
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with contextlib.suppress(OSError):  # file systems without permissions (some network mounts)
+        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp makes 0600; a user file follows the umask
     os.close(handle)
     temporary_path = Path(temporary)
     try:
@@ -44,6 +46,36 @@ def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where possible: os.umask() can only read it by setting
+    it, which would race with other threads (the napari workers) creating files meanwhile."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+TEMPORARY_PATTERN = ".*.tmp"
+
+
+def remove_debris(folder: Path) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files and folders left in ``folder`` by a killed writer; return them."""
+    import shutil
+
+    removed = []
+    for path in Path(folder).glob(TEMPORARY_PATTERN):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path)
+    return removed
 
 
 def atomic_write(target: Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:

@@ -30,11 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(arguments.handler(arguments) or 0)
     except SchismError as error:
-        print(f"schism: error: {error}", file=sys.stderr)
+        print(f"schism: error: {one_line(str(error))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:  # a file system refusal the checks did not foresee: still one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"schism: error: {where}{error.strerror or one_line(str(error))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError:
+        print("schism: error: out of memory; use a smaller --tile-size or --batch-size", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("schism: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(text: str) -> str:
+    """Messages quoting other libraries' errors can span lines; the CLI promises one."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +157,8 @@ def command_train(arguments: argparse.Namespace) -> int:
     from .config import SchismConfig
     from .data import load_dataset
     from .events import StopToken
-    from .runs import prepare_run_dir, read_run_config
+    from .outputs import removed_on_failure
+    from .runs import LAST_CHECKPOINT, prepare_run_dir, read_run_config, remove_partial_files
     from .training.trainer import Trainer
 
     if arguments.resume is not None:
@@ -158,31 +171,66 @@ def command_train(arguments: argparse.Namespace) -> int:
             raise SchismError("train needs --config FILE.ini and --out RUN_DIR (or --resume RUN_DIR)")
         config = SchismConfig.from_ini(arguments.config)
         run_dir = None
+    overrides = {}
     if arguments.epochs is not None:
-        config.training.epochs = arguments.epochs
+        config.training.epochs, overrides["epochs"] = arguments.epochs, "--epochs"
     if arguments.device is not None:
-        config.training.device = arguments.device
-    config.validate()
+        config.training.device, overrides["device"] = arguments.device, "--device"
+    validate_with_overrides(config, overrides)
     progress = TqdmProgress()
     for warning in config.warnings:
         progress.write(f"warning: {warning}")
     # under torchrun every process runs this; only rank 0 creates the run folder and writes files
     main_process = int(os.environ.get("RANK", "0")) == 0
+    created = False
     if run_dir is None:  # refuse a used --out before anything is read or written
-        run_dir = prepare_run_dir(arguments.out) if main_process else arguments.out
-    data = load_dataset(
-        arguments.data,
-        class_count=config.model.class_count,
-        ignore_index=config.data.ignore_index,
-        in_channels=config.model.in_channels,
-        mask=arguments.mask,
-        callback=progress,
-        write_stats=main_process,
-    )
-    stop = StopToken()
-    with stop_on_interrupt(stop):
-        Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
+        created = not arguments.out.exists()
+        hint = "choose a new --out folder (or --resume RUN_DIR to continue a run)"
+        run_dir = prepare_run_dir(arguments.out, hint=hint) if main_process else arguments.out
+    elif main_process:
+        removed = remove_partial_files(run_dir)
+        if removed:
+            progress.write(f"removed {len(removed)} partial file(s) an interrupted run left in {run_dir}")
+    with removed_on_failure(run_dir, created and main_process, keep_if=(LAST_CHECKPOINT,)):
+        data = load_dataset(
+            arguments.data,
+            class_count=config.model.class_count,
+            ignore_index=config.data.ignore_index,
+            in_channels=config.model.in_channels,
+            mask=arguments.mask,
+            callback=progress,
+            write_stats=False,
+        )
+        if arguments.resume is not None and data.stats_path is None:
+            data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
+        stop = StopToken()
+        with stop_on_interrupt(stop):
+            Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
     return 0
+
+
+def _run_stats(run_dir: Path, computed: dict[str, Any]) -> dict[str, Any]:
+    from .data.dataset import STATS_FILE
+    from .data.normalization import read_stats_file
+
+    path = Path(run_dir) / STATS_FILE
+    return read_stats_file(path) if path.is_file() else computed
+
+
+def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
+    """Validate the whole configuration; a bad value given as a [Training] option on the command
+    line is blamed on that option, not on the INI file it overrides."""
+    from .errors import ConfigError
+
+    try:
+        config.validate()
+    except ConfigError as error:
+        if error.section == "Training" and error.key in overrides:
+            raise SchismError(
+                f"{overrides[error.key]} {error.value} (command line, overrides [Training] {error.key}): "
+                f"{error.allowed}"
+            ) from None
+        raise
 
 
 def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any, Any]:
@@ -207,8 +255,8 @@ def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any
 def command_predict(arguments: argparse.Namespace) -> int:
     from .data.discovery import list_image_files
     from .data.io import gray_levels
-    from .inference import Slices
-    from .inference.files import check_channels, open_lazy, predict_to_files
+    from .inference.files import predict_to_files
+    from .outputs import output_folder, removed_on_failure
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
     inputs = _prediction_inputs(arguments.input, list_image_files)
@@ -217,38 +265,73 @@ def command_predict(arguments: argparse.Namespace) -> int:
         raise SchismError(f"--out {out} is a file; give a folder")
     if any(out.resolve() == p.resolve() for p in inputs):
         raise SchismError("--out must not be one of the inputs")
-    plans = []
-    for path in inputs:
-        stem = path.stem
-        labels_path = out / f"{stem}_labels.tif"
-        probabilities_path = out / (f"{stem}_probabilities.zarr" if arguments.zarr else f"{stem}_probabilities.tif")
+    plans = _output_plans(inputs, out, arguments.zarr)
+    for _, labels_path, probabilities_path in plans:
         for target in (labels_path, probabilities_path if arguments.probabilities else None):
             if target is not None and target.exists():
                 raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
-        plans.append((path, labels_path, probabilities_path))
     progress = TqdmProgress()
     trained, predictor = _predictor(arguments, progress)
-    out.mkdir(parents=True, exist_ok=True)
+    opened = [_open_checked(path, trained, arguments.probabilities, out) for path, *_ in plans]
+    created = output_folder(out)
     levels = gray_levels(trained.class_count) if arguments.gray_levels else None
-    for path, labels_path, probabilities_path in plans:
-        started = time.perf_counter()
-        array, rgb = open_lazy(path)
-        slices = Slices(array, rgb=rgb)
-        check_channels(slices, trained.in_channels, path)
-        written = predict_to_files(
-            predictor,
-            slices,
-            labels_path,
-            probabilities_path if arguments.probabilities else None,
-            levels,
-        )
-        megapixels = slices.count * slices.height * slices.width / 1e6
-        elapsed = time.perf_counter() - started
-        progress.write(
-            f"{path.name}: {megapixels:.1f} MP in {elapsed:.1f}s ({megapixels / elapsed:.2f} MP/s) -> "
-            + ", ".join(str(p) for p in written)
-        )
+    with removed_on_failure(out, created):
+        for (path, labels_path, probabilities_path), (slices, view, voxel_size) in zip(plans, opened, strict=True):
+            started = time.perf_counter()
+            written = predict_to_files(
+                predictor,
+                slices,
+                labels_path,
+                probabilities_path if arguments.probabilities else None,
+                levels,
+                voxel_size,
+            )
+            megapixels = slices.count * slices.height * slices.width / 1e6
+            elapsed = time.perf_counter() - started
+            if view.warning():
+                progress.write(f"warning: {view.warning()}")
+            progress.write(
+                f"{path.name}: {megapixels:.1f} MP in {elapsed:.1f}s ({megapixels / elapsed:.2f} MP/s) -> "
+                + ", ".join(str(p) for p in written)
+            )
     return 0
+
+
+def _output_plans(inputs: list[Path], out: Path, zarr: bool) -> list[tuple[Path, Path, Path]]:
+    """(input, labels file, probabilities file) per input; inputs sharing a stem (a.tif, a.png)
+    keep their suffix in the output names (a_tif_labels.tif, a_png_labels.tif)."""
+    stems = [path.stem for path in inputs]
+    plans = []
+    for path in inputs:
+        stem = path.stem
+        if stems.count(stem) > 1:
+            stem = f"{stem}_{path.suffix.lstrip('.').lower()}"
+        labels_path = out / f"{stem}_labels.tif"
+        probabilities_path = out / (f"{stem}_probabilities.zarr" if zarr else f"{stem}_probabilities.tif")
+        plans.append((path, labels_path, probabilities_path))
+    return plans
+
+
+def _open_checked(path: Path, trained: Any, probabilities: bool, out: Path) -> tuple[Any, Any, Any]:
+    """Open one input lazily and check it (channels, size against memory and disk) before any work."""
+    from .inference import Slices
+    from .inference.files import check_channels, open_lazy, output_bytes
+    from .inputs import check_prediction_resources, read_voxel_size
+
+    array, rgb = open_lazy(path)
+    slices = Slices(array, rgb=rgb)
+    check_channels(slices, trained.in_channels, path)
+    check_prediction_resources(
+        path,
+        count=slices.count,
+        height=slices.height,
+        width=slices.width,
+        channels=max(slices.channels, trained.in_channels),
+        class_count=trained.class_count,
+        output_bytes=output_bytes(slices, trained.class_count, probabilities),
+        out=out,
+    )
+    return slices, array, read_voxel_size(path)
 
 
 def _prediction_inputs(path: Path, list_image_files: Any) -> list[Path]:
@@ -301,11 +384,14 @@ def command_stats(arguments: argparse.Namespace) -> int:
     from .data.dataset import STATS_FILE, folder_stats
     from .data.discovery import discover_datasets
     from .data.normalization import write_stats_file
+    from .outputs import writable_parent
 
     stats_folder, folders = discover_datasets(arguments.data, require_masks=False)
     target = arguments.out or stats_folder / STATS_FILE
     if target.exists():
-        raise SchismError(f"{target} already exists; not overwriting it (delete it or give --out)")
+        hint = "choose another --out" if arguments.out is not None else "delete it or give --out FILE"
+        raise SchismError(f"{target} already exists; not overwriting it ({hint})")
+    writable_parent(target, "--out" if arguments.out is not None else "--data")
     stats = folder_stats(folders)
     write_stats_file(target, stats)
     for name, value in stats.items():

@@ -420,6 +420,9 @@ class SchismConfig:
             text = path.read_text(encoding="utf-8-sig")
         except OSError as error:
             raise ConfigError("file", None, None, f"cannot read {path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            byte = f"byte {error.object[error.start]:#04x} at offset {error.start}"
+            raise ConfigError("file", None, None, f"not a text INI file ({byte})", str(path)) from None
         return cls.from_ini_string(text, source=str(path))
 
     @classmethod

@@ -36,13 +36,23 @@ def best_weights_file(name: str) -> str:
     return f"model_best_{name}.pth"
 
 
-def prepare_run_dir(path: Path) -> Path:
-    """Create a new run folder; refuse one that already holds files (nothing is overwritten)."""
+def prepare_run_dir(path: Path, *, hint: str = "choose a new --out folder") -> Path:
+    """Create a new run folder; refuse one that already holds files (nothing is overwritten), or
+    one that cannot be created or written, in one line ending with ``hint``."""
+    from .outputs import output_folder
+
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise SchismError(f"{path} already exists and is not empty; choose a new --out folder (or --resume it)")
-    path.mkdir(parents=True, exist_ok=True)
+        raise SchismError(f"{path} already exists and is not empty; {hint}")
+    output_folder(path)
     return path
+
+
+def remove_partial_files(run_dir: Path) -> list[Path]:
+    """Temporary files a killed run left (``.model_best_loss.pth.x1y2.tmp``: up to a model each)."""
+    from .atomic import remove_debris
+
+    return remove_debris(Path(run_dir))
 
 
 def save_weights(path: Path, state: dict[str, Any]) -> None:
@@ -52,12 +62,21 @@ def save_weights(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_weights(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``: a checkpoint holding Python objects is refused in one
+    line (torch's own text runs over many lines and even suggests ``weights_only=False``)."""
+    import pickle
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SchismError(f"{path}: weights file not found") from None
+    except pickle.UnpicklingError:
+        raise SchismError(
+            f"{path}: not a plain weights file (it holds Python objects, which could run code); refusing to load it"
+        ) from None
     except Exception as error:
-        raise SchismError(f"{path}: cannot load weights safely ({type(error).__name__}: {error})") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise SchismError(f"{path}: not a readable weights file ({type(error).__name__}: {first})") from None
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:

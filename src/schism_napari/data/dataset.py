@@ -14,9 +14,10 @@ import numpy as np
 
 from ..errors import DataError
 from ..events import Message, ProgressCallback, ignore_events
+from ..inputs import finite_check
 from .discovery import DatasetFolder, discover_datasets
-from .io import IGNORE, decode_mask, read_class_dict, read_image, read_mask, shared_encoding
-from .normalization import Normalization, StatsAccumulator, read_stats_file, write_stats_file
+from .io import IGNORE, as_integer_mask, decode_mask, read_class_dict, read_image, read_mask, shared_encoding
+from .normalization import Normalization, StatsAccumulator, read_stats_file
 
 STATS_FILE = "data_stats.json"
 DEFAULT_STATS = "default"
@@ -89,7 +90,13 @@ def load_dataset(
     write_stats: bool = True,
     callback: ProgressCallback = ignore_events,
 ) -> SegmentationData:
-    """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`)."""
+    """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`).
+
+    Normalisation comes from the dataset's ``data_stats.json`` when there is one (as in SCHISM),
+    else it is computed; nothing is written into the dataset folder (the trainer writes the
+    stats it used to the run folder). ``write_stats`` is accepted for older callers and ignored.
+    """
+    del write_stats
     stats_folder, folders = discover_datasets(root, mask=mask)
     class_names = class_colors = None
     for folder in folders:
@@ -104,21 +111,15 @@ def load_dataset(
     for folder in folders:
         samples.extend(_read_folder(folder, class_count, ignore_index, class_colors))
     samples = _harmonise_channels(samples, in_channels)
-    stats_path = stats_folder / STATS_FILE
+    stats_path: Path | None = stats_folder / STATS_FILE
     messages: list[str] = []
-    if stats_path.is_file():
+    if stats_path is not None and stats_path.is_file():  # SCHISM reads them from the dataset folder
         stats = read_stats_file(stats_path)
         missing = [name for name in dict.fromkeys(s.dataset for s in samples) if name not in stats]
         if missing and DEFAULT_STATS not in stats:
             raise DataError(f"{stats_path}: no entry for {', '.join(missing)} and no 'default' entry")
-    else:
-        stats = compute_stats(samples)
-        if write_stats:
-            try:
-                write_stats_file(stats_path, stats)
-                messages.append(f"wrote {stats_path}")
-            except OSError as error:
-                messages.append(f"could not write {stats_path} ({error.strerror}); stats kept in the run folder only")
+    else:  # computed, and written to the run folder by the trainer: never into the user's data
+        stats, stats_path = compute_stats(samples), None
     for text in messages:
         callback(Message(text))
     return SegmentationData(
@@ -226,7 +227,9 @@ def folder_stats(folders: Sequence[DatasetFolder]) -> dict[str, Normalization]:
     per_dataset: dict[str, StatsAccumulator] = {}
     for folder in folders:
         for path in folder.images:
-            per_dataset.setdefault(folder.name, StatsAccumulator()).add(read_image(path))
+            image = read_image(path)
+            finite_check(image, path)
+            per_dataset.setdefault(folder.name, StatsAccumulator()).add(image)
     return _with_default(per_dataset)
 
 
@@ -249,9 +252,12 @@ def _read_folder(
     masks: list[Path | None] = list(folder.masks) if folder.masks else [None] * len(folder.images)
     for image_path, mask_path in zip(folder.images, masks, strict=True):
         image = read_image(image_path)
+        finite_check(image, image_path)
         raw = None
         if mask_path is not None:
             raw = read_mask(mask_path)
+            if raw.ndim == 3:  # gray masks: whole, finite, non-negative values, checked here to name the file
+                raw = as_integer_mask(raw, str(mask_path))
             if raw.shape[:3] != image.shape[:3]:
                 raise DataError(
                     f"{mask_path}: mask shape {_shape(raw.shape[:3])} does not match image "

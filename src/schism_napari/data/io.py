@@ -45,16 +45,26 @@ def _read_with_axes(path: Path) -> tuple[np.ndarray, str]:
 
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
+                _check_declared_size(series.shape, series.dtype, path)
                 return series.asarray(), series.axes
         from PIL import Image
 
         with Image.open(path) as image:
+            _check_declared_size((image.height, image.width, len(image.getbands())), np.uint8, path)
             array = np.asarray(image)
         return array, "YXS" if array.ndim == 3 else "YX"
     except DataError:
         raise
     except Exception as error:  # tifffile/PIL raise many types for broken files
         raise DataError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
+
+
+def _check_declared_size(shape: tuple[int, ...], dtype: np.dtype, path: Path) -> None:
+    """A header can declare any size: check it against the memory available before decoding."""
+    from ..inputs import check_memory
+
+    size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    check_memory(2 * size, path, f"reading its {'x'.join(str(v) for v in shape)} pixels")
 
 
 def _slice_plan(shape: tuple[int, ...], axes: str, path: Path) -> tuple[list[int], bool, tuple[int, int, int, int]]:
@@ -69,6 +79,12 @@ def _slice_plan(shape: tuple[int, ...], axes: str, path: Path) -> tuple[list[int
     if len(channel_axes) > 1:
         raise DataError(f"{path}: more than one channel axis (axes {axes!r}, shape {shape})")
     order = [i for i in range(ndim) if i not in channel_axes and axes[i] not in "YX"]
+    stacked = [i for i in order if shape[i] > 1]
+    if len(stacked) > 1:  # (T, Z, Y, X) and the like: flattening them into one stack would mix them
+        raise DataError(
+            f"{path}: {len(stacked) + 2}D data (axes {''.join(axes[i] for i in stacked)}YX, shape {shape}); "
+            "give a 2D image or one 3D stack per file (split time points or other axes into separate files)"
+        )
     order += [axes.index("Y"), axes.index("X"), *channel_axes]
     channels = shape[channel_axes[0]] if channel_axes else 1
     if channel_axes and axes[channel_axes[0]] == "S" and channels in (2, 4):
@@ -221,9 +237,17 @@ def decode_mask(
 
 
 def as_integer_mask(raw: np.ndarray, path: str) -> np.ndarray:
+    """Class values as integers; ``path`` names the mask file in the message when they are not."""
     if np.issubdtype(raw.dtype, np.floating):
-        if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
-            raise DataError(f"{path}: mask values must be whole numbers")
+        finite = np.isfinite(raw)
+        if not finite.all():
+            bad = raw.size - int(finite.sum())
+            raise DataError(f"{path}: mask has {bad} NaN/infinite value(s); classes are whole numbers 0, 1, 2...")
+        fractional = raw != np.round(raw)
+        if fractional.any():
+            raise DataError(
+                f"{path}: mask values must be whole numbers (class indices), found {float(raw[fractional][0])!r}"
+            )
         raw = raw.astype(np.int64)
     if raw.size and raw.min() < 0:
         raise DataError(f"{path}: mask has negative values (min {raw.min()})")

@@ -83,7 +83,7 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
 
     names = get_encoder_names()
     if config.encoder not in names:
-        raise ConfigError("Model", "encoder", config.encoder, allowed_values(tuple(names), config.encoder), source)
+        raise ConfigError("Model", "encoder", config.encoder, _nearest_encoders(names, config.encoder), source)
     try:
         model = smp.create_model(
             config.model_type, encoder_name=config.encoder, encoder_weights=None, in_channels=in_channels, classes=out
@@ -96,6 +96,22 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
     if config.encoder_weights:
         load_encoder_weights(model.encoder, Path(config.encoder_weights))
     return model
+
+
+def _nearest_encoders(names: list[str], given: str) -> str:
+    """A few close names, not all smp encoders on one 1,300-character line."""
+    import difflib
+
+    lowered = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(str(given).lower(), list(lowered), n=5, cutoff=0.5)
+    if not close:
+        prefix = str(given).lower()[:3]
+        close = [name for name in lowered if name.startswith(prefix)][:5]
+    listing = f"all {len(names)} names: segmentation_models_pytorch.encoders.get_encoder_names()"
+    if not close:
+        return f"unknown encoder ({listing})"
+    others = f"; also close: {', '.join(lowered[name] for name in close[1:])}" if close[1:] else ""
+    return f"unknown encoder; did you mean {lowered[close[0]]!r}{others} ({listing})"
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:

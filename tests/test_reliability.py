@@ -1,0 +1,447 @@
+"""Bad inputs and faults through the ``schism`` CLI: one clear line each, no debris, valid outputs.
+
+The table holds what a careless user or a hostile file gives the command line; every case must
+end with exit code 2, exactly one ``schism: error:`` line naming the file, key or value at
+fault, no traceback, and no output folder left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from conftest import TINY_INI
+from schism_napari.atomic import atomic_write_text, current_umask
+from schism_napari.cli import main
+from schism_napari.inputs import read_voxel_size
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def one_error_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("schism: error: "), err
+    return lines[0]
+
+
+class Pickled:
+    """Unpickling this would run code: a weights_only load must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo unsafe checkpoint ran",))
+
+
+@dataclass
+class Case:
+    """``build(tmp_path, env)`` returns the CLI arguments; ``named`` must appear in the line."""
+
+    build: Callable[[Path, dict], list[str]]
+    named: Callable[[Path], list[str]]
+    absent: tuple[str, ...] = ()
+
+
+def _dataset(tmp: Path, sample_files, edit: Callable[[Path], None] | None = None) -> Path:
+    data = tmp / "datasets"
+    shutil.copytree(sample_files.datasets, data, ignore=shutil.ignore_patterns("data_stats.json"))
+    if edit is not None:
+        edit(data)
+    return data
+
+
+def _ini(tmp: Path, text: str = TINY_INI) -> Path:
+    path = tmp / "tiny.ini"
+    path.write_text(text.replace("epochs = 4", "epochs = 1"), encoding="utf-8")
+    return path
+
+
+def _train(tmp: Path, env: dict, edit=None, ini: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    data = _dataset(tmp, env["sample"], edit)
+    config = ini or _ini(tmp)
+    return ["train", "--data", str(data), "--config", str(config), "--out", str(tmp / "out"), *extra]
+
+
+def _predict(tmp: Path, env: dict, image: Path, weights: Path | None = None) -> list[str]:
+    run = weights or env["run"]
+    return ["predict", "--weights", str(run), "--input", str(image), "--out", str(tmp / "out")]
+
+
+def _float_mask(value: float):
+    def edit(data: Path) -> None:
+        path = data / "rock_a" / "masks" / "slice_002.tif"
+        mask = tifffile.imread(path).astype(np.float32)
+        mask[3, 4] = value
+        tifffile.imwrite(path, mask)
+
+    return edit
+
+
+def _nan_image(data: Path) -> None:
+    path = data / "rock_b" / "images" / "slice_001.tif"
+    image = tifffile.imread(path).astype(np.float32)
+    image[10:12, 10:12] = np.nan
+    image[0, 0] = np.inf
+    tifffile.imwrite(path, image)
+
+
+def _file_in_the_way(tmp: Path) -> Path:
+    blocker = tmp / "blocker"
+    blocker.write_text("a file, not a folder", encoding="utf-8")
+    return blocker / "out"
+
+
+def _truncated(tmp: Path, env: dict) -> list[str]:
+    path = tmp / "truncated.tif"
+    whole = tmp / "whole.tif"
+    tifffile.imwrite(whole, tifffile.imread(env["sample"].volume))  # uncompressed: header first, then pixels
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return _predict(tmp, env, path)
+
+
+def _huge(tmp: Path, env: dict) -> list[str]:
+    path = tmp / "huge.tif"
+    tifffile.imwrite(path, shape=(300_000, 300_000), dtype=np.uint8)  # sparse file: a header declaring 90 GB
+    return _predict(tmp, env, path)
+
+
+def _four_d(tmp: Path, env: dict) -> list[str]:
+    path = tmp / "time_series.tif"
+    volume = tifffile.imread(env["sample"].volume)
+    tifffile.imwrite(path, np.stack([volume, volume]), metadata={"axes": "TZYX"})
+    return _predict(tmp, env, path)
+
+
+def _unsafe_checkpoint(tmp: Path, env: dict) -> list[str]:
+    run = tmp / "run"
+    shutil.copytree(env["run"], run)
+    torch.save({"weights": Pickled()}, run / "model_best_loss.pth")
+    return _predict(tmp, env, env["sample"].image_2d, weights=run)
+
+
+def _binary_ini(tmp: Path, env: dict) -> list[str]:
+    ini = tmp / "binary.ini"
+    ini.write_bytes(bytes(range(256)) * 4)
+    return _train(tmp, env, ini=ini)
+
+
+def _unknown_encoder(tmp: Path, env: dict) -> list[str]:
+    text = TINY_INI.replace("model_type = UnetSegmentor", "model_type = Unet\nencoder = resnet343")
+    return _train(tmp, env, ini=_ini(tmp, text))
+
+
+CASES = {
+    "train --out under a file": Case(
+        lambda tmp, env: [
+            "train",
+            "--data",
+            str(_dataset(tmp, env["sample"])),
+            "--config",
+            str(_ini(tmp)),
+            "--out",
+            str(_file_in_the_way(tmp)),
+        ],
+        lambda tmp: [str(tmp / "blocker")],
+    ),
+    "predict --out under a file": Case(
+        lambda tmp, env: [*_predict(tmp, env, env["sample"].image_2d)[:-1], str(_file_in_the_way(tmp))],
+        lambda tmp: [str(tmp / "blocker")],
+    ),
+    "stats --out under a file": Case(
+        lambda tmp, env: [
+            "stats",
+            "--data",
+            str(_dataset(tmp, env["sample"])),
+            "--out",
+            str(_file_in_the_way(tmp) / "s.json"),
+        ],
+        lambda tmp: [str(tmp / "blocker")],
+    ),
+    "predict a truncated TIFF": Case(_truncated, lambda tmp: [str(tmp / "truncated.tif")]),
+    "INI file of binary bytes": Case(_binary_ini, lambda tmp: [str(tmp / "binary.ini"), "not a text INI file"]),
+    "predict an enormous declared image": Case(_huge, lambda tmp: [str(tmp / "huge.tif"), "GB"]),
+    "fractional mask value": Case(
+        lambda tmp, env: _train(tmp, env, _float_mask(0.5)),
+        lambda tmp: [str(tmp / "datasets" / "rock_a" / "masks" / "slice_002.tif"), "0.5"],
+    ),
+    "NaN mask value": Case(
+        lambda tmp, env: _train(tmp, env, _float_mask(np.nan)),
+        lambda tmp: [str(tmp / "datasets" / "rock_a" / "masks" / "slice_002.tif"), "NaN"],
+    ),
+    "NaN/inf pixels in a training image": Case(
+        lambda tmp, env: _train(tmp, env, _nan_image),
+        lambda tmp: [str(tmp / "datasets" / "rock_b" / "images" / "slice_001.tif"), "5 pixel(s)"],
+    ),
+    "--epochs 0 on the command line": Case(
+        lambda tmp, env: _train(tmp, env, extra=("--epochs", "0")),
+        lambda tmp: ["--epochs 0", "command line"],
+        absent=("tiny.ini",),
+    ),
+    "unsafe checkpoint": Case(
+        _unsafe_checkpoint,
+        lambda tmp: [str(tmp / "run" / "model_best_loss.pth"), "not a plain weights file"],
+        absent=("weights_only", "unsafe checkpoint ran"),
+    ),
+    "unknown encoder": Case(_unknown_encoder, lambda tmp: ["resnet343", "resnet34"]),
+    "4D (T, Z, Y, X) input": Case(_four_d, lambda tmp: [str(tmp / "time_series.tif"), "4D"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gives_one_clear_line(name, sample_files, trained_run, tmp_path, capsys):
+    case = CASES[name]
+    arguments = case.build(tmp_path, {"sample": sample_files, "run": trained_run})
+    capsys.readouterr()
+    assert main(arguments) == 2
+    line = one_error_line(capsys)
+    for expected in case.named(tmp_path):
+        assert expected in line, line
+    for unexpected in case.absent:
+        assert unexpected not in line, line
+    assert len(line) < 400, line  # no list of every encoder, no quoted traceback
+    assert not (tmp_path / "out").exists()  # a failed command leaves no output folder behind
+    assert "unsafe checkpoint ran" not in capsys.readouterr().out
+
+
+def _refuse_writes_under(parent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 555 does not stop root (CI containers): refuse what the kernel would refuse a user."""
+    import tempfile
+
+    def denied(path: object) -> PermissionError:
+        return PermissionError(13, "Permission denied", str(path))
+
+    def inside(path: object) -> bool:
+        return Path(str(path)).resolve().is_relative_to(parent.resolve())
+
+    real_mkdir, real_mkstemp, real_access = Path.mkdir, tempfile.mkstemp, os.access
+
+    def mkdir(self: Path, *args, **kwargs):
+        if inside(self) and not self.exists():
+            raise denied(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("dir") is not None and inside(kwargs["dir"]):
+            raise denied(kwargs["dir"])
+        return real_mkstemp(*args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if inside(path) and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "stats"])
+def test_read_only_parent_gives_one_line(command, sample_files, trained_run, tmp_path, capsys, monkeypatch):
+    parent = tmp_path / "read_only"
+    parent.mkdir()
+    data = _dataset(tmp_path, sample_files)
+    arguments = {
+        "train": ["train", "--data", str(data), "--config", str(_ini(tmp_path))],
+        "predict": ["predict", "--weights", str(trained_run), "--input", str(sample_files.image_2d)],
+        "stats": ["stats", "--data", str(data)],
+    }[command]
+    out = parent / "out"
+    parent.chmod(0o555)
+    if os.geteuid() == 0:
+        _refuse_writes_under(parent, monkeypatch)
+    try:
+        assert main([*arguments, "--out", str(out if command != "stats" else parent / "stats.json")]) == 2
+        line = one_error_line(capsys)
+        assert str(parent) in line and ("permission denied" in line.lower()), line
+        assert not out.exists()
+    finally:
+        parent.chmod(0o755)
+
+
+def test_hints_fit_the_command(sample_files, tmp_path, capsys):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("keep", encoding="utf-8")
+    assert main(["sample", "--out", str(existing)]) == 2
+    assert "--resume" not in one_error_line(capsys)
+
+    data = _dataset(tmp_path, sample_files)
+    target = tmp_path / "stats.json"
+    target.write_text("{}", encoding="utf-8")
+    assert main(["stats", "--data", str(data), "--out", str(target)]) == 2
+    line = one_error_line(capsys)
+    assert str(target) in line and "choose another --out" in line and "give --out" not in line
+    assert target.read_text(encoding="utf-8") == "{}"
+
+
+# ---- outputs: valid files, scale kept, permissions -------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_outputs_keep_the_voxel_size_and_follow_the_umask(sample_files, trained_run, tmp_path, umask_022):
+    volume = tifffile.imread(sample_files.volume)
+    scaled = tmp_path / "in" / "scaled.tif"
+    scaled.parent.mkdir()
+    metadata = {"spacing": 2.5, "unit": "micron", "axes": "ZYX"}
+    tifffile.imwrite(scaled, volume, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata=metadata)
+    image_2d = tmp_path / "in" / "flat.tif"
+    tifffile.imwrite(
+        image_2d, tifffile.imread(sample_files.image_2d), resolution=(1 / 0.25, 1 / 0.25), resolutionunit="CENTIMETER"
+    )
+    out, zarr_out = tmp_path / "out", tmp_path / "zarr"
+    base = ["predict", "--weights", str(trained_run), "--input"]
+    assert main([*base, str(scaled.parent), "--out", str(out), "--probabilities"]) == 0
+    assert main([*base, str(scaled), "--out", str(zarr_out), "--zarr"]) == 0
+
+    with tifffile.TiffFile(out / "scaled_labels.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == volume.shape
+        assert tif.imagej_metadata["spacing"] == pytest.approx(2.5)
+    with tifffile.TiffFile(out / "scaled_probabilities.tif") as tif:
+        assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (volume.shape[0], 3, *volume.shape[1:])
+    for name in ("scaled_labels.tif", "scaled_probabilities.tif"):
+        size = read_voxel_size(out / name)
+        assert (size.x, size.y, size.z, size.unit) == pytest.approx((0.5, 0.5, 2.5, "micrometer"))
+    with tifffile.TiffFile(out / "flat_labels.tif") as tif:  # 2D outputs are tagged YX, not ZYX
+        assert tif.series[0].axes == "YX" and tif.series[0].shape == (141, 227)
+    size = read_voxel_size(out / "flat_labels.tif")
+    assert (size.x, size.y, size.unit) == pytest.approx((0.25, 0.25, "centimeter"))
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "scaled_labels.tif"), tifffile.imread(zarr_out / "scaled_labels.tif")
+    )
+
+    group = zarr.open_group(str(zarr_out / "scaled_probabilities.zarr"), mode="r")
+    (multiscale,) = group.attrs["multiscales"]
+    assert [axis["name"] for axis in multiscale["axes"]] == ["c", "z", "y", "x"]
+    assert multiscale["axes"][1]["unit"] == "micrometer"
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.5, 0.5, 0.5]
+    probabilities = np.asarray(group["0"][:])
+    assert probabilities.shape == (3, *volume.shape)
+    np.testing.assert_array_equal(probabilities.argmax(axis=0), tifffile.imread(zarr_out / "scaled_labels.tif"))
+    np.testing.assert_allclose(
+        np.moveaxis(probabilities, 0, 1), tifffile.imread(out / "scaled_probabilities.tif"), atol=1e-6
+    )
+    for path in [*out.iterdir(), *zarr_out.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        written = atomic_write_text(tmp_path / "settings.ini", "[Model]\n")
+        assert stat.S_IMODE(written.stat().st_mode) == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_predict_replaces_non_finite_pixels_with_a_warning(sample_files, trained_run, tmp_path, capsys):
+    image = tifffile.imread(sample_files.image_2d).astype(np.float32)
+    image[40:50, 60:70] = np.nan
+    image[0, :5] = np.inf
+    path = tmp_path / "holes.tif"
+    tifffile.imwrite(path, image)
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--weights", str(trained_run), "--input", str(path), "--out", str(out), "--probabilities"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert f"warning: {path}: 105 NaN/infinite pixel(s)" in err
+    probabilities = tifffile.imread(out / "holes_probabilities.tif")
+    assert np.isfinite(probabilities).all()  # no NaN spreading through the network
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
+    labels = tifffile.imread(out / "holes_labels.tif")
+    assert labels.shape == image.shape and set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_predict_inputs_sharing_a_stem(sample_files, trained_run, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = tifffile.imread(sample_files.image_2d)
+    tifffile.imwrite(folder / "a.tif", image)
+    Image.fromarray((image >> 8).astype(np.uint8)).save(folder / "a.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(trained_run), "--input", str(folder), "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["a_png_labels.tif", "a_tif_labels.tif"]
+    for name in os.listdir(out):
+        assert tifffile.imread(out / name).shape == image.shape
+
+
+# ---- debris ------------------------------------------------------------------------------------
+
+
+def test_resume_removes_partial_files_of_a_killed_run(sample_files, trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    debris = [run / ".model_best_loss.pth.k1ll3d.tmp", run / ".last_checkpoint.pth.9x8y7z.tmp"]
+    for path in debris:
+        path.write_bytes(b"\0" * 4096)
+    (run / ".keep_me.txt").write_text("not ours", encoding="utf-8")
+    data = _dataset(tmp_path, sample_files)
+    main(["train", "--data", str(data), "--resume", str(run)])  # already complete: may refuse, but cleans first
+    err = capsys.readouterr().err
+    assert "removed 2 partial file(s)" in err
+    assert not any(path.exists() for path in debris)
+    assert (run / ".keep_me.txt").exists()
+
+
+def test_training_writes_stats_to_the_run_folder_only(sample_files, tmp_path):
+    data = _dataset(tmp_path, sample_files)
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--config", str(_ini(tmp_path)), "--out", str(run)]) == 0
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
+    assert (run / "data_stats.json").is_file()
+
+
+def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
+    from schism_napari.inference.files import open_lazy
+    from schism_napari.inputs import VoxelSize, ngff_multiscales
+
+    volume = np.arange(3 * 8 * 10, dtype=np.uint16).reshape(3, 8, 10)
+    ome = tmp_path / "scan.ome.tif"
+    metadata = {
+        "axes": "ZYX",
+        "PhysicalSizeX": 0.3,
+        "PhysicalSizeY": 0.4,
+        "PhysicalSizeZ": 1.2,
+        "PhysicalSizeXUnit": "µm",
+    }
+    tifffile.imwrite(ome, volume, ome=True, metadata=metadata)
+    assert read_voxel_size(ome) == VoxelSize(0.3, 0.4, 1.2, "micrometer")
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, volume)
+    assert read_voxel_size(plain) is None  # tifffile's default 1/1 tags record no scale
+
+    attributes = tmp_path / "attributes.zarr"
+    array = zarr.open_array(str(attributes), mode="w", shape=volume.shape, dtype="uint16")
+    array[:] = volume
+    array.attrs["voxel_size"] = [2.0, 0.5, 0.5]
+    assert read_voxel_size(attributes) == VoxelSize(0.5, 0.5, 2.0, None)
+
+    image = tmp_path / "image.zarr"  # an OME-Zarr image opens at full resolution, with its scale
+    group = zarr.open_group(str(image), mode="w", zarr_format=2)
+    group.create_array("0", shape=volume.shape, dtype="uint16")[:] = volume
+    group.attrs["multiscales"] = ngff_multiscales("image", "zyx", VoxelSize(0.7, 0.7, 3.0, "nanometer"))
+    assert read_voxel_size(image) == VoxelSize(0.7, 0.7, 3.0, "nanometer")
+    opened, rgb = open_lazy(image)
+    assert not rgb and opened.shape == volume.shape
+    np.testing.assert_array_equal(opened[1], volume[1])
