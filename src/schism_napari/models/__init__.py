@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
-from ..errors import ConfigError, SchismError, allowed_values
+from ..errors import ConfigError, SchismError
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
