@@ -252,8 +252,26 @@ def command_train(arguments: argparse.Namespace) -> int:
         write_stats=main_process,
     )
     stop = StopToken()
+    if arguments.per_class:
+        return _train_per_class(arguments, config, data, run_dir, progress, stop)
     with stop_on_interrupt(stop):
         Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
+    return 0
+
+
+def _train_per_class(
+    arguments: argparse.Namespace, config: Any, data: Any, run_dir: Path, progress: Any, stop: Any
+) -> int:
+    """``train --per-class``: one-vs-rest members and a stacker, written as one run folder."""
+    from .training.per_class import train_per_class
+
+    if arguments.resume is not None:
+        raise SchismError("--per-class cannot --resume; train a new run folder")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SchismError("--per-class runs in one process; start it without torchrun")
+    with stop_on_interrupt(stop):
+        result = train_per_class(config, data, run_dir, callback=progress, stop=stop)
+    progress._write(f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}")
     return 0
 
 
