@@ -171,3 +171,60 @@ def test_cli_predict_with_planes(trained_run, sample_files, tmp_path):
     np.testing.assert_array_equal(labels, expected)
     assert main(["predict", "--weights", str(trained_run), "--input", str(sample_files.volume),
                  "--out", str(tmp_path / "o2"), "--planes", "xyz", "--voxel-ratio", "20"]) == 2  # fmt: skip
+
+
+# ---- training on three orientations ------------------------------------------------------------
+
+
+def test_stack_planes_are_resliced_image_and_mask():
+    from schism_napari.data.dataset import samples_from_arrays
+
+    image = volume((4, 10, 12))
+    mask = np.random.default_rng(2).integers(0, 3, size=(4, 10, 12)).astype(np.uint8)
+    data = samples_from_arrays([image], [mask], class_count=3, names=["vol"], planes="xyz")
+    assert len(data.samples) == 4 + 4 + 4  # slices, then as many XZ and YZ planes as slices
+    xz = [s for s in data.samples if "xz plane" in s.source]
+    yz = [s for s in data.samples if "yz plane" in s.source]
+    assert [s.index for s in data.samples] == list(range(12))
+    first_xz, last_yz = xz[0], yz[-1]
+    np.testing.assert_array_equal(first_xz.image[..., 0], image[:, 0, :])
+    np.testing.assert_array_equal(first_xz.mask, mask[:, 0, :])
+    np.testing.assert_array_equal(last_yz.image[..., 0], image[:, :, 11])
+    np.testing.assert_array_equal(last_yz.mask, mask[:, :, 11])
+    assert len(samples_from_arrays([image], [mask], class_count=3).samples) == 4  # xy: slices only
+
+
+def test_anisotropic_stack_planes_are_stretched_along_z():
+    from schism_napari.data.voxels import orthogonal_planes, resample_depth
+
+    image = np.arange(3, dtype=np.uint16).reshape(3, 1, 1, 1) * 100 * np.ones((3, 5, 6, 1), np.uint16)
+    mask = np.broadcast_to(np.arange(3, dtype=np.uint8).reshape(3, 1, 1), (3, 5, 6)).copy()
+    name, position, plane, plane_mask = orthogonal_planes(image, mask, 3, ratio=2.0)[0]
+    assert (name, position, plane.shape, plane_mask.shape) == ("xz", 0, (6, 6, 1), (6, 6))
+    np.testing.assert_array_equal(plane[:, 0, 0], [0, 25, 75, 125, 175, 200])  # linear, centres aligned
+    np.testing.assert_array_equal(plane_mask[:, 0], [0, 0, 1, 1, 2, 2])  # nearest for classes
+    assert plane.dtype == np.uint16
+    assert resample_depth(image, 1.0) is image
+
+
+def test_load_dataset_with_xyz_planes_keeps_slice_indices(tmp_path):
+    from schism_napari.data import load_dataset
+    from schism_napari.sample import make_rock
+
+    image, labels = make_rock((5, 32, 40), seed=1)
+    for name in ("images", "masks"):
+        (tmp_path / "vol" / name).mkdir(parents=True)
+    for index in range(2):  # a 2D image first, then a stack with a Z spacing twice the pixel size
+        metadata = {"spacing": 2.0, "axes": "ZYX" if index else "YX"}
+        pixels = image if index else image[0]
+        tifffile.imwrite(tmp_path / "vol" / "images" / f"a{index}.tif", pixels, imagej=True, resolution=(1.0, 1.0),
+                         metadata=metadata)  # fmt: skip
+        tifffile.imwrite(tmp_path / "vol" / "masks" / f"a{index}.tif", labels if index else labels[0])
+    plain = load_dataset(tmp_path / "vol", class_count=3, write_stats=False)
+    tri = load_dataset(tmp_path / "vol", class_count=3, write_stats=False, planes="xyz")
+    assert len(plain.samples) == 6
+    assert [(s.index, s.source) for s in tri.samples[:6]] == [(s.index, s.source) for s in plain.samples]
+    extra = tri.samples[6:]
+    assert len(extra) == 10 and [s.index for s in extra] == list(range(6, 16))
+    assert all(s.image.shape[:2] == (10, 40) for s in extra if "xz plane" in s.source)  # 5 slices x 2
+    assert all(s.mask is not None and s.mask.shape == s.image.shape[:2] for s in extra)

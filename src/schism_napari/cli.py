@@ -250,6 +250,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         mask=arguments.mask,
         callback=progress,
         write_stats=main_process,
+        planes=config.data.planes,
     )
     stop = StopToken()
     if arguments.per_class:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.voxels import voxel_ratio_from_file
 from ..errors import DataError
 from .combined import CombinedPredictor
 from .predictor import Predictor, Slices
@@ -151,49 +151,4 @@ def planar_predictor(
     return TriPlanarPredictor(base, voxel_ratio=voxel_ratio, slab_depth=slab_depth)
 
 
-def voxel_ratio_from_file(path: Path) -> float | None:
-    """Z voxel size / X pixel size from an ImageJ TIFF or an OME-Zarr, or None when not recorded."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _tiff_ratio(path)
-        if path.suffix == ".zarr" or path.is_dir():
-            return _zarr_ratio(path)
-    except Exception:  # unreadable metadata is no voxel size, not an error: the image itself opens elsewhere
-        return None
-    return None
-
-
-def _tiff_ratio(path: Path) -> float | None:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        metadata = tif.imagej_metadata or {}
-        spacing = metadata.get("spacing")
-        tag = tif.pages[0].tags.get("XResolution")
-        if spacing is None or tag is None:
-            return None
-        numerator, denominator = tag.value
-        if not numerator:
-            return None
-        pixel = denominator / numerator  # units per pixel
-        return float(spacing) / pixel
-
-
-def _zarr_ratio(path: Path) -> float | None:
-    """From OME-Zarr ``multiscales`` scale transforms of the store or its parent group."""
-    import zarr
-
-    for candidate in (path, path.parent):
-        try:
-            node = zarr.open(str(candidate), mode="r")
-        except Exception:
-            continue
-        multiscales = dict(node.attrs).get("multiscales") or dict(node.attrs).get("ome", {}).get("multiscales")
-        if not multiscales:
-            continue
-        for transform in multiscales[0]["datasets"][0].get("coordinateTransformations", []):
-            if transform.get("type") == "scale" and len(transform["scale"]) >= 3:
-                scale = transform["scale"]
-                return float(scale[-3]) / float(scale[-1])
-    return None
+__all__ = ["DEFAULT_SLAB_DEPTH", "MAX_RATIO", "TriPlanarPredictor", "planar_predictor", "voxel_ratio_from_file"]
