@@ -321,10 +321,13 @@ def _member_predictor(arguments: argparse.Namespace, trained: Any, callback: Any
 
 def _planar(arguments: argparse.Namespace, predictor: Any, settings: Any, path: Path) -> Any:
     """Wrap the predictor for [Inference] planes = xyz, with the voxel ratio given or read from ``path``."""
+    from .data.video import is_video
     from .inference.planes import DEFAULT_SLAB_DEPTH, planar_predictor, voxel_ratio_from_file
 
     if settings.planes == "xy":
         return predictor
+    if is_video(path):
+        raise SchismError(f"{path}: a video's frames are moments, not slices of a volume; use --planes xy")
     ratio = settings.voxel_ratio if settings.voxel_ratio is not None else voxel_ratio_from_file(path)
     slab = arguments.slab_depth or (DEFAULT_SLAB_DEPTH if getattr(arguments, "zarr", False) else None)
     try:
