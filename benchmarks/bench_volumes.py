@@ -220,14 +220,14 @@ def streaming(work: Path, quick: bool) -> list[dict[str, Any]]:
     import zarr
 
     size = 128 if quick else 192
-    depths = (24, 72) if quick else (32, 128)
+    depths = (24, 72) if quick else (48, 192)
     rows = []
     for depth in depths:
         image, _ = make_rock((depth, size, size), seed=3)
         array = zarr.open_array(str(work / f"in_{depth}.zarr"), mode="w", shape=image.shape,
                                 chunks=(1, size, size), dtype=image.dtype)  # fmt: skip
         array[:] = image
-        for slab in (16, None):
+        for slab in (32, None):
             command = [sys.executable, __file__, "--streaming-child", str(depth), str(size), str(slab), str(work)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))

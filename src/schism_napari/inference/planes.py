@@ -11,7 +11,7 @@ back; beyond ``max_ratio`` those passes are refused, because the interpolated pl
 look like the images the network was trained on.
 
 Memory: the volume is processed in slabs of ``slab_depth`` slices (plus a margin of context
-above and below that is predicted and dropped), so peak memory is set by the slab and the plane
+above and below, a quarter tile by default, that is predicted and dropped), so peak memory is set by the slab and the plane
 size, not by the depth; with ``slab_depth=None`` the whole volume is one slab (exact consensus).
 Each output slice is written once, in order, so results stream to memory-mapped TIFFs or zarr.
 """
@@ -49,6 +49,7 @@ class TriPlanarPredictor(CombinedPredictor):
         voxel_ratio: float | None = None,
         slab_depth: int | None = None,
         max_ratio: float = MAX_RATIO,
+        margin: int | None = None,
     ):
         super().__init__(base)
         ratio = 1.0 if voxel_ratio is None else float(voxel_ratio)
@@ -64,8 +65,9 @@ class TriPlanarPredictor(CombinedPredictor):
         if slab_depth is not None and slab_depth < 1:
             raise DataError(f"slab depth {slab_depth} must be >= 1")
         self.slab_depth = slab_depth
-        # context kept above and below each slab for the XZ/YZ passes: half a tile, in slices
-        self.margin = math.ceil(self.tile_size / 2 / self.voxel_ratio)
+        # context kept above and below each slab for the XZ/YZ passes: a quarter tile, in slices
+        # (the gaussian blending already gives tile borders little weight)
+        self.margin = math.ceil(self.tile_size / 4 / self.voxel_ratio) if margin is None else margin
 
     def iter_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(z, probabilities (C, Y, X))`` in order: the mean of the three passes."""
