@@ -294,7 +294,10 @@ def _member_predictors(arguments: argparse.Namespace, callback: Any = None) -> t
     from .inference.ensemble import load_members
 
     members = load_members(_weights(arguments), arguments.metric)
-    predictors = [_member_predictor(arguments, trained, callback) for trained in members]
+    # members predict in lockstep: the first one's progress stands for all (one progress bar)
+    predictors = [
+        _member_predictor(arguments, trained, callback if i == 0 else None) for i, trained in enumerate(members)
+    ]
     return members, predictors
 
 

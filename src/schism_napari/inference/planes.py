@@ -11,9 +11,10 @@ back; beyond ``max_ratio`` those passes are refused, because the interpolated pl
 look like the images the network was trained on.
 
 Memory: the volume is processed in slabs of ``slab_depth`` slices (plus a margin of context
-above and below, a quarter tile by default, that is predicted and dropped), so peak memory is set by the slab and the plane
-size, not by the depth; with ``slab_depth=None`` the whole volume is one slab (exact consensus).
-Each output slice is written once, in order, so results stream to memory-mapped TIFFs or zarr.
+above and below, a quarter tile by default, that is predicted and dropped), so peak memory is
+set by the slab and the plane size, not by the depth; with ``slab_depth=None`` the whole
+volume is one slab (exact consensus). Each output slice is written once, in order, so results
+stream to memory-mapped TIFFs or zarr.
 """
 
 from __future__ import annotations
