@@ -67,10 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in its folder")
     train.add_argument("--epochs", type=int, help="override [Training] epochs (e.g. to extend a resumed run)")
     train.add_argument("--device", help="override [Training] device (auto, cpu, cuda, mps)")
+    train.add_argument(
+        "--per-class", action="store_true", help="one binary model per class + a learned stacker, in one run folder"
+    )
     train.set_defaults(handler=command_train)
 
     predict = commands.add_parser("predict", help="tiled prediction of images or stacks")
-    predict.add_argument("--weights", required=True, type=Path, metavar="RUN_DIR", help="training run folder")
+    predict.add_argument(
+        "--weights",
+        required=True,
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="training run folder; several: an ensemble averaging their probabilities",
+    )
     predict.add_argument(
         "--input", required=True, type=Path, help="image/stack file (TIFF, PNG, .zarr) or folder of them"
     )
@@ -81,11 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--zarr", action="store_true", help="write probabilities as a zarr store (implies --probabilities)"
     )
     predict.add_argument("--gray-levels", action="store_true", help="write labels as SCHISM's spread gray levels")
+    predict.add_argument("--max-frames", type=int, help="videos: predict at most this many frames")
+    predict.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
+    predict.add_argument("--overlay", type=Path, help="videos: also write the frames with class colours blended on")
     _add_inference_options(predict)
     predict.set_defaults(handler=command_predict)
 
     evaluate = commands.add_parser("evaluate", help="metrics per class on a split of a dataset")
-    evaluate.add_argument("--weights", required=True, type=Path, metavar="RUN_DIR")
+    evaluate.add_argument(
+        "--weights", required=True, type=Path, nargs="+", metavar="RUN_DIR", help="run folder(s); several: ensemble"
+    )
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--mask", type=Path, help="the mask when --data is a single image")
     evaluate.add_argument("--metric", default="loss", help="which best checkpoint to evaluate")
@@ -123,6 +138,11 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, help="tile overlap fraction (default: [Inference] overlap)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    parser.add_argument("--planes", choices=("xy", "xyz"), help="stacks: xyz averages XY, XZ and YZ predictions")
+    parser.add_argument("--voxel-ratio", type=float, help="Z voxel size / XY pixel size (default: from the file)")
+    parser.add_argument(
+        "--slab-depth", type=int, help="xyz: slices per slab held in memory (default: all; 64 with --zarr)"
+    )
     parser.add_argument("--device", default="auto")
 
 
@@ -200,12 +220,31 @@ def command_train(arguments: argparse.Namespace) -> int:
             mask=arguments.mask,
             callback=progress,
             write_stats=False,
+            planes=config.data.planes,
         )
         if arguments.resume is not None and data.stats_path is None:
             data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
         stop = StopToken()
+        if arguments.per_class:
+            return _train_per_class(arguments, config, data, run_dir, progress, stop)
         with stop_on_interrupt(stop):
             Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
+    return 0
+
+
+def _train_per_class(
+    arguments: argparse.Namespace, config: Any, data: Any, run_dir: Path, progress: Any, stop: Any
+) -> int:
+    """``train --per-class``: one-vs-rest members and a stacker, written as one run folder."""
+    from .training.per_class import train_per_class
+
+    if arguments.resume is not None:
+        raise SchismError("--per-class cannot --resume; train a new run folder")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SchismError("--per-class runs in one process; start it without torchrun")
+    with stop_on_interrupt(stop):
+        result = train_per_class(config, data, run_dir, callback=progress, stop=stop)
+    progress.write(f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}")
     return 0
 
 
@@ -234,10 +273,33 @@ def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
 
 
 def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any, Any]:
-    from .inference import Predictor
-    from .runs import load_trained_model
+    """The first run's TrainedModel and the predictor: one run's, or the ensemble of several."""
+    from .inference.ensemble import EnsemblePredictor
 
-    trained = load_trained_model(arguments.weights, arguments.metric)
+    trained, predictors = _member_predictors(arguments, callback)
+    if len(predictors) == 1:
+        return trained[0], predictors[0]
+    return trained[0], EnsemblePredictor(predictors, names=[str(w) for w in _weights(arguments)])
+
+
+def _weights(arguments: argparse.Namespace) -> list[Path]:
+    return arguments.weights if isinstance(arguments.weights, list) else [arguments.weights]
+
+
+def _member_predictors(arguments: argparse.Namespace, callback: Any = None) -> tuple[list[Any], list[Any]]:
+    from .inference.ensemble import load_members
+
+    members = load_members(_weights(arguments), arguments.metric)
+    # members predict in lockstep: the first one's progress stands for all (one progress bar)
+    predictors = [
+        _member_predictor(arguments, trained, callback if i == 0 else None) for i, trained in enumerate(members)
+    ]
+    return members, predictors
+
+
+def _member_predictor(arguments: argparse.Namespace, trained: Any, callback: Any = None) -> Any:
+    from .inference import Predictor
+
     settings = trained.config.inference
     if arguments.tile_size is not None:
         settings.tile_size = arguments.tile_size
@@ -247,15 +309,37 @@ def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any
         settings.batch_size = arguments.batch_size
     if arguments.tta:
         settings.tta = True
+    if getattr(arguments, "planes", None) is not None:
+        settings.planes = arguments.planes
+    if getattr(arguments, "voxel_ratio", None) is not None:
+        settings.voxel_ratio = arguments.voxel_ratio
     settings.validate(source="command line")
     options = {} if callback is None else {"callback": callback}
-    return trained, Predictor.from_trained(trained, settings=settings, device=arguments.device, **options)
+    return Predictor.from_trained(trained, settings=settings, device=arguments.device, **options)
+
+
+def _planar(arguments: argparse.Namespace, predictor: Any, settings: Any, path: Path) -> Any:
+    """Wrap the predictor for [Inference] planes = xyz, with the voxel ratio given or read from ``path``."""
+    from .data.video import is_video
+    from .inference.planes import DEFAULT_SLAB_DEPTH, planar_predictor, voxel_ratio_from_file
+
+    if settings.planes == "xy":
+        return predictor
+    if is_video(path):
+        raise SchismError(f"{path}: a video's frames are moments, not slices of a volume; use --planes xy")
+    ratio = settings.voxel_ratio if settings.voxel_ratio is not None else voxel_ratio_from_file(path)
+    slab = arguments.slab_depth or (DEFAULT_SLAB_DEPTH if getattr(arguments, "zarr", False) else None)
+    try:
+        return planar_predictor(predictor, settings.planes, voxel_ratio=ratio, slab_depth=slab)
+    except SchismError as error:
+        raise SchismError(f"{path}: {error}") from None
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
     from .data.discovery import list_image_files
     from .data.io import gray_levels
     from .inference.files import predict_to_files
+    from .inputs import CheckedSlices
     from .outputs import output_folder, removed_on_failure
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
@@ -270,26 +354,30 @@ def command_predict(arguments: argparse.Namespace) -> int:
         for target in (labels_path, probabilities_path if arguments.probabilities else None):
             if target is not None and target.exists():
                 raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
+    _check_video_options(arguments, inputs)
     progress = TqdmProgress()
     trained, predictor = _predictor(arguments, progress)
-    opened = [_open_checked(path, trained, arguments.probabilities, out) for path, *_ in plans]
+    opened = [_open_checked(arguments, path, trained, out) for path, *_ in plans]
     created = output_folder(out)
     levels = gray_levels(trained.class_count) if arguments.gray_levels else None
     with removed_on_failure(out, created):
         for (path, labels_path, probabilities_path), (slices, view, voxel_size) in zip(plans, opened, strict=True):
             started = time.perf_counter()
             written = predict_to_files(
-                predictor,
+                _planar(arguments, predictor, trained.config.inference, path),
                 slices,
                 labels_path,
                 probabilities_path if arguments.probabilities else None,
                 levels,
                 voxel_size,
             )
+            if arguments.overlay is not None:
+                written.append(_write_overlay(arguments.overlay, view, labels_path, trained))
             megapixels = slices.count * slices.height * slices.width / 1e6
             elapsed = time.perf_counter() - started
-            if view.warning():
-                progress.write(f"warning: {view.warning()}")
+            warning = view.warning() if isinstance(view, CheckedSlices) else None
+            if warning:
+                progress.write(f"warning: {warning}")
             progress.write(
                 f"{path.name}: {megapixels:.1f} MP in {elapsed:.1f}s ({megapixels / elapsed:.2f} MP/s) -> "
                 + ", ".join(str(p) for p in written)
@@ -312,13 +400,19 @@ def _output_plans(inputs: list[Path], out: Path, zarr: bool) -> list[tuple[Path,
     return plans
 
 
-def _open_checked(path: Path, trained: Any, probabilities: bool, out: Path) -> tuple[Any, Any, Any]:
-    """Open one input lazily and check it (channels, size against memory and disk) before any work."""
+def _open_checked(arguments: argparse.Namespace, path: Path, trained: Any, out: Path) -> tuple[Any, Any, Any]:
+    """Open one input lazily (a video frame by frame) and check it (channels, size against memory
+    and disk) before any work."""
+    from .data.video import VideoFrames, is_video
     from .inference import Slices
     from .inference.files import check_channels, open_lazy, output_bytes
     from .inputs import check_prediction_resources, read_voxel_size
 
-    array, rgb = open_lazy(path)
+    probabilities = arguments.probabilities
+    if is_video(path):
+        array, rgb = VideoFrames(path, max_frames=arguments.max_frames, every=arguments.every), True
+    else:
+        array, rgb = open_lazy(path)
     slices = Slices(array, rgb=rgb)
     check_channels(slices, trained.in_channels, path)
     check_prediction_resources(
@@ -332,6 +426,32 @@ def _open_checked(path: Path, trained: Any, probabilities: bool, out: Path) -> t
         out=out,
     )
     return slices, array, read_voxel_size(path)
+
+
+def _check_video_options(arguments: argparse.Namespace, inputs: list[Path]) -> None:
+    from .data.video import is_video
+
+    videos = [p for p in inputs if is_video(p)]
+    if arguments.overlay is not None:
+        if len(inputs) != 1 or not videos:
+            raise SchismError("--overlay needs one video as --input")
+        if arguments.overlay.exists():
+            raise SchismError(f"--overlay {arguments.overlay} already exists; not overwriting it")
+        if arguments.gray_levels:
+            raise SchismError("--overlay colours classes 0..C-1; leave out --gray-levels")
+    if (arguments.max_frames is not None or arguments.every != 1) and not videos:
+        raise SchismError("--max-frames and --every apply to video inputs (.mp4, .avi, ...)")
+
+
+def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Any) -> Path:
+    import tifffile
+
+    from .data.video import write_overlay
+
+    labels = tifffile.memmap(labels_path, mode="r")
+    labels = labels if labels.ndim == 3 else labels[None]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return write_overlay(frames, labels, target, colors=trained.class_colors)
 
 
 def _prediction_inputs(path: Path, list_image_files: Any) -> list[Path]:
@@ -352,7 +472,8 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     from .data.splits import read_split
     from .evaluation import evaluate
 
-    trained, predictor = _predictor(arguments)
+    members, predictors = _member_predictors(arguments)
+    trained = members[0]
     config = trained.config
     data = load_dataset(
         arguments.data,
@@ -362,13 +483,18 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         mask=arguments.mask,
         write_stats=False,
     )
-    positions = read_split(arguments.weights, data).part(arguments.split)
+    runs = _weights(arguments)
+    positions = read_split(runs[0], data).part(arguments.split)
     if not positions:
         raise SchismError(
-            f"the {arguments.split} split of {arguments.weights} is empty "
+            f"the {arguments.split} split of {runs[0]} is empty "
             "(num_samples covers every image); try --split val or --split all"
         )
-    result = evaluate(predictor, data, positions, trained.class_names, ignore_background=config.loss.ignore_background)
+    if len(runs) > 1:
+        return _evaluate_ensemble(arguments, members, predictors, data, positions)
+    result = evaluate(
+        predictors[0], data, positions, trained.class_names, ignore_background=config.loss.ignore_background
+    )
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
     if arguments.csv is not None:
@@ -376,6 +502,33 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         header = ",".join(rows[0])
         lines = [header] + [",".join(str(v) for v in row.values()) for row in rows]
         atomic_write_text(arguments.csv, "\n".join(lines) + "\n")
+        print(f"wrote {arguments.csv}")
+    return 0
+
+
+def _evaluate_ensemble(arguments: argparse.Namespace, members: Any, predictors: Any, data: Any, positions: Any) -> int:
+    """Each member, then the ensemble, on the same images (the first run's split); one CSV for all."""
+    from .atomic import atomic_write_text
+    from .data.splits import read_split
+    from .inference.ensemble import compare_members
+
+    runs = _weights(arguments)
+    for run in runs[1:]:
+        other = read_split(run, data)
+        if set(other.train + other.val) & set(positions):
+            print(f"warning: {run} trained or validated on some of these {arguments.split} images (other split)")
+    table = compare_members(
+        predictors,
+        [str(run) for run in runs],
+        data,
+        positions,
+        members[0].class_names,
+        ignore_background=members[0].config.loss.ignore_background,
+    )
+    print(f"{arguments.split} split of {runs[0]}: {len(positions)} images")
+    print(table.format())
+    if arguments.csv is not None:
+        atomic_write_text(arguments.csv, table.csv())
         print(f"wrote {arguments.csv}")
     return 0
 

@@ -30,6 +30,7 @@ SCHISM_ARCHITECTURES = _models.SCHISM_ARCHITECTURES
 ARCHITECTURES = tuple(_models.ARCHITECTURES)
 _ARCHITECTURE_ALIASES = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}
 
+PLANES = ("xy", "xyz")  # slice orientations: XY only, or XY + XZ + YZ (tri-planar)
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "gelu", "sigmoid", "tanh")
 OPTIMIZERS = ("Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "RAdam", "SGD")
 # Schedulers that need Python callables or other schedulers cannot come from an INI file.
@@ -313,10 +314,18 @@ class DataConfig:
     intensity_jitter: float = field(
         default=0.1, metadata=_help("Brightness/contrast jitter amplitude, in normalised units.", min=0.0, max=2.0)
     )
+    planes: str = field(
+        default="xy",
+        metadata=_help(
+            "xy: train on the slices of stacks; xyz: also on their XZ and YZ planes (the model sees those textures).",
+            choices=PLANES,
+        ),
+    )
 
     def validate(self, source: str | None) -> None:
         for name in ("crop_size", "img_res", "num_samples", "crops_per_image", "ignore_index", "intensity_jitter"):
             _check_range(self, "Data", name, source)
+        self.planes = _check_planes(self.planes, "Data", source)
 
 
 @dataclass
@@ -339,6 +348,20 @@ class InferenceConfig:
     threshold: float = field(
         default=0.5, metadata=_help("Binary models: foreground when probability > threshold.", min=0.0, max=1.0)
     )
+    planes: str = field(
+        default="xy",
+        metadata=_help(
+            "Stacks: xy predicts slice by slice; xyz also along XZ and YZ and averages the probabilities.",
+            choices=PLANES,
+        ),
+    )
+    voxel_ratio: float | None = field(
+        default=None,
+        metadata=_help(
+            "Z voxel size / XY pixel size, for the XZ and YZ passes; None reads it from the file (1 when unknown).",
+            min=1e-3,
+        ),
+    )
 
     def validate(self, source: str | None) -> None:
         if self.tile_size is not None:
@@ -347,6 +370,17 @@ class InferenceConfig:
             _check_range(self, "Inference", name, source)
         if self.blending not in ("gaussian", "constant"):
             raise ConfigError("Inference", "blending", self.blending, "gaussian or constant", source)
+        self.planes = _check_planes(self.planes, "Inference", source)
+        if self.voxel_ratio is not None:
+            _check_range(self, "Inference", "voxel_ratio", source)
+
+
+
+def _check_planes(value: str, section: str, source: str | None) -> str:
+    planes = str(value).strip().lower()
+    if planes not in PLANES:
+        raise ConfigError(section, "planes", value, allowed_values(PLANES, planes), source)
+    return planes
 
 
 SECTIONS: dict[str, type] = {

@@ -163,7 +163,12 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedM
     state = load_weights(path)
     if name == "last":
         state = state["model"]
-    model = build_model(config.model, in_channels, source=str(run_dir / HYPERPARAMETERS))
+    if info.get("kind") == "per_class":  # one-vs-rest members + stacker (training/per_class.py)
+        from .training.per_class import build_per_class_model
+
+        model = build_per_class_model(config, in_channels)
+    else:
+        model = build_model(config.model, in_channels, source=str(run_dir / HYPERPARAMETERS))
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -89,12 +89,15 @@ def load_dataset(
     mask: str | Path | None = None,
     write_stats: bool = True,
     callback: ProgressCallback = ignore_events,
+    planes: str = "xy",
 ) -> SegmentationData:
     """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`).
 
     Normalisation comes from the dataset's ``data_stats.json`` when there is one (as in SCHISM),
     else it is computed; nothing is written into the dataset folder (the trainer writes the
     stats it used to the run folder). ``write_stats`` is accepted for older callers and ignored.
+    ``planes="xyz"`` adds XZ and YZ planes of every stack as extra samples (see
+    :func:`stack_planes`), after the dataset's slices so SCHISM's slice indices do not change.
     """
     del write_stats
     stats_folder, folders = discover_datasets(root, mask=mask)
@@ -109,7 +112,7 @@ def load_dataset(
             break
     samples: list[Sample] = []
     for folder in folders:
-        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors))
+        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors, planes))
     samples = _harmonise_channels(samples, in_channels)
     stats_path: Path | None = stats_folder / STATS_FILE
     messages: list[str] = []
@@ -144,6 +147,7 @@ def samples_from_arrays(
     in_channels: int | None = None,
     stats: dict[str, Normalization] | None = None,
     skip_unlabeled: bool = False,
+    planes: str = "xy",
 ) -> SegmentationData:
     """Build a dataset from arrays already in memory (napari layers).
 
@@ -174,6 +178,10 @@ def samples_from_arrays(
                 continue
             source = name if image.shape[0] == 1 else f"{name}[{z}]"
             samples.append(Sample(name, z, image[z], slice_mask, source))
+        if planes == "xyz":
+            masks_uint8 = None if mask is None else mask.astype(np.uint8, copy=False)
+            extra = stack_planes(image, masks_uint8, name, image.shape[0], name)
+            samples.extend(s for s in extra if not skip_unlabeled or (s.mask is not None and (s.mask != IGNORE).any()))
     if not samples:
         raise DataError("no labelled pixels: paint at least a few strokes in the labels layer(s)")
     samples = _harmonise_channels(samples, in_channels)
@@ -242,11 +250,32 @@ def _with_default(per_dataset: dict[str, StatsAccumulator]) -> dict[str, Normali
     return stats
 
 
+def stack_planes(
+    image: np.ndarray, mask: np.ndarray | None, dataset: str, first_index: int, source: str, ratio: float = 1.0
+) -> list[Sample]:
+    """XZ and YZ planes of a (Z, Y, X, C) stack as samples: as many of each orientation as it has
+    slices, evenly spaced, stretched along Z by ``ratio`` (Z voxel size / XY pixel size).
+
+    With them the network sees the textures of the side passes of tri-planar prediction. They
+    cross every slice of the stack: evaluate on another stack, not on slices of this one.
+    """
+    from .voxels import orthogonal_planes
+
+    if image.shape[0] < 2:
+        return []
+    planes = orthogonal_planes(image, mask, image.shape[0], ratio)
+    return [
+        Sample(dataset, first_index + i, plane, plane_mask, f"{source} [{axis} plane at {position}]")
+        for i, (axis, position, plane, plane_mask) in enumerate(planes)
+    ]
+
+
 def _read_folder(
     folder: DatasetFolder,
     class_count: int,
     ignore_index: int,
     class_colors: list[tuple[int, int, int]] | None,
+    planes: str = "xy",
 ) -> list[Sample]:
     pairs = []
     masks: list[Path | None] = list(folder.masks) if folder.masks else [None] * len(folder.images)
@@ -267,6 +296,7 @@ def _read_folder(
     raws = [raw for *_, raw in pairs if raw is not None]
     encoding = shared_encoding(raws, class_count, ignore_index, f"{folder.images[0].parent.parent} masks")
     samples: list[Sample] = []
+    stacks = []
     for image_path, image, mask_path, raw in pairs:
         decoded = None
         if raw is not None:
@@ -274,6 +304,13 @@ def _read_folder(
         for z in range(image.shape[0]):
             source = str(image_path) if image.shape[0] == 1 else f"{image_path} [slice {z}]"
             samples.append(Sample(folder.name, len(samples), image[z], None if decoded is None else decoded[z], source))
+        if planes == "xyz" and image.shape[0] > 1:
+            stacks.append((image_path, image, decoded))
+    for image_path, image, decoded in stacks:  # after every slice: SCHISM's slice indices stay as they are
+        from .voxels import voxel_ratio_from_file
+
+        ratio = voxel_ratio_from_file(image_path) or 1.0
+        samples.extend(stack_planes(image, decoded, folder.name, len(samples), str(image_path), ratio))
     return samples
 
 

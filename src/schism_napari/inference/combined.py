@@ -1,0 +1,60 @@
+"""What tri-planar consensus and ensembles share: they stand where a :class:`Predictor` stands.
+
+Both only produce per-slice class probabilities (``iter_probabilities``) from one or more
+predictors; labels, streaming outputs and the 2D/3D handling are the same as the predictor's,
+so :func:`~schism_napari.inference.files.predict_to_files`, the evaluation and the widgets can
+take either without knowing which they got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .predictor import PredictionResult, Predictor, Slices
+
+
+class CombinedPredictor:
+    """Base for predictors built on other predictors; subclasses implement ``iter_probabilities``."""
+
+    def __init__(self, base: Predictor):
+        self.base = base
+        self.class_count = base.class_count
+        self.in_channels = base.in_channels
+        self.settings = base.settings
+        self.tile_size = base.tile_size
+
+    def iter_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.base.labels_from_probabilities(probabilities)
+
+    def predict(
+        self,
+        image: Any,
+        *,
+        rgb: bool = False,
+        keep_probabilities: bool = True,
+        probabilities_out: Any = None,
+        labels_out: Any = None,
+    ) -> PredictionResult:
+        """Same contract as :meth:`Predictor.predict` (2D image or stack, optional streaming outputs)."""
+        slices = image if isinstance(image, Slices) else Slices(image, rgb=rgb)
+        labels = labels_out
+        if labels is None:
+            dtype = np.uint8 if self.class_count <= 256 else np.uint16
+            labels = np.zeros((slices.count, slices.height, slices.width), dtype)
+        probabilities = probabilities_out
+        if probabilities is None and keep_probabilities:
+            probabilities = np.zeros((slices.count, self.class_count, slices.height, slices.width), np.float32)
+        for z, slice_probabilities in self.iter_probabilities(slices):
+            labels[z] = self.labels_from_probabilities(slice_probabilities)
+            if probabilities is not None:
+                probabilities[z] = slice_probabilities
+        if not slices.is_stack and isinstance(labels, np.ndarray):
+            labels = labels[0]
+            probabilities = None if probabilities is None else probabilities[0]
+        return PredictionResult(probabilities, labels)
