@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in its folder")
     train.add_argument("--epochs", type=int, help="override [Training] epochs (e.g. to extend a resumed run)")
     train.add_argument("--device", help="override [Training] device (auto, cpu, cuda, mps)")
+    train.add_argument("--threads", type=int, help="override [Training] threads (CPU threads; 0: auto)")
     train.set_defaults(handler=command_train)
 
     predict = commands.add_parser("predict", help="tiled prediction of images or stacks")
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--gray-levels", action="store_true", help="write labels as SCHISM's spread gray levels")
     _add_inference_options(predict)
+    predict.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="predict on this dask cluster (tcp://host:8786) into OME-Zarr outputs, chunks of slices per worker",
+    )
+    predict.add_argument("--workers", type=int, help="predict on a local dask cluster of N worker processes")
+    predict.add_argument("--chunk-slices", type=int, help="slices per dask task (default: about 4 tasks per worker)")
     predict.set_defaults(handler=command_predict)
 
     evaluate = commands.add_parser("evaluate", help="metrics per class on a split of a dataset")
@@ -108,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, help="tile side in image pixels (default: [Inference] or crop_size)")
     parser.add_argument("--overlap", type=float, help="tile overlap fraction (default: [Inference] overlap)")
+    parser.add_argument("--halo", type=int, help="pixels shared by neighbouring tiles (default: from the network)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave free)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
     parser.add_argument("--device", default="auto")
@@ -214,7 +224,12 @@ def command_train(arguments: argparse.Namespace) -> int:
         config.training.epochs = arguments.epochs
     if arguments.device is not None:
         config.training.device = arguments.device
+    if arguments.threads is not None:
+        config.training.threads = arguments.threads
     config.validate()
+    from .resources import apply_threads
+
+    apply_threads(config.training.threads)
     progress = TqdmProgress()
     for warning in config.warnings:
         progress._write(f"warning: {warning}")
@@ -247,11 +262,16 @@ def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any
         settings.tile_size = arguments.tile_size
     if arguments.overlap is not None:
         settings.overlap = arguments.overlap
+    if arguments.halo is not None:
+        settings.halo = arguments.halo
     if arguments.batch_size is not None:
         settings.batch_size = arguments.batch_size
     if arguments.tta:
         settings.tta = True
     settings.validate(source="command line")
+    from .resources import apply_threads
+
+    apply_threads(arguments.threads)
     options = {} if callback is None else {"callback": callback}
     return trained, Predictor.from_trained(trained, settings=settings, device=arguments.device, **options)
 
@@ -263,6 +283,8 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from .inference.files import check_channels, open_lazy, predict_to_files
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
+    if arguments.dask_scheduler or arguments.workers:
+        return command_predict_distributed(arguments)
     inputs = _prediction_inputs(arguments.input, list_image_files)
     out = arguments.out
     if out.exists() and not out.is_dir():
@@ -299,6 +321,66 @@ def command_predict(arguments: argparse.Namespace) -> int:
         progress._write(
             f"{path.name}: {megapixels:.1f} MP in {elapsed:.1f}s ({megapixels / elapsed:.2f} MP/s) -> "
             + ", ".join(str(p) for p in written)
+        )
+    return 0
+
+
+def command_predict_distributed(arguments: argparse.Namespace) -> int:
+    """``predict --dask-scheduler ADDRESS`` / ``--workers N``: chunks of slices on dask workers, OME-Zarr out."""
+    from .data.discovery import list_image_files
+    from .data.io import gray_levels
+    from .inference.distributed import predict_distributed
+    from .resources import choose_threads
+    from .runs import load_trained_model
+
+    if arguments.workers is not None and arguments.workers < 1:
+        raise SchismError(f"--workers {arguments.workers}: must be at least 1")
+    inputs = _prediction_inputs(arguments.input, list_image_files)
+    out = arguments.out
+    if out.exists() and not out.is_dir():
+        raise SchismError(f"--out {out} is a file; give a folder")
+    plans = []
+    for path in inputs:
+        labels = out / f"{path.stem}_labels.ome.zarr"
+        probabilities = out / f"{path.stem}_probabilities.ome.zarr" if arguments.probabilities else None
+        for target in (labels, probabilities):
+            if target is not None and target.exists():
+                raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
+        plans.append((path, labels, probabilities))
+    trained = load_trained_model(arguments.weights, arguments.metric)
+    settings = trained.config.inference
+    for name in ("tile_size", "overlap", "halo", "batch_size"):
+        if getattr(arguments, name) is not None:
+            setattr(settings, name, getattr(arguments, name))
+    settings.tta = settings.tta or arguments.tta
+    settings.validate(source="command line")
+    threads = arguments.threads
+    if threads is None and not arguments.dask_scheduler:  # a local cluster shares this machine's free cores
+        threads = max(1, choose_threads() // arguments.workers)
+    levels = gray_levels(trained.class_count) if arguments.gray_levels else None
+    device = "cpu" if arguments.device == "auto" else arguments.device
+    progress = TqdmProgress()
+    out.mkdir(parents=True, exist_ok=True)
+    for path, labels, probabilities in plans:
+        result = predict_distributed(
+            arguments.weights,
+            path,
+            labels,
+            probabilities_path=probabilities,
+            metric=arguments.metric,
+            settings=settings,
+            scheduler=arguments.dask_scheduler,
+            workers=arguments.workers,
+            chunk_slices=arguments.chunk_slices,
+            threads=threads,
+            device=device,
+            levels=levels,
+            callback=progress,
+        )
+        workers = len({chunk["pid"] for chunk in result.chunks})
+        progress._write(
+            f"{path.name}: {len(result.chunks)} chunks on {workers} workers in {result.seconds:.1f}s -> "
+            + ", ".join(str(p) for p in result.paths)
         )
     return 0
 
