@@ -116,11 +116,17 @@ def test_cgroup_quota_caps_the_cores(tmp_path):
 
 def test_threads_leave_busy_cores_and_one_for_the_gui(monkeypatch):
     monkeypatch.setattr(resources, "allowed_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert resources.choose_threads(busy=0) == 8
     assert resources.choose_threads(busy=3) == 5
     assert resources.choose_threads(busy=3, leave_for_gui=True) == 4
     assert resources.choose_threads(busy=20) == 1
     assert resources.choose_threads(3, busy=7) == 3  # an explicit setting wins
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes share the node's cores
+    assert resources.choose_threads(busy=0) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's explicit choice
+    assert resources.choose_threads(busy=0) == 3
 
 
 def test_busy_cores_reads_the_runnable_count(tmp_path):

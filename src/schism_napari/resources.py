@@ -73,13 +73,17 @@ def _procs_running(proc_stat: Path) -> int | None:
 
 
 def choose_threads(requested: int | None = None, *, leave_for_gui: bool = False, busy: int | None = None) -> int:
-    """Intra-op threads for torch: ``requested`` when given (> 0), else the allowed cores minus the
-    cores other processes keep busy, minus one for the GUI when ``leave_for_gui``; at least 1."""
+    """Intra-op threads for torch: ``requested`` when given (> 0), else ``OMP_NUM_THREADS`` when the user
+    set it, else the allowed cores minus the cores other processes keep busy, minus one for the GUI when
+    ``leave_for_gui``, shared among the processes torchrun started on this node; at least 1."""
     if requested:
         return max(1, int(requested))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
     cores = allowed_cores()
     others = busy_cores() if busy is None else busy
-    return max(1, cores - others - (1 if leave_for_gui else 0))
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, (cores - others - (1 if leave_for_gui else 0)) // local_processes)
 
 
 def apply_threads(requested: int | None = None, *, leave_for_gui: bool = False) -> int:
