@@ -302,10 +302,11 @@ def peak_rss(run_dir: Path, folder: Path, depths: tuple[int, ...], side: int) ->
         for option in ("--zarr", "--probabilities"):
             out = folder / f"out_{depth}_{option.strip('-')}"
             code = (
-                "import resource, sys; from schism_napari.cli import main; "
+                "import sys; from schism_napari.cli import main; "
                 f"code = main(['predict', '--weights', {str(run_dir)!r}, '--input', {str(path)!r}, "
                 f"'--out', {str(out)!r}, {option!r}]); "
-                "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+                "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+                "print('RSS', hwm); sys.exit(code)"
             )
             result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             line = [x for x in result.stdout.splitlines() if x.startswith("RSS")]
