@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--per-class", action="store_true", help="one binary model per class + a learned stacker, in one run folder"
     )
+    train.add_argument("--threads", type=int, help="override [Training] threads (CPU threads; 0: auto)")
     train.set_defaults(handler=command_train)
 
     predict = commands.add_parser("predict", help="tiled prediction of images or stacks")
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
     predict.add_argument("--overlay", type=Path, help="videos: also write the frames with class colours blended on")
     _add_inference_options(predict)
+    predict.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="predict on this dask cluster (tcp://host:8786) into OME-Zarr outputs, chunks of slices per worker",
+    )
+    predict.add_argument("--workers", type=int, help="predict on a local dask cluster of N worker processes")
+    predict.add_argument("--chunk-slices", type=int, help="slices per dask task (default: about 4 tasks per worker)")
     predict.set_defaults(handler=command_predict)
 
     evaluate = commands.add_parser("evaluate", help="metrics per class on a split of a dataset")
@@ -136,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, help="tile side in image pixels (default: [Inference] or crop_size)")
     parser.add_argument("--overlap", type=float, help="tile overlap fraction (default: [Inference] overlap)")
+    parser.add_argument("--halo", type=int, help="pixels shared by neighbouring tiles (default: from the network)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave free)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
     parser.add_argument("--planes", choices=("xy", "xyz"), help="stacks: xyz averages XY, XZ and YZ predictions")
@@ -196,7 +206,12 @@ def command_train(arguments: argparse.Namespace) -> int:
         config.training.epochs, overrides["epochs"] = arguments.epochs, "--epochs"
     if arguments.device is not None:
         config.training.device, overrides["device"] = arguments.device, "--device"
+    if arguments.threads is not None:
+        config.training.threads, overrides["threads"] = arguments.threads, "--threads"
     validate_with_overrides(config, overrides)
+    from .resources import apply_threads
+
+    apply_threads(config.training.threads)
     progress = TqdmProgress()
     for warning in config.warnings:
         progress.write(f"warning: {warning}")
@@ -305,6 +320,8 @@ def _member_predictor(arguments: argparse.Namespace, trained: Any, callback: Any
         settings.tile_size = arguments.tile_size
     if arguments.overlap is not None:
         settings.overlap = arguments.overlap
+    if arguments.halo is not None:
+        settings.halo = arguments.halo
     if arguments.batch_size is not None:
         settings.batch_size = arguments.batch_size
     if arguments.tta:
@@ -314,6 +331,9 @@ def _member_predictor(arguments: argparse.Namespace, trained: Any, callback: Any
     if getattr(arguments, "voxel_ratio", None) is not None:
         settings.voxel_ratio = arguments.voxel_ratio
     settings.validate(source="command line")
+    from .resources import apply_threads
+
+    apply_threads(arguments.threads)
     options = {} if callback is None else {"callback": callback}
     return Predictor.from_trained(trained, settings=settings, device=arguments.device, **options)
 
@@ -343,6 +363,8 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from .outputs import output_folder, removed_on_failure
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
+    if arguments.dask_scheduler or arguments.workers:
+        return command_predict_distributed(arguments)
     inputs = _prediction_inputs(arguments.input, list_image_files)
     out = arguments.out
     if out.exists() and not out.is_dir():
@@ -452,6 +474,69 @@ def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Any) -
     labels = labels if labels.ndim == 3 else labels[None]
     target.parent.mkdir(parents=True, exist_ok=True)
     return write_overlay(frames, labels, target, colors=trained.class_colors)
+
+
+def command_predict_distributed(arguments: argparse.Namespace) -> int:
+    """``predict --dask-scheduler ADDRESS`` / ``--workers N``: chunks of slices on dask workers, OME-Zarr out."""
+    from .data.discovery import list_image_files
+    from .data.io import gray_levels
+    from .inference.distributed import predict_distributed
+    from .resources import choose_threads
+    from .runs import load_trained_model
+
+    if arguments.workers is not None and arguments.workers < 1:
+        raise SchismError(f"--workers {arguments.workers}: must be at least 1")
+    inputs = _prediction_inputs(arguments.input, list_image_files)
+    out = arguments.out
+    if out.exists() and not out.is_dir():
+        raise SchismError(f"--out {out} is a file; give a folder")
+    plans = []
+    for path in inputs:
+        labels = out / f"{path.stem}_labels.ome.zarr"
+        probabilities = out / f"{path.stem}_probabilities.ome.zarr" if arguments.probabilities else None
+        for target in (labels, probabilities):
+            if target is not None and target.exists():
+                raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
+        plans.append((path, labels, probabilities))
+    weights = _weights(arguments)
+    if len(weights) > 1:
+        raise SchismError("--dask-scheduler/--workers predict with one run folder; give one --weights")
+    trained = load_trained_model(weights[0], arguments.metric)
+    settings = trained.config.inference
+    for name in ("tile_size", "overlap", "halo", "batch_size"):
+        if getattr(arguments, name) is not None:
+            setattr(settings, name, getattr(arguments, name))
+    settings.tta = settings.tta or arguments.tta
+    settings.validate(source="command line")
+    threads = arguments.threads
+    if threads is None and not arguments.dask_scheduler:  # a local cluster shares this machine's free cores
+        threads = max(1, choose_threads() // arguments.workers)
+    levels = gray_levels(trained.class_count) if arguments.gray_levels else None
+    device = "cpu" if arguments.device == "auto" else arguments.device
+    progress = TqdmProgress()
+    out.mkdir(parents=True, exist_ok=True)
+    for path, labels, probabilities in plans:
+        result = predict_distributed(
+            weights[0],
+            path,
+            labels,
+            probabilities_path=probabilities,
+            metric=arguments.metric,
+            settings=settings,
+            scheduler=arguments.dask_scheduler,
+            workers=arguments.workers,
+            chunk_slices=arguments.chunk_slices,
+            threads=threads,
+            device=device,
+            levels=levels,
+            callback=progress,
+        )
+        workers = len({chunk["pid"] for chunk in result.chunks})
+        progress.write(
+            f"{path.name}: {len(result.chunks)} chunks on {workers} workers in {result.seconds:.1f}s -> "
+            + ", ".join(str(p) for p in result.paths)
+        )
+    return 0
 
 
 def _prediction_inputs(path: Path, list_image_files: Any) -> list[Path]:

@@ -269,6 +269,14 @@ class TrainingConfig:
     grad_clip: float | None = field(
         default=None, metadata=_help("Clip the gradient norm to this value; None: off.", min=1e-12)
     )
+    threads: int | None = field(
+        default=None,
+        metadata=_help(
+            "CPU threads for torch; None or 0: the cores this process may use that other processes leave free "
+            "(one left to the napari GUI while training there).",
+            min=0,
+        ),
+    )
 
     def score_metrics(self) -> list[str]:
         """The metrics that are scores (best checkpoints), as spelled in the config."""
@@ -284,6 +292,8 @@ class TrainingConfig:
             _check_range(self, "Training", "patience", source)
         if self.grad_clip is not None:
             _check_range(self, "Training", "grad_clip", source)
+        if self.threads is not None:
+            _check_range(self, "Training", "threads", source)
         for metric in self.metrics:
             if canonical_metric(metric) is None:
                 allowed = (*METRICS, "F1", "DiceScore", "IoU", "GeneralizedDiceScore", CONFUSION_MATRIX)
@@ -334,10 +344,28 @@ class InferenceConfig:
 
     tile_size: int | None = field(
         default=None,
-        metadata=_help("Tile side in image pixels; None uses [Data] crop_size (same scale as training).", min=16),
+        metadata=_help(
+            "Tile side in image pixels; None: as large as the device's free memory allows (with a fractional "
+            "overlap: [Data] crop_size).",
+            min=16,
+        ),
     )
-    overlap: float = field(
-        default=0.25, metadata=_help("Fraction of a tile shared with its neighbour (0 to 0.9).", min=0.0, max=0.9)
+    overlap: float | None = field(
+        default=None,
+        metadata=_help(
+            "None: tiles overlap by `halo` pixels (fast, seamless). A fraction (0 to 0.9): the older layout, "
+            "tiles sharing that fraction of their side, gaussian-blended.",
+            min=0.0,
+            max=0.9,
+        ),
+    )
+    halo: int | None = field(
+        default=None,
+        metadata=_help(
+            "Pixels shared by neighbouring tiles when overlap is None; None: from the network's scale "
+            "(64 px for a 5-level encoder).",
+            min=0,
+        ),
     )
     batch_size: int = field(default=4, metadata=_help("Tiles per forward pass.", min=1))
     blending: str = field(
@@ -366,8 +394,11 @@ class InferenceConfig:
     def validate(self, source: str | None) -> None:
         if self.tile_size is not None:
             _check_range(self, "Inference", "tile_size", source)
-        for name in ("overlap", "batch_size", "threshold"):
+        for name in ("batch_size", "threshold"):
             _check_range(self, "Inference", name, source)
+        for name in ("overlap", "halo"):
+            if getattr(self, name) is not None:
+                _check_range(self, "Inference", name, source)
         if self.blending not in ("gaussian", "constant"):
             raise ConfigError("Inference", "blending", self.blending, "gaussian or constant", source)
         self.planes = _check_planes(self.planes, "Inference", source)

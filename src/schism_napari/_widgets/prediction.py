@@ -162,7 +162,7 @@ class PredictionWidget(Container):
             self.model_label.tooltip = model.source
             settings = model.config.inference
             self.tile_size.value = model.config.tile_size
-            self.overlap.value = settings.overlap
+            self.overlap.value = 0.25 if settings.overlap is None else settings.overlap
             self.batch_size.value = settings.batch_size
             self.tta.value = settings.tta
             self.threshold.value = settings.threshold
