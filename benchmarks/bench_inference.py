@@ -40,7 +40,7 @@ from schism_napari.inference import Predictor
 from schism_napari.resources import allowed_cores, choose_threads
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import make_rock
-from schism_napari.training.metrics import probabilities_from_logits
+from schism_napari.probabilities import probabilities_from_logits
 from schism_napari.training.trainer import Trainer
 
 CLASSES = 3
