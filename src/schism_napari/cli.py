@@ -49,11 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, type=Path, help="SCHISM datasets/ folder, one dataset, BiaPy folder or an image"
     )
     train.add_argument("--mask", type=Path, help="the mask when --data is a single image")
-    train.add_argument("--config", type=Path, help="INI file (SCHISM format); not needed with --resume")
+    train.add_argument(
+        "--config",
+        type=Path,
+        help="INI file (SCHISM format); keys it leaves out are planned from the data. Optional; not with --resume",
+    )
     train.add_argument("--out", type=Path, help="new run folder for weights, curves and logs")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in its folder")
     train.add_argument("--epochs", type=int, help="override [Training] epochs (e.g. to extend a resumed run)")
     train.add_argument("--device", help="override [Training] device (auto, cpu, cuda, mps)")
+    train.add_argument(
+        "--minutes",
+        type=float,
+        help="[Training] time_budget: train this long (step time measured, steps planned to fit)",
+    )
     train.set_defaults(handler=command_train)
 
     predict = commands.add_parser("predict", help="tiled prediction of images or stacks")
@@ -78,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metric", default="loss", help="which best checkpoint to evaluate")
     evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"))
     evaluate.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    evaluate.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train LDA (pixel values) and a random forest (multiscale features) on the run's training "
+        "images and print their IoU per class beside the network's",
+    )
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
@@ -197,23 +212,30 @@ def command_train(arguments: argparse.Namespace) -> int:
     from .config import SchismConfig
     from .data import load_dataset
     from .events import StopToken
+    from .planning import plan_config
     from .runs import prepare_run_dir, read_run_config
-    from .training.trainer import Trainer
+    from .training.trainer import Trainer, select_device
 
-    if arguments.resume is not None:
+    resume = arguments.resume is not None
+    if resume:
         if arguments.out is not None and arguments.out.resolve() != arguments.resume.resolve():
             raise SchismError("--resume continues in its own run folder; leave out --out")
         config = read_run_config(arguments.resume)
         run_dir = arguments.resume
     else:
-        if arguments.config is None or arguments.out is None:
-            raise SchismError("train needs --config FILE.ini and --out RUN_DIR (or --resume RUN_DIR)")
-        config = SchismConfig.from_ini(arguments.config)
+        if arguments.out is None:
+            raise SchismError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        config = SchismConfig.from_ini(arguments.config) if arguments.config is not None else SchismConfig()
         run_dir = None
     if arguments.epochs is not None:
-        config.training.epochs = arguments.epochs
+        config.set_given("Training", "epochs", arguments.epochs)
     if arguments.device is not None:
-        config.training.device = arguments.device
+        config.set_given("Training", "device", arguments.device)
+    if arguments.minutes is not None:
+        config.set_given("Training", "time_budget", arguments.minutes)
+    classes_from_masks = not resume and not config.is_given("Model", "num_classes")
+    if classes_from_masks:
+        config.model.num_classes = _classes_from_masks(arguments.data, arguments.mask)
     config.validate()
     progress = TqdmProgress()
     for warning in config.warnings:
@@ -231,10 +253,32 @@ def command_train(arguments: argparse.Namespace) -> int:
         callback=progress,
         write_stats=main_process,
     )
+    plan = None
+    if not resume:
+        plan = plan_config(config, data, select_device(config.training.device).type)
+        if classes_from_masks:
+            plan.reasons["Model.num_classes"] = f"{config.model.num_classes} classes found in the masks"
+        config = plan.config
+        for key, reason in plan.reasons.items():
+            if "." in key:
+                section, name = key.split(".", 1)
+                progress._write(f"plan: [{section}] {name} = {getattr(config.section(section), name)}  ({reason})")
     stop = StopToken()
     with stop_on_interrupt(stop):
-        Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
+        Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
     return 0
+
+
+def _classes_from_masks(data: Path, mask: Path | None) -> int:
+    from .planning import infer_class_count
+
+    try:
+        count = infer_class_count(data, mask)
+    except (OSError, ValueError) as error:
+        raise SchismError(f"--data {data}: cannot read the masks to count the classes ({error})") from None
+    if count is None:
+        raise SchismError(f"--data {data}: the mask values fit no class encoding; set [Model] num_classes in an INI")
+    return count
 
 
 def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any, Any]:
@@ -340,6 +384,14 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     result = evaluate(predictor, data, positions, trained.class_names, ignore_background=config.loss.ignore_background)
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
+    if arguments.baseline:
+        from .baseline import compare_with_baselines
+
+        train_positions = read_split(arguments.weights, data).train
+        print(
+            f"\nIoU per class beside classical pixel classifiers trained on the {len(train_positions)} training images:"
+        )
+        print(compare_with_baselines(result, data, train_positions, positions, trained.class_names))
     if arguments.csv is not None:
         rows = result.table()
         header = ",".join(rows[0])

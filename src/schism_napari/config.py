@@ -571,20 +571,22 @@ class SchismConfig:
 
 
 def interactive_config() -> SchismConfig:
-    """Starting values for the napari widgets: a small network and short CPU-friendly runs.
+    """Starting values for the napari widgets: the plan for this device, with napari's short time budget.
 
     The dataclass defaults stay SCHISM's, so a key left out of an INI file means what it meant
-    there; these values only pre-fill the form.
+    there. Here the planable keys come from :func:`schism_napari.planning.plan_config` without
+    data (the plan for a typical image on this device, e.g. an smp U-Net with a resnet18 encoder,
+    256 px crops and 1.5 minutes of training on a CPU); only the keys set below count as given,
+    so planning again with the data refines the rest (crop size from the image size, classes).
     """
+    from .planning import plan_config
+
     config = SchismConfig()
-    config.model = ModelConfig(model_type="UnetSegmentor", n_block=3, channels=16, activation="leakyrelu", p=0.1)
-    config.optimizer = OptimizerConfig(optimizer="AdamW", lr=3e-3)
-    config.scheduler = SchedulerConfig(scheduler="OneCycleLR")
-    config.loss = LossConfig(loss="CrossEntropyLoss + 0.5*DiceLoss")
-    config.training = TrainingConfig(batch_size=8, epochs=10, metrics=["Jaccard", "Dice"])
-    config.data = DataConfig(crop_size=96, img_res=96, num_samples=500, crops_per_image=16)
-    config.inference = InferenceConfig(tile_size=256, overlap=0.25, batch_size=4)
-    return config.validate()
+    config.set_given("Training", "metrics", ["Jaccard", "Dice"])
+    config.set_given("Inference", "tile_size", 256)
+    config.set_given("Inference", "overlap", 0.25)
+    config.set_given("Inference", "batch_size", 4)
+    return plan_config(config.validate(), interactive=True).config
 
 
 def scheduler_names() -> tuple[str, ...]:

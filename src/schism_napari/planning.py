@@ -30,7 +30,7 @@ PLAN_FILE = "plan.json"
 SPARSE_LABELS = 0.5  # below this labelled fraction the masks are scribbles (as data.crops)
 # Minutes of training when the user sets neither a budget nor epochs/steps: the widgets wait less
 BUDGET_MINUTES = {("cpu", True): 1.5, ("cpu", False): 4.0, ("gpu", True): 3.0, ("gpu", False): 15.0}
-CLASS_CROPS = 1 / 3  # nnU-Net's foreground oversampling share
+CLASS_CROPS = 0.33  # nnU-Net oversamples foreground in a third of its patches
 EPOCHS = 10  # validation points of a budgeted run (checkpoints, curves)
 VALIDATION_CROPS = 16  # fixed validation crops aimed at, spread over the validation images
 
@@ -186,6 +186,8 @@ class _Planner:
             )
 
     def _model(self, accelerated: bool) -> None:
+        if self.config.is_given("Model", "model_type"):
+            return  # the user's architecture, with its SCHISM defaults
         encoder = "resnet34" if accelerated else "resnet18"
         size = "a mid-size encoder for an accelerator" if accelerated else "small enough to train on a CPU"
         self.choose(
@@ -214,14 +216,15 @@ class _Planner:
         batch = 16 if accelerated else 8
         batch = int(np.clip(round(batch * (256 / crop) ** 2), 2, 32))
         self.choose("Training", "batch_size", batch, f"about {batch * crop * crop / 1e6:.2g} megapixels per step")
-        validation = self._validation_images()
-        per_image = int(np.clip(math.ceil(VALIDATION_CROPS / max(1, validation)), 1, 16))
-        self.choose(
-            "Data",
-            "crops_per_image",
-            per_image,
-            f"{per_image * validation} fixed validation crops from {validation} validation images",
-        )
+        if self._budgeted():  # with epochs set, crops_per_image sizes a SCHISM epoch: left alone
+            validation = self._validation_images()
+            per_image = int(np.clip(math.ceil(VALIDATION_CROPS / max(1, validation)), 1, 16))
+            self.choose(
+                "Data",
+                "crops_per_image",
+                per_image,
+                f"{per_image * validation} fixed validation crops from {validation} validation images",
+            )
         self.choose("Data", "augment", True, "flips, 90-degree rotations and intensity jitter")
         if self.print is not None and self.print.sparse:
             self.choose(
@@ -254,16 +257,21 @@ class _Planner:
             "CrossEntropyLoss + DiceLoss",
             "cross-entropy + Dice, nnU-Net's default: Dice copes with rare classes",
         )
-        self.choose("Optimizer", "optimizer", "AdamW", "AdamW converges in few steps without tuning")
-        self.choose("Optimizer", "lr", 2e-3, "peak learning rate of the one-cycle schedule")
-        self.choose(
-            "Scheduler", "scheduler", "OneCycleLR", "warm-up then a decay to almost zero within the planned steps"
-        )
-        self.choose("Scheduler", "interval", "batch", "the schedule follows optimizer steps")
+        if not self.config.is_given("Optimizer", "optimizer"):  # a named optimizer keeps SCHISM's lr
+            self.choose("Optimizer", "optimizer", "AdamW", "AdamW converges in few steps without tuning")
+            self.choose("Optimizer", "lr", 2e-3, "peak learning rate of the one-cycle schedule")
+        if not self.config.is_given("Scheduler", "scheduler"):  # a named one steps per batch, as SCHISM
+            self.choose(
+                "Scheduler", "scheduler", "OneCycleLR", "warm-up then a decay to almost zero within the planned steps"
+            )
+            self.choose("Scheduler", "interval", "batch", "the schedule follows optimizer steps")
+
+    def _budgeted(self) -> bool:
+        """Whether the run is sized by time: the user set neither epochs nor steps per epoch."""
+        return not (self.config.is_given("Training", "epochs") or self.config.training.steps_per_epoch is not None)
 
     def _budget(self, accelerated: bool) -> None:
-        training = self.config.training
-        if self.config.is_given("Training", "epochs") or training.steps_per_epoch is not None:
+        if not self._budgeted():
             return  # the user sized the run (SCHISM meaning of epochs)
         minutes = BUDGET_MINUTES[("gpu" if accelerated else "cpu", self.interactive)]
         self.choose(

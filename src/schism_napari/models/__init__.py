@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
-from ..config import SMP_ARCHITECTURES, ModelConfig, allowed_values
+from ..config import SMP_ARCHITECTURES, ModelConfig, allowed_values, is_hub_weights
 from ..errors import ConfigError, SchismError
 
 
@@ -55,16 +55,25 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
     names = get_encoder_names()
     if config.encoder not in names:
         raise ConfigError("Model", "encoder", config.encoder, allowed_values(tuple(names), config.encoder), source)
+    hub = config.encoder_weights.lower() if is_hub_weights(config.encoder_weights) else None
     try:
         model = smp.create_model(
-            config.model_type, encoder_name=config.encoder, encoder_weights=None, in_channels=in_channels, classes=out
+            config.model_type, encoder_name=config.encoder, encoder_weights=hub, in_channels=in_channels, classes=out
         )
+    except (OSError, ConnectionError, RuntimeError) as error:
+        if hub is None:
+            raise
+        raise SchismError(
+            f"[Model] encoder_weights = {hub}: cannot get {config.encoder}'s {hub} weights through smp's download "
+            f"cache ({str(error).splitlines()[0] if str(error) else type(error).__name__}); offline, give a local "
+            ".pth/.safetensors file"
+        ) from None
     except Exception as error:  # smp raises ValueError/KeyError/AttributeError for bad combinations
         raise ConfigError(
             "Model", "encoder", config.encoder, f"cannot build {config.model_type} with it: {error}", source
         ) from None
     model.size_divisor = 32
-    if config.encoder_weights:
+    if config.encoder_weights and hub is None:
         load_encoder_weights(model.encoder, Path(config.encoder_weights))
     return model
 
