@@ -45,7 +45,12 @@ from schism_napari.runs import load_trained_model
 from schism_napari.sample import scribbles, write_sample
 from schism_napari.training.trainer import Trainer
 
-ISBI = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "isbi2012-em"
+_ROOT = Path(__file__).resolve().parents[1]
+# ../shared beside the repository (a worktree under wt/ has it two levels up); --isbi overrides
+ISBI = next(
+    (p / "datasets" / "isbi2012-em" for p in (_ROOT.parent / "shared", _ROOT.parents[1] / "shared") if p.is_dir()),
+    _ROOT.parent / "shared" / "datasets" / "isbi2012-em",
+)
 SCRIBBLED = 0.01  # share of pixels painted in the scribbles runs
 STROKE_PIXELS = 40  # about what one stroke of sample.scribbles paints (17 px long, 3 wide, clipped)
 
@@ -95,9 +100,9 @@ def sample_data(work: Path) -> tuple[Path, Heldout]:
     return files.datasets, Heldout([v[..., None] for v in volume], [m.astype(np.uint8) for m in labels])
 
 
-def isbi_data() -> tuple[Path, Heldout]:
-    held = load_dataset(ISBI / "heldout", class_count=2, write_stats=False)
-    return ISBI / "datasets", Heldout([s.image for s in held.samples], [s.mask for s in held.samples])
+def isbi_data(root: Path) -> tuple[Path, Heldout]:
+    held = load_dataset(root / "heldout", class_count=2, write_stats=False)
+    return root / "datasets", Heldout([s.image for s in held.samples], [s.mask for s in held.samples])
 
 
 def scribbled(data: SegmentationData, seed: int = 0) -> SegmentationData:
@@ -187,6 +192,7 @@ def parse_set(text: str) -> tuple[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("sample", "isbi", "all"), default="all")
+    parser.add_argument("--isbi", type=Path, default=ISBI, help="the isbi2012-em folder (datasets/, heldout/)")
     parser.add_argument("--only", choices=("dense", "scribbles"), help="one of the two label settings")
     parser.add_argument("--quick", action="store_true", help="0.3-minute budgets: a smoke check, not a measurement")
     parser.add_argument("--minutes", type=float, help="override the planned time budget")
@@ -207,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         if options.dataset in ("sample", "all"):
             rows += run_dataset("synthetic CT", *sample_data(work), options, work)
         if options.dataset in ("isbi", "all"):
-            if not ISBI.is_dir():
-                print(f"{ISBI} not found: skipping ISBI", file=sys.stderr)
+            if not options.isbi.is_dir():
+                print(f"{options.isbi} not found: skipping ISBI", file=sys.stderr)
             else:
-                rows += run_dataset("ISBI 2012 EM", *isbi_data(), options, work)
+                rows += run_dataset("ISBI 2012 EM", *isbi_data(options.isbi), options, work)
     print(f"load average after: {os.getloadavg()}")
     return 0
 

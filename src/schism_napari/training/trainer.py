@@ -9,7 +9,6 @@ validated and kept as ``model_best_loss.pth``.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import math
@@ -67,7 +66,8 @@ BUDGET_RESERVE = 0.05
 FINISH_SECONDS = 2.0
 EPOCH_OVERHEAD_SECONDS = 0.3
 MIN_STEPS_PER_EPOCH = 4
-PROBE_STEPS = 3  # timed steps after one warm-up step
+PROBE_STEPS = 2  # timed steps after one warm-up step
+PROBE_LR_DIVISOR = 25  # the probe steps run at OneCycleLR's starting rate
 
 
 @dataclass
@@ -667,8 +667,7 @@ class Trainer:
     def _plan_steps(self, parts: _Parts) -> None:
         """Measure a training step and a validation pass on this device, then size epochs to the budget.
 
-        The probe trains a throw-away copy of the state (weights, BatchNorm statistics and random
-        states are put back), so the planned run starts as it would without a budget.
+        The probe steps are kept as a short warm-up at a low learning rate.
         """
         cfg = self.config
         step_seconds = self._measure_step(parts)
@@ -697,9 +696,10 @@ class Trainer:
         self.callback(Message("time budget: " + note))
 
     def _measure_step(self, parts: _Parts) -> float:
+        """Seconds per training step, from a few real steps at a low learning rate (a warm-up that is
+        kept: on a slow machine these steps are a large part of the budget). Random states are put
+        back, so crops and augmentations afterwards are those of a run without the probe."""
         cfg = self.config
-        saved_model = copy.deepcopy(parts.model.state_dict())
-        saved_optimizer = copy.deepcopy(parts.optimizer.state_dict())
         global_rng, generator_rng = torch.get_rng_state(), parts.generator.get_state()
         probe = TrainingCrops(
             self.data,
@@ -711,14 +711,17 @@ class Trainer:
             steps=PROBE_STEPS + 1,
             class_share=cfg.data.class_crops,
         )
+        rates = [group["lr"] for group in parts.optimizer.param_groups]
+        for group in parts.optimizer.param_groups:
+            group["lr"] = group["lr"] / PROBE_LR_DIVISOR
         parts.model.train()
         times = []
         for number, (images, masks) in enumerate(probe):
             started = time.perf_counter()
             self._step(parts, images, masks, 0, number)
             times.append(time.perf_counter() - started)
-        parts.model.load_state_dict(saved_model)
-        parts.optimizer.load_state_dict(saved_optimizer)
+        for group, rate in zip(parts.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
         torch.set_rng_state(global_rng)
         parts.generator.set_state(generator_rng)
         return float(np.median(times[1:])) if len(times) > 1 else times[0]
