@@ -66,7 +66,7 @@ BUDGET_RESERVE = 0.05
 FINISH_SECONDS = 2.0
 EPOCH_OVERHEAD_SECONDS = 0.3
 MIN_STEPS_PER_EPOCH = 4
-PROBE_STEPS = 2  # timed steps after one warm-up step
+PROBE_STEPS = 2  # timed steps after one warm-up step (on a CPU, the last one with a single thread)
 PROBE_LR_DIVISOR = 25  # the probe steps run at OneCycleLR's starting rate
 
 
@@ -367,9 +367,11 @@ class Trainer:
                 torch.cuda.set_device(self.device)
             if not self.dist.main:
                 self.callback = ignore_events
+        threads = torch.get_num_threads()
         try:
             return self._run()
         finally:
+            torch.set_num_threads(threads)  # the probe may have chosen fewer for this run
             if self.dist is not None:
                 self.dist.close()
 
@@ -715,16 +717,27 @@ class Trainer:
         for group in parts.optimizer.param_groups:
             group["lr"] = group["lr"] / PROBE_LR_DIVISOR
         parts.model.train()
-        times = []
+        threads = torch.get_num_threads()
+        # on a CPU shared with other processes one thread can be several times faster than all
+        # cores waiting on each other: the last probe step tries it, and the faster count stays
+        single = self.device.type == "cpu" and threads > 1
+        times: dict[int, list[float]] = {threads: [], 1: []}
         for number, (images, masks) in enumerate(probe):
+            count = 1 if single and number == PROBE_STEPS else threads
+            torch.set_num_threads(count)
             started = time.perf_counter()
             self._step(parts, images, masks, 0, number)
-            times.append(time.perf_counter() - started)
+            if number > 0:  # the first step warms up
+                times[count].append(time.perf_counter() - started)
         for group, rate in zip(parts.optimizer.param_groups, rates, strict=True):
             group["lr"] = rate
         torch.set_rng_state(global_rng)
         parts.generator.set_state(generator_rng)
-        return float(np.median(times[1:])) if len(times) > 1 else times[0]
+        best = min((count for count in times if times[count]), key=lambda count: float(np.median(times[count])))
+        torch.set_num_threads(best)
+        if best != threads:
+            self.callback(Message(f"training with 1 thread: faster than {threads} on this busy CPU"))
+        return float(np.median(times[best]))
 
     @torch.inference_mode()
     def _validate(
