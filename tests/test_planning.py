@@ -229,3 +229,25 @@ def test_evaluate_baseline_prints_lda_and_forest_beside_the_network(trained_run,
     assert set(rows) >= {"mean"} and len(rows) == 4  # three classes and the mean
     assert all(0.0 <= v <= 1.0 for values in rows.values() for v in values)
     assert rows["mean"][2] > 0.3  # the forest learns the synthetic phases
+
+
+def test_imagenet_weights_offline_is_one_clear_error(monkeypatch) -> None:
+    """encoder_weights = imagenet goes through smp's download; offline that is one line naming the key."""
+    from schism_napari._torchvision_compat import ensure_torchvision_importable
+    from schism_napari.errors import SchismError
+    from schism_napari.models import build_model
+
+    ensure_torchvision_importable()
+    import segmentation_models_pytorch as smp
+
+    asked = {}
+
+    def offline(*args, **kwargs):
+        asked.update(kwargs)
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(smp, "create_model", offline)
+    config = SchismConfig.from_ini_string("[Model]\nmodel_type = Unet\nencoder_weights = imagenet\n").model
+    with pytest.raises(SchismError, match=r"\[Model\] encoder_weights = imagenet: .*local"):
+        build_model(config, 1)
+    assert asked["encoder_weights"] == "imagenet"  # smp's own download cache, not ours
