@@ -340,9 +340,11 @@ def test_scheduler_none_keeps_rate_constant_and_refuses_kwargs():
     assert (error.section, error.key) == ("Scheduler", "factor")
 
 
-def test_encoder_weights_from_the_internet_rejected():
-    error = config_error("[Model]\nmodel_type = Unet\nencoder_weights = imagenet\n")
-    assert (error.section, error.key, error.value) == ("Model", "encoder_weights", "imagenet")
+def test_encoder_weights_a_local_file_or_a_name_smp_downloads():
+    # issue 7 point 7 changed this: imagenet (any name smp accepts) goes through smp's download cache
+    assert load("[Model]\nmodel_type = Unet\nencoder_weights = imagenet\n").model.encoder_weights == "imagenet"
+    error = config_error("[Model]\nmodel_type = Unet\nencoder_weights = imagenett\n")
+    assert (error.section, error.key, error.value) == ("Model", "encoder_weights", "imagenett")
     assert "download" in str(error)
     config = load("[Model]\nmodel_type = Unet\nencoder_weights = /weights/encoder.pth\n")
     assert config.model.encoder_weights == "/weights/encoder.pth"

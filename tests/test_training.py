@@ -344,10 +344,20 @@ def test_one_cycle_lr_steps_every_batch(tiny_config, data, tmp_path, monkeypatch
 
 def test_step_lr_steps_every_epoch(tiny_config, data, tmp_path) -> None:
     tiny_config.scheduler.scheduler = "StepLR"
+    tiny_config.scheduler.interval = "epoch"  # issue 10.5: per batch (SCHISM) unless asked
     tiny_config.scheduler.kwargs = {"step_size": 1, "gamma": 0.5}
     config = _small(tiny_config, epochs=3)  # 2 batches an epoch: stepping per batch would quarter the rate
     result = Trainer(config, data, tmp_path / "run").run()
     assert [r["lr"] for r in result.history] == pytest.approx([0.01, 0.005, 0.0025])
+
+
+def test_schedulers_step_every_batch_by_default_as_schism(tiny_config, data, tmp_path) -> None:
+    tiny_config.scheduler.scheduler = "StepLR"
+    tiny_config.scheduler.kwargs = {"step_size": 1, "gamma": 0.5}
+    config = _small(tiny_config, epochs=2)  # 2 batches an epoch: the rate is quartered each epoch
+    assert config.scheduler.interval == "batch"
+    result = Trainer(config, data, tmp_path / "run").run()
+    assert [r["lr"] for r in result.history] == pytest.approx([0.01 * 0.25, 0.01 * 0.25**2])
 
 
 def test_reduce_lr_on_plateau_steps_on_the_validation_loss(tiny_config, data, tmp_path, monkeypatch) -> None:

@@ -78,6 +78,7 @@ def small_training(training, epochs: int = 1) -> None:
         Data__crop_size=48,
         Data__img_res=48,
         Data__crops_per_image=4,
+        Training__time_budget="",  # sized by epochs, not by the starting values' time budget
     )
 
 

@@ -127,10 +127,55 @@ class PixelClassifier:
         return RandomForestClassifier(n_estimators=self.trees, n_jobs=self.threads, random_state=self.seed)
 
 
-def fit_pixel_classifier(
-    data: Any, positions: Sequence[int], kind: str = "forest", **options: Any
-) -> PixelClassifier:
+def fit_pixel_classifier(data: Any, positions: Sequence[int], kind: str = "forest", **options: Any) -> PixelClassifier:
     """Train on the samples of a :class:`~schism_napari.data.SegmentationData` at ``positions``."""
     samples = [data.samples[p] for p in positions if data.samples[p].mask is not None]
     classifier = PixelClassifier(kind, class_count=data.class_count, **options)
     return classifier.fit([s.image for s in samples], [s.mask for s in samples])
+
+
+def score_pixel_classifier(
+    classifier: PixelClassifier, data: Any, positions: Sequence[int], *, ignore_background: bool = False
+) -> Any:
+    """A :class:`~schism_napari.training.metrics.ConfusionMatrix` of the classifier on the masks at ``positions``."""
+    from .training.metrics import ConfusionMatrix
+
+    matrix = ConfusionMatrix(data.class_count, excluded=(0,) if ignore_background else ())
+    for position in positions:
+        sample = data.samples[position]
+        if sample.mask is None:
+            continue
+        target = sample.mask
+        if ignore_background:
+            target = np.where(target == 0, IGNORE, target).astype(np.uint8)
+        matrix.update(target, classifier.predict(sample.image))
+    return matrix
+
+
+def compare_with_baselines(
+    network: Any,
+    data: Any,
+    train_positions: Sequence[int],
+    positions: Sequence[int],
+    class_names: Sequence[str],
+    *,
+    kinds: Sequence[str] = ("lda", "forest"),
+    ignore_background: bool = False,
+) -> str:
+    """IoU per class of the network (an :class:`~schism_napari.evaluation.Evaluation`) beside LDA and
+    the forest, trained on the labels at ``train_positions`` and scored on ``positions``, as a table."""
+    columns = {"network": network.matrix}
+    for kind in kinds:
+        classifier = fit_pixel_classifier(data, train_positions, kind)
+        columns[kind] = score_pixel_classifier(classifier, data, positions, ignore_background=ignore_background)
+    scores = {name: matrix.per_class()["Jaccard"] for name, matrix in columns.items()}
+    means = {name: matrix.mean("Jaccard") for name, matrix in columns.items()}
+    lines = [f"{'IoU':<14}" + "".join(f"{name:>11}" for name in columns)]
+    for k, name in enumerate(class_names):
+        lines.append(f"{name!s:<14}" + "".join(_cell(float(scores[c][k])) for c in columns))
+    lines.append(f"{'mean':<14}" + "".join(_cell(float(means[c])) for c in columns))
+    return "\n".join(lines)
+
+
+def _cell(value: float) -> str:
+    return f"{value:>11.4f}" if np.isfinite(value) else f"{'-':>11}"

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, type=Path, help="SCHISM datasets/ folder, one dataset, BiaPy folder or an image"
     )
     train.add_argument("--mask", type=Path, help="the mask when --data is a single image")
-    train.add_argument("--config", type=Path, help="INI file (SCHISM format); not needed with --resume")
+    train.add_argument(
+        "--config",
+        type=Path,
+        help="INI file (SCHISM format); keys it leaves out are planned from the data. Optional; not with --resume",
+    )
     train.add_argument("--out", type=Path, help="new run folder for weights, curves and logs")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in its folder")
     train.add_argument("--epochs", type=int, help="override [Training] epochs (e.g. to extend a resumed run)")
@@ -71,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-class", action="store_true", help="one binary model per class + a learned stacker, in one run folder"
     )
     train.add_argument("--threads", type=int, help="override [Training] threads (CPU threads; 0: auto)")
+    train.add_argument(
+        "--minutes",
+        type=float,
+        help="[Training] time_budget: train this long (step time measured, steps planned to fit)",
+    )
     train.set_defaults(handler=command_train)
 
     predict = commands.add_parser("predict", help="tiled prediction of images or stacks")
@@ -114,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metric", default="loss", help="which best checkpoint to evaluate")
     evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"))
     evaluate.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    evaluate.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train LDA (pixel values) and a random forest (multiscale features) on the run's training "
+        "images and print their IoU per class beside the network's",
+    )
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
@@ -191,23 +206,33 @@ def command_train(arguments: argparse.Namespace) -> int:
     from .runs import LAST_CHECKPOINT, prepare_run_dir, read_run_config, remove_partial_files
     from .training.trainer import Trainer
 
-    if arguments.resume is not None:
+    resume = arguments.resume is not None
+    if resume:
         if arguments.out is not None and arguments.out.resolve() != arguments.resume.resolve():
             raise SchismError("--resume continues in its own run folder; leave out --out")
         config = read_run_config(arguments.resume)
         run_dir = arguments.resume
     else:
-        if arguments.config is None or arguments.out is None:
-            raise SchismError("train needs --config FILE.ini and --out RUN_DIR (or --resume RUN_DIR)")
-        config = SchismConfig.from_ini(arguments.config)
+        if arguments.out is None:
+            raise SchismError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        config = SchismConfig.from_ini(arguments.config) if arguments.config is not None else SchismConfig()
         run_dir = None
     overrides = {}
     if arguments.epochs is not None:
-        config.training.epochs, overrides["epochs"] = arguments.epochs, "--epochs"
+        config.set_given("Training", "epochs", arguments.epochs)
+        overrides["epochs"] = "--epochs"
     if arguments.device is not None:
-        config.training.device, overrides["device"] = arguments.device, "--device"
+        config.set_given("Training", "device", arguments.device)
+        overrides["device"] = "--device"
     if arguments.threads is not None:
-        config.training.threads, overrides["threads"] = arguments.threads, "--threads"
+        config.set_given("Training", "threads", arguments.threads)
+        overrides["threads"] = "--threads"
+    if arguments.minutes is not None:
+        config.set_given("Training", "time_budget", arguments.minutes)
+        overrides["time_budget"] = "--minutes"
+    classes_from_masks = not resume and not config.is_given("Model", "num_classes")
+    if classes_from_masks:
+        config.model.num_classes = _classes_from_masks(arguments.data, arguments.mask)
     validate_with_overrides(config, overrides)
     from .resources import apply_threads
 
@@ -237,14 +262,32 @@ def command_train(arguments: argparse.Namespace) -> int:
             write_stats=False,
             planes=config.data.planes,
         )
-        if arguments.resume is not None and data.stats_path is None:
+        if resume and data.stats_path is None:
             data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
+        plan = None if resume else _plan(config, data, classes_from_masks, progress)
+        if plan is not None:
+            config = plan.config
         stop = StopToken()
         if arguments.per_class:
             return _train_per_class(arguments, config, data, run_dir, progress, stop)
         with stop_on_interrupt(stop):
-            Trainer(config, data, run_dir, resume=arguments.resume is not None, callback=progress, stop=stop).run()
+            Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
     return 0
+
+
+def _plan(config: Any, data: Any, classes_from_masks: bool, progress: TqdmProgress) -> Any:
+    """Fill the keys the INI left out from the data (see :mod:`schism_napari.planning`) and say why."""
+    from .devices import select_device
+    from .planning import plan_config
+
+    plan = plan_config(config, data, select_device(config.training.device).type)
+    if classes_from_masks:
+        plan.reasons["Model.num_classes"] = f"{config.model.num_classes} classes found in the masks"
+    for key, reason in plan.reasons.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            progress.write(f"plan: [{section}] {name} = {getattr(plan.config.section(section), name)}  ({reason})")
+    return plan
 
 
 def _train_per_class(
@@ -261,6 +304,18 @@ def _train_per_class(
         result = train_per_class(config, data, run_dir, callback=progress, stop=stop)
     progress.write(f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}")
     return 0
+
+
+def _classes_from_masks(data: Path, mask: Path | None) -> int:
+    from .planning import infer_class_count
+
+    try:
+        count = infer_class_count(data, mask)
+    except (OSError, ValueError) as error:
+        raise SchismError(f"--data {data}: cannot read the masks to count the classes ({error})") from None
+    if count is None:
+        raise SchismError(f"--data {data}: the mask values fit no class encoding; set [Model] num_classes in an INI")
+    return count
 
 
 def _run_stats(run_dir: Path, computed: dict[str, Any]) -> dict[str, Any]:
@@ -582,6 +637,14 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     )
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
+    if arguments.baseline:
+        from .baseline import compare_with_baselines
+
+        train_positions = read_split(arguments.weights, data).train
+        print(
+            f"\nIoU per class beside classical pixel classifiers trained on the {len(train_positions)} training images:"
+        )
+        print(compare_with_baselines(result, data, train_positions, positions, trained.class_names))
     if arguments.csv is not None:
         rows = result.table()
         header = ",".join(rows[0])

@@ -31,6 +31,7 @@ ARCHITECTURES = tuple(_models.ARCHITECTURES)
 _ARCHITECTURE_ALIASES = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}
 
 PLANES = ("xy", "xyz")  # slice orientations: XY only, or XY + XZ + YZ (tri-planar)
+SCHEDULER_INTERVALS = ("batch", "epoch")
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "gelu", "sigmoid", "tanh")
 OPTIMIZERS = ("Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "RAdam", "SGD")
 # Schedulers that need Python callables or other schedulers cannot come from an INI file.
@@ -57,7 +58,9 @@ _METRIC_ALIASES = {
     "generalizeddicescore": "GeneralizedDice",
 }
 CONFUSION_MATRIX = "ConfusionMatrix"  # not a score: asks for confusion_matrix.png
-_HUB_WEIGHTS = ("imagenet", "ssl", "swsl", "advprop", "noisy-student", "instagram", "imagenet+background")
+LOCAL_WEIGHTS = (".pth", ".pt", ".safetensors")
+_HUB_WEIGHTS = _models.HUB_WEIGHTS
+is_hub_weights = _models.is_hub_weights
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -84,7 +87,10 @@ class ModelConfig:
     )
     encoder_weights: str | None = field(
         default=None,
-        metadata=_help("None, or a local .pth/.safetensors file of encoder weights (nothing is downloaded)."),
+        metadata=_help(
+            "None, a local .pth/.safetensors file of encoder weights, or a name smp downloads (e.g. imagenet) "
+            "into its usual cache: with few labels, pretrained weights are the strongest lever."
+        ),
     )
     n_block: int = field(
         default=4, metadata=_help("UnetVanilla/UnetSegmentor: number of down-sampling blocks.", min=1, max=8)
@@ -121,14 +127,14 @@ class ModelConfig:
             raise ConfigError("Model", "activation", self.activation, allowed_values(ACTIVATIONS, activation), source)
         self.activation = activation
         weights = self.encoder_weights
-        if weights is not None and (
-            weights.lower() in _HUB_WEIGHTS or not weights.lower().endswith((".pth", ".pt", ".safetensors"))
-        ):
+        if weights is not None and not is_hub_weights(weights) and not weights.lower().endswith(LOCAL_WEIGHTS):
             raise ConfigError(
                 "Model",
                 "encoder_weights",
                 weights,
-                "must be None or a local .pth/.pt/.safetensors file: nothing is downloaded",
+                "must be None, a local .pth/.pt/.safetensors file or a name smp downloads ("
+                + ", ".join(_HUB_WEIGHTS)
+                + ")",
                 source,
             )
 
@@ -161,12 +167,21 @@ class OptimizerConfig:
 class SchedulerConfig:
     """[Scheduler]: any torch.optim.lr_scheduler class by name; other keys are passed to it.
 
-    OneCycleLR and CyclicLR step every batch, ReduceLROnPlateau on the validation loss,
-    all others once per epoch. ``scheduler = None`` keeps the learning rate constant.
+    ``interval`` says when it steps: every batch (SCHISM's behaviour, the default) or once per
+    epoch. ReduceLROnPlateau always steps per epoch, on the validation loss. Per batch, the
+    trainer sizes the schedules it fills in (OneCycleLR total_steps, CosineAnnealingLR T_max) in
+    batches. ``scheduler = None`` keeps the learning rate constant.
     """
 
     scheduler: str | None = field(
         default="ConstantLR", metadata=_help("torch.optim.lr_scheduler class name, or None for a constant rate.")
+    )
+    interval: str = field(
+        default="batch",
+        metadata=_help(
+            "When the scheduler steps: batch (as SCHISM) or epoch. ReduceLROnPlateau steps per epoch.",
+            choices=SCHEDULER_INTERVALS,
+        ),
     )
     kwargs: dict[str, Any] = field(default_factory=dict, metadata=_help("Other keyword arguments for the scheduler."))
 
@@ -178,9 +193,17 @@ class SchedulerConfig:
         "CosineAnnealingWarmRestarts": ("T_0",),
     }
 
+    def per_batch(self) -> bool:
+        """Whether the scheduler steps after every optimizer step (else once per epoch)."""
+        return self.scheduler is not None and self.scheduler != "ReduceLROnPlateau" and self.interval == "batch"
+
     def validate(self, source: str | None) -> None:
         import torch.optim.lr_scheduler as schedulers
 
+        interval = str(self.interval).strip().lower()
+        if interval not in SCHEDULER_INTERVALS:
+            raise ConfigError("Scheduler", "interval", self.interval, "batch or epoch", source)
+        self.interval = interval
         if self.scheduler is None or str(self.scheduler).lower() == "none":
             self.scheduler = None
             if self.kwargs:
@@ -277,6 +300,25 @@ class TrainingConfig:
             min=0,
         ),
     )
+    steps_per_epoch: int | None = field(
+        default=None,
+        metadata=_help(
+            "Optimizer steps per epoch; None: one pass over the training images (crops_per_image each), as SCHISM.",
+            min=1,
+        ),
+    )
+    time_budget: float | None = field(
+        default=None,
+        metadata=_help(
+            "Minutes of training: the step time is measured on the device and steps_per_epoch (when None) "
+            "planned so that the run ends in time; training also stops when the budget is spent. None: no limit.",
+            min=0.01,
+        ),
+    )
+    schism_defaults: bool = field(
+        default=False,
+        metadata=_help("Keys left out of the INI keep SCHISM's literal defaults instead of being planned."),
+    )
 
     def score_metrics(self) -> list[str]:
         """The metrics that are scores (best checkpoints), as spelled in the config."""
@@ -290,10 +332,9 @@ class TrainingConfig:
             _check_range(self, "Training", name, source)
         if self.patience is not None:
             _check_range(self, "Training", "patience", source)
-        if self.grad_clip is not None:
-            _check_range(self, "Training", "grad_clip", source)
-        if self.threads is not None:
-            _check_range(self, "Training", "threads", source)
+        for name in ("grad_clip", "steps_per_epoch", "time_budget", "threads"):
+            if getattr(self, name) is not None:
+                _check_range(self, "Training", name, source)
         for metric in self.metrics:
             if canonical_metric(metric) is None:
                 allowed = (*METRICS, "F1", "DiceScore", "IoU", "GeneralizedDiceScore", CONFUSION_MATRIX)
@@ -331,9 +372,26 @@ class DataConfig:
             choices=PLANES,
         ),
     )
+    class_crops: float = field(
+        default=0.0,
+        metadata=_help(
+            "Share of training crops centred on a pixel of a class drawn uniformly among those present, so rare "
+            "phases are seen (nnU-Net oversamples foreground); 0: uniform random crops, as SCHISM.",
+            min=0.0,
+            max=1.0,
+        ),
+    )
 
     def validate(self, source: str | None) -> None:
-        for name in ("crop_size", "img_res", "num_samples", "crops_per_image", "ignore_index", "intensity_jitter"):
+        for name in (
+            "crop_size",
+            "img_res",
+            "num_samples",
+            "crops_per_image",
+            "ignore_index",
+            "intensity_jitter",
+            "class_crops",
+        ):
             _check_range(self, "Data", name, source)
         self.planes = _check_planes(self.planes, "Data", source)
 
@@ -441,6 +499,8 @@ class SchismConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     source: str | None = field(default=None, compare=False, repr=False)
     warnings: list[str] = field(default_factory=list, compare=False, repr=False)
+    # "Section.key" of the values a user set (INI file, command line): the planner leaves them alone
+    given: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def section(self, name: str) -> Any:
         return getattr(self, _ATTRIBUTE[name])
@@ -465,7 +525,17 @@ class SchismConfig:
             section = self.section(name)
             setattr(clone, _ATTRIBUTE[name], _copy_section(section))
         clone.warnings = list(self.warnings)
+        clone.given = set(self.given)
         return clone
+
+    def is_given(self, section: str, key: str) -> bool:
+        """Whether the user set ``[section] key`` (an INI file, the command line), as opposed to a default."""
+        return f"{section}.{key}" in self.given
+
+    def set_given(self, section: str, key: str, value: Any) -> None:
+        """Set a value on the user's behalf (e.g. a command-line option): the planner keeps it."""
+        setattr(self.section(section), key, value)
+        self.given.add(f"{section}.{key}")
 
     @property
     def tile_size(self) -> int:
@@ -513,7 +583,9 @@ class SchismConfig:
                     source,
                 )
             section = config.section(section_name)
-            _fill_section(section, section_name, dict(parser.items(section_name)), source)
+            items = dict(parser.items(section_name))
+            _fill_section(section, section_name, items, source)
+            config.given.update(f"{section_name}.{key}" for key in items)
         return config.validate()
 
     def to_ini_string(self) -> str:
@@ -539,20 +611,22 @@ class SchismConfig:
 
 
 def interactive_config() -> SchismConfig:
-    """Starting values for the napari widgets: a small network and short CPU-friendly runs.
+    """Starting values for the napari widgets: the plan for this device, with napari's short time budget.
 
     The dataclass defaults stay SCHISM's, so a key left out of an INI file means what it meant
-    there; these values only pre-fill the form.
+    there. Here the planable keys come from :func:`schism_napari.planning.plan_config` without
+    data (the plan for a typical image on this device, e.g. an smp U-Net with a resnet18 encoder,
+    256 px crops and 1.5 minutes of training on a CPU); only the keys set below count as given,
+    so planning again with the data refines the rest (crop size from the image size, classes).
     """
+    from .planning import plan_config
+
     config = SchismConfig()
-    config.model = ModelConfig(model_type="UnetSegmentor", n_block=3, channels=16, activation="leakyrelu", p=0.1)
-    config.optimizer = OptimizerConfig(optimizer="AdamW", lr=3e-3)
-    config.scheduler = SchedulerConfig(scheduler="OneCycleLR")
-    config.loss = LossConfig(loss="CrossEntropyLoss + 0.5*DiceLoss")
-    config.training = TrainingConfig(batch_size=8, epochs=10, metrics=["Jaccard", "Dice"])
-    config.data = DataConfig(crop_size=96, img_res=96, num_samples=500, crops_per_image=16)
-    config.inference = InferenceConfig(tile_size=256, overlap=0.25, batch_size=4)
-    return config.validate()
+    config.set_given("Training", "metrics", ["Jaccard", "Dice"])
+    config.set_given("Inference", "tile_size", 256)
+    config.set_given("Inference", "overlap", 0.25)
+    config.set_given("Inference", "batch_size", 4)
+    return plan_config(config.validate(), interactive=True).config
 
 
 def scheduler_names() -> tuple[str, ...]:

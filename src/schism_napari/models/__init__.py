@@ -38,6 +38,15 @@ class Architecture:
     keys: tuple[str, ...] = ()
 
 
+# smp's downloadable encoder weights, named in [Model] encoder_weights instead of a local file
+HUB_WEIGHTS = ("imagenet", "ssl", "swsl", "advprop", "noisy-student", "instagram", "imagenet+background")
+
+
+def is_hub_weights(name: str | None) -> bool:
+    """``encoder_weights`` names smp's downloadable weights (imagenet, ssl, ...) rather than a file."""
+    return name is not None and name.lower() in HUB_WEIGHTS
+
+
 def output_channels(config: ModelConfig) -> int:
     """SCHISM: two classes or fewer is binary, with a single logit channel."""
     return 1 if config.binary else config.num_classes
@@ -84,16 +93,25 @@ def _build_smp(config: ModelConfig, in_channels: int, out: int, source: str | No
     names = get_encoder_names()
     if config.encoder not in names:
         raise ConfigError("Model", "encoder", config.encoder, _nearest_encoders(names, config.encoder), source)
+    hub = config.encoder_weights.lower() if is_hub_weights(config.encoder_weights) else None
     try:
         model = smp.create_model(
-            config.model_type, encoder_name=config.encoder, encoder_weights=None, in_channels=in_channels, classes=out
+            config.model_type, encoder_name=config.encoder, encoder_weights=hub, in_channels=in_channels, classes=out
         )
+    except (OSError, ConnectionError, RuntimeError) as error:
+        if hub is None:
+            raise
+        raise SchismError(
+            f"[Model] encoder_weights = {hub}: cannot get {config.encoder}'s {hub} weights through smp's download "
+            f"cache ({str(error).splitlines()[0] if str(error) else type(error).__name__}); offline, give a local "
+            ".pth/.safetensors file"
+        ) from None
     except Exception as error:  # smp raises ValueError/KeyError/AttributeError for bad combinations
         raise ConfigError(
             "Model", "encoder", config.encoder, f"cannot build {config.model_type} with it: {error}", source
         ) from None
     model.size_divisor = 32
-    if config.encoder_weights:
+    if config.encoder_weights and hub is None:
         load_encoder_weights(model.encoder, Path(config.encoder_weights))
     return model
 

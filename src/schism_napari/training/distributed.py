@@ -32,6 +32,12 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def minimum(self, value: int, device: torch.device) -> int:
+        """The smallest ``value`` over all processes (a step count every process can keep to)."""
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
     def shared_seed(self, device: torch.device) -> int:
         """A random seed drawn by rank 0 and sent to all, when the config leaves the seed out."""
         value = (

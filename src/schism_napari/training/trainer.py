@@ -40,6 +40,7 @@ from ..events import (
     ignore_events,
 )
 from ..models import build_model
+from ..planning import Plan
 from ..probabilities import predicted_classes, probabilities_from_logits
 from ..runs import (
     BEST_LOSS,
@@ -60,7 +61,100 @@ from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .metrics import ConfusionMatrix
 
-PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")
+PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
+# Time budget: share kept in reserve for a machine that slows down, seconds for the final steps
+# (best weights, plots), for each epoch's bookkeeping, and the fewest steps an epoch is worth.
+BUDGET_RESERVE = 0.05
+FINISH_SECONDS = 2.0
+EPOCH_OVERHEAD_SECONDS = 0.3
+MIN_STEPS_PER_EPOCH = 4
+PROBE_STEPS = 2  # timed steps after one warm-up step (on a CPU, the last one with a single thread)
+PROBE_LR_DIVISOR = 25  # the probe steps run at OneCycleLR's starting rate
+
+
+@dataclass
+class TrainingState:
+    """What a run has reached, and all a checkpoint needs to continue it exactly.
+
+    ``last_checkpoint.pth`` is this state plus the model, optimizer, scheduler and scaler
+    states. The random states are taken at the end of each epoch: crop positions (numpy),
+    augmentation (a torch generator) and dropout (torch's global generator, and CUDA's), so
+    a resumed run draws what the uninterrupted one would have drawn.
+    """
+
+    epoch: int = 0  # last completed epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+    stale_epochs: int = 0
+    numpy_rng: dict[str, Any] | None = None
+    torch_rng: torch.Tensor | None = None  # the augmentation generator
+    global_torch_rng: torch.Tensor | None = None  # dropout and other torch.rand* calls
+    cuda_rng: list[torch.Tensor] | None = None
+
+    def capture_rng(self, parts: _Parts) -> None:
+        self.numpy_rng = parts.rng.bit_generator.state
+        self.torch_rng = parts.generator.get_state()
+        self.global_torch_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore_rng(self, parts: _Parts) -> None:
+        if self.numpy_rng is not None:
+            parts.rng.bit_generator.state = self.numpy_rng
+        if self.torch_rng is not None:
+            parts.generator.set_state(self.torch_rng)
+        if self.global_torch_rng is not None:
+            torch.set_rng_state(self.global_torch_rng)
+        if self.cuda_rng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+    def checkpoint(self, parts: _Parts, amp: bool) -> dict[str, Any]:
+        return {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": None if parts.scheduler is None else parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict() if amp else None,
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "stale_epochs": self.stale_epochs,
+            "numpy_rng": self.numpy_rng,
+            "torch_rng": self.torch_rng,
+            "global_torch_rng": self.global_torch_rng,
+            "cuda_rng": self.cuda_rng,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainingState:
+        return cls(
+            epoch=saved["epoch"],
+            history=saved["history"],
+            best=saved["best"],
+            stale_epochs=saved.get("stale_epochs", 0),
+            numpy_rng=saved.get("numpy_rng"),
+            torch_rng=saved.get("torch_rng"),
+            global_torch_rng=saved.get("global_torch_rng"),  # absent in older checkpoints
+            cuda_rng=saved.get("cuda_rng"),
+        )
+
+
+@dataclass
+class _Parts:
+    """The objects one run trains with (built once by ``Trainer._build``)."""
+
+    model: nn.Module
+    network: nn.Module  # what the training steps call: DDP averages gradients across processes
+    crops: TrainingCrops
+    val_images: np.ndarray
+    val_masks: np.ndarray
+    loss_function: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    rng: np.random.Generator
+    generator: torch.Generator
+    split: Split
+    channels_last: bool
+    last_matrix: ConfusionMatrix | None = None
 
 
 @dataclass
@@ -77,6 +171,20 @@ class TrainingResult:
 
 
 class Trainer:
+    """Trains one model on one dataset into one run folder; the CLI and the napari widget share it.
+
+    ``run`` is a short loop of named steps (nnU-Net's ``run_training`` has the same shape):
+    ``_build`` (seeds, split, model, crops, optimizer; steps planned from ``time_budget``),
+    then per epoch ``_train_epoch`` and ``_end_epoch`` (validation, best weights, checkpoint),
+    and ``_finish``. What a resume needs is the :class:`TrainingState` that ``_save_checkpoint``
+    writes and ``_load_checkpoint`` reads back, random states included.
+
+    An epoch is ``[Training] steps_per_epoch`` optimizer steps, or without it one pass over the
+    training images (SCHISM). With ``time_budget`` (minutes) and no steps_per_epoch, the step
+    time is measured on the device first and the steps sized so the run ends in time; the run
+    also stops (keeping the best weights) when the budget is spent.
+    """
+
     def __init__(
         self,
         config: SchismConfig,
@@ -90,10 +198,13 @@ class Trainer:
         stop: StopToken | None = None,
         curves_each_epoch: bool = True,
         distributed: bool = True,
+        plan: Plan | None = None,
     ):
         """``curves_each_epoch=False`` draws learning_curves.png once at the end: the napari dock
         shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms.
-        ``distributed`` joins the torch.distributed process group that torchrun describes, if any."""
+        ``distributed`` joins the torch.distributed process group that torchrun describes, if any.
+        ``plan`` (from :func:`schism_napari.planning.plan_config`) is written to ``plan.json``
+        with the steps the time budget gives."""
         self.config = config.copy()
         self.curves_each_epoch = curves_each_epoch
         self.distributed = distributed
@@ -111,6 +222,8 @@ class Trainer:
         self.stop = stop or StopToken()
         self.device = select_device(self.config.training.device)
         self.dist: Distributed | None = None
+        self.plan = plan
+        self._started = time.perf_counter()
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -126,6 +239,9 @@ class Trainer:
 
     def _write_run_description(self) -> None:
         self.config.to_ini(self.run_dir / HYPERPARAMETERS, overwrite=True)
+        if self.plan is not None:
+            self.plan.config = self.config
+            self.plan.write(self.run_dir)
         used = {name: self.data.normalization(name) for name in self.data.datasets}
         used["default"] = self.data.stats.get("default") or next(iter(used.values()))
         write_stats_file(self.run_dir / "data_stats.json", used, overwrite=True)
@@ -165,19 +281,20 @@ class Trainer:
         kwargs = {**settings.kwargs, **overrides}
         lr, epochs = self.config.optimizer.lr, self.config.training.epochs
         name = settings.scheduler
+        length = epochs * batches if settings.per_batch() else epochs  # in scheduler steps
         if name == "OneCycleLR":
             kwargs.setdefault("max_lr", lr)
             if not {"total_steps", "epochs", "steps_per_epoch"} & kwargs.keys():
-                kwargs["total_steps"] = epochs * batches
+                kwargs["total_steps"] = length
         elif name == "CyclicLR":
             kwargs.setdefault("base_lr", lr / 10)
             kwargs.setdefault("max_lr", lr)
             if "momentum" not in optimizer.defaults:
                 kwargs.setdefault("cycle_momentum", False)
         elif name == "CosineAnnealingLR":
-            kwargs.setdefault("T_max", epochs)
+            kwargs.setdefault("T_max", length)
         elif name == "CosineAnnealingWarmRestarts":
-            kwargs.setdefault("T_0", max(1, epochs // 3))
+            kwargs.setdefault("T_0", max(1, length // 3))
         cls = getattr(torch.optim.lr_scheduler, name)
         try:
             return cls(optimizer, **kwargs)
@@ -237,13 +354,54 @@ class Trainer:
                 torch.cuda.set_device(self.device)
             if not self.dist.main:
                 self.callback = ignore_events
+        threads = torch.get_num_threads()
         try:
             return self._run()
         finally:
+            torch.set_num_threads(threads)  # the probe may have chosen fewer for this run
             if self.dist is not None:
                 self.dist.close()
 
     def _run(self) -> TrainingResult:
+        """Build, then epochs of (train one epoch, end of epoch) until done, stopped or out of time; finish."""
+        self._started = time.perf_counter()
+        parts = self._build()
+        state = self._load_checkpoint(parts) if self.resume else TrainingState()
+        state.capture_rng(parts)  # what an epoch starts from, for a resume that repeats it
+        cfg = self.config
+        world = self.dist.world if self.dist else 1
+        self.callback(
+            TrainingStarted(
+                self.run_dir,
+                str(self.device) if world == 1 else f"{self.device} x {world} processes",
+                state.epoch + 1,
+                cfg.training.epochs,
+                len(parts.crops),
+                len(parts.split.train),
+                len(parts.split.val),
+            )
+        )
+        stopped, reason = False, "completed"
+        for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
+            started = time.perf_counter()
+            losses, interrupted = self._train_epoch(parts, epoch)
+            if interrupted == "stop":
+                stopped, reason = True, "stopped by the user"
+                self._keep_weights_if_none(parts, state)
+                break
+            if self._end_epoch(parts, state, epoch, losses, time.perf_counter() - started):
+                stopped = True
+                reason = f"early stopping: no better validation loss for {state.stale_epochs} epochs"
+                break
+            if interrupted == "time":
+                stopped, reason = True, f"time budget of {cfg.training.time_budget:g} minutes spent"
+                break
+        return self._finish(parts, state, stopped, reason)
+
+    # ---- named steps ---------------------------------------------------------------------------
+
+    def _build(self) -> _Parts:
+        """Seeds, split, model, crops, loss, optimizer and scheduler; plans the steps from the time budget."""
         cfg = self.config
         seed = cfg.training.seed
         if seed is None and self.dist is not None:
@@ -258,8 +416,6 @@ class Trainer:
         split = self._prepare_split()
         if not split.train:
             raise SchismError("no training images: the split left none (check num_samples and val_split)")
-        if self.main:
-            self._write_run_description()
 
         model = build_model(cfg.model, self.data.in_channels, source=cfg.source).to(self.device)
         channels_last = self.device.type == "cpu"
@@ -273,8 +429,32 @@ class Trainer:
                 raise SchismError(
                     f"the starting weights do not fit this model ({str(error).splitlines()[0]})"
                 ) from None
-
-        train_crops = TrainingCrops(
+        val_positions = split.val
+        if not val_positions:
+            val_positions = split.train
+            self.callback(Message("no validation images: validating on the training images", "warning"))
+        val_images, val_masks = fixed_crops(
+            self.data, val_positions, cfg.data.crop_size, cfg.data.crops_per_image, seed, cfg.data.class_crops
+        )
+        loss_function = build_loss(cfg.loss, cfg.model, self._class_weights(split)).to(self.device)
+        parts = _Parts(
+            model=model,
+            network=model,
+            crops=None,  # type: ignore[arg-type]  # built below, once the steps are planned
+            val_images=val_images,
+            val_masks=val_masks,
+            loss_function=loss_function,
+            optimizer=self._optimizer(model),
+            scheduler=None,
+            scaler=torch.amp.GradScaler("cuda", enabled=self.use_amp),
+            rng=rng,
+            generator=generator,
+            split=split,
+            channels_last=channels_last,
+        )
+        if cfg.training.time_budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
+            self._plan_steps(parts)
+        parts.crops = TrainingCrops(
             self.data,
             split.train,
             cfg.data.crop_size,
@@ -283,197 +463,268 @@ class Trainer:
             crop_rng,
             shard=(rank, world),
             order_rng=rng,
+            steps=cfg.training.steps_per_epoch,
+            class_share=cfg.data.class_crops,
         )
-        val_positions = split.val
-        if not val_positions:
-            val_positions = split.train
-            self.callback(Message("no validation images: validating on the training images", "warning"))
-        val_images, val_masks = fixed_crops(
-            self.data, val_positions, cfg.data.crop_size, cfg.data.crops_per_image, seed
-        )
-
-        loss_function = build_loss(cfg.loss, cfg.model, self._class_weights(split)).to(self.device)
-        optimizer = self._optimizer(model)
-        scheduler = self._scheduler(optimizer, len(train_crops))
-        use_amp = self.use_amp
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-        metrics = cfg.training.score_metrics()
-        history: list[dict[str, Any]] = []
-        best: dict[str, float] = {}
-        first_epoch, stale_epochs = 1, 0
-        if self.resume:
-            state = load_weights(self.run_dir / LAST_CHECKPOINT)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            saved = state.get("scheduler")
-            if scheduler is not None and saved is not None:
-                if cfg.scheduler.scheduler == "OneCycleLR" and saved.get("total_steps") != scheduler.total_steps:
-                    # more epochs than first planned: the remaining steps anneal over the new total
-                    scheduler = self._scheduler(optimizer, len(train_crops), last_epoch=saved["last_epoch"] - 1)
-                else:
-                    scheduler.load_state_dict(saved)
-            if state.get("scaler") is not None:
-                scaler.load_state_dict(state["scaler"])
-            history, best = state["history"], state["best"]
-            first_epoch, stale_epochs = state["epoch"] + 1, state.get("stale_epochs", 0)
-            rng.bit_generator.state = state["numpy_rng"]
-            generator.set_state(state["torch_rng"])
-            if first_epoch > cfg.training.epochs:
-                raise SchismError(
-                    f"{self.run_dir}: already trained {state['epoch']} of {cfg.training.epochs} epochs; "
-                    "raise [Training] epochs in its hyperparameters.ini to continue"
-                )
-
-        network: nn.Module = model  # what the training steps call: DDP averages gradients across processes
+        parts.scheduler = self._scheduler(parts.optimizer, len(parts.crops))
+        if self.main:
+            self._write_run_description()
         if self.dist is not None:
-            network = nn.parallel.DistributedDataParallel(
+            parts.network = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        return parts
+
+    def _train_epoch(self, parts: _Parts, epoch: int) -> tuple[list[float], str | None]:
+        """One epoch of optimizer steps; returns the batch losses and "stop"/"time" when cut short."""
+        parts.model.train()
+        losses: list[float] = []
+        batches = len(parts.crops)
+        for number, (images, masks) in enumerate(parts.crops, start=1):
+            losses.append(self._step(parts, images, masks, epoch, number))
+            self.callback(BatchEnded(epoch, number, batches, losses[-1]))
+            if self._stop_requested():
+                return losses, "stop"
+            if self._out_of_time():
+                return losses, "time"
+        return losses, None
+
+    def _step(self, parts: _Parts, images: np.ndarray, masks: np.ndarray, epoch: int, number: int) -> float:
+        """One optimizer step on one batch of crops; returns its loss."""
+        cfg = self.config
+        x, y = to_device(images, masks, self.device, cfg.data.img_res)
+        if cfg.data.augment:
+            x, y = augment(x, y, parts.generator, cfg.data.intensity_jitter)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self._target(y)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            loss = parts.loss_function(parts.network(x), y)
+        if not torch.isfinite(loss):
+            raise SchismError(
+                f"the training loss became {loss.item()} at epoch {epoch}, batch {number}; "
+                "lower [Optimizer] lr or check the data"
+            )
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        if cfg.training.grad_clip is not None:
+            parts.scaler.unscale_(parts.optimizer)
+            nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.training.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        if parts.scheduler is not None and cfg.scheduler.per_batch():
+            parts.scheduler.step()
+        return float(loss.item())
+
+    def _end_epoch(self, parts: _Parts, state: TrainingState, epoch: int, losses: list[float], seconds: float) -> bool:
+        """Validate, keep the best weights, log, save the checkpoint; True when early stopping ends the run."""
+        cfg = self.config
+        metrics = cfg.training.score_metrics()
+        val_loss, matrix = self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
+        parts.last_matrix = matrix
+        scores = {name: matrix.mean(name) for name in metrics}
+        per_class = {name: matrix.class_scores(name) for name in metrics}
+        improved = []
+        if val_loss < state.best.get(BEST_LOSS, math.inf):
+            state.best[BEST_LOSS] = val_loss
+            improved.append(BEST_LOSS)
+            state.stale_epochs = 0
+        else:
+            state.stale_epochs += 1
+        for name, value in scores.items():
+            if np.isfinite(value) and value > state.best.get(name, -math.inf):
+                state.best[name] = value
+                improved.append(name)
+        for name in improved:
+            self._save(self.run_dir / best_weights_file(name), parts.model.state_dict())
+        lr = parts.optimizer.param_groups[0]["lr"]
+        if parts.scheduler is not None and cfg.scheduler.scheduler == "ReduceLROnPlateau":
+            parts.scheduler.step(val_loss)
+        elif parts.scheduler is not None and not cfg.scheduler.per_batch():
+            parts.scheduler.step()
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_loss": val_loss,
+            "lr": lr,
+            "seconds": seconds,
+            **scores,
+            **{f"{name}_class{k}": v for name, values in per_class.items() for k, v in enumerate(values)},
+        }
+        state.history.append(record)
+        state.epoch = epoch
+        if self.main:
+            self._write_epoch_outputs(state.history, metrics, curves=self.curves_each_epoch)
+        state.capture_rng(parts)
+        self._save_checkpoint(parts, state)
         self.callback(
-            TrainingStarted(
-                self.run_dir,
-                str(self.device) if world == 1 else f"{self.device} x {world} processes",
-                first_epoch,
+            EpochEnded(
+                epoch,
                 cfg.training.epochs,
-                len(train_crops),
-                len(split.train),
-                len(split.val),
+                record["train_loss"],
+                val_loss,
+                scores,
+                per_class,
+                lr,
+                seconds,
+                tuple(improved),
             )
         )
-        stopped, reason = False, "completed"
-        epoch = first_epoch - 1
-        last_matrix = None
-        for epoch in range(first_epoch, cfg.training.epochs + 1):
-            started = time.perf_counter()
-            model.train()
-            losses = []
-            for number, (images, masks) in enumerate(train_crops, start=1):
-                x, y = to_device(images, masks, self.device, cfg.data.img_res)
-                if cfg.data.augment:
-                    x, y = augment(x, y, generator, cfg.data.intensity_jitter)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = self._target(y)
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                    loss = loss_function(network(x), y)
-                if not torch.isfinite(loss):
-                    raise SchismError(
-                        f"the training loss became {loss.item()} at epoch {epoch}, batch {number}; "
-                        "lower [Optimizer] lr or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.training.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None and cfg.scheduler.scheduler in PER_BATCH_SCHEDULERS:
-                    scheduler.step()
-                losses.append(loss.item())
-                self.callback(BatchEnded(epoch, number, len(train_crops), losses[-1]))
-                if self._stop_requested():
-                    break
-            if self._stop_requested():
-                stopped, reason = True, "stopped by the user"
-                epoch -= 1  # the interrupted epoch does not count; --resume repeats it
-                if BEST_LOSS not in best:
-                    # stopped before any epoch ended: keep what was learned as the best so far
-                    val_loss, _ = self._validate(model, loss_function, val_images, val_masks)
-                    best[BEST_LOSS] = val_loss
-                    self._save(self.run_dir / best_weights_file(BEST_LOSS), model.state_dict())
-                break
+        return bool(cfg.training.early_stopping and state.stale_epochs >= cfg.training.effective_patience())
 
-            val_loss, matrix = self._validate(model, loss_function, val_images, val_masks)
-            last_matrix = matrix
-            scores = {name: matrix.mean(name) for name in metrics}
-            per_class = {name: matrix.class_scores(name) for name in metrics}
-            improved = []
-            if val_loss < best.get(BEST_LOSS, math.inf):
-                best[BEST_LOSS] = val_loss
-                improved.append(BEST_LOSS)
-                stale_epochs = 0
-            else:
-                stale_epochs += 1
-            for name, value in scores.items():
-                if np.isfinite(value) and value > best.get(name, -math.inf):
-                    best[name] = value
-                    improved.append(name)
-            for name in improved:
-                self._save(self.run_dir / best_weights_file(name), model.state_dict())
+    def _keep_weights_if_none(self, parts: _Parts, state: TrainingState) -> None:
+        """Stopped before any epoch ended: keep what was learned as the best so far."""
+        if BEST_LOSS not in state.best:
+            val_loss, _ = self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
+            state.best[BEST_LOSS] = val_loss
+            self._save(self.run_dir / best_weights_file(BEST_LOSS), parts.model.state_dict())
 
-            lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None and cfg.scheduler.scheduler not in PER_BATCH_SCHEDULERS:
-                if cfg.scheduler.scheduler == "ReduceLROnPlateau":
-                    scheduler.step(val_loss)
-                else:
-                    scheduler.step()
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else math.nan,
-                "val_loss": val_loss,
-                "lr": lr,
-                "seconds": time.perf_counter() - started,
-                **scores,
-                **{f"{name}_class{k}": v for name, values in per_class.items() for k, v in enumerate(values)},
-            }
-            history.append(record)
-            if self.main:
-                self._write_epoch_outputs(history, metrics, curves=self.curves_each_epoch)
-            self._save(
-                self.run_dir / LAST_CHECKPOINT,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if use_amp else None,
-                    "epoch": epoch,
-                    "history": history,
-                    "best": best,
-                    "stale_epochs": stale_epochs,
-                    "numpy_rng": rng.bit_generator.state,
-                    "torch_rng": generator.get_state(),
-                },
-            )
-            self.callback(
-                EpochEnded(
-                    epoch,
-                    cfg.training.epochs,
-                    record["train_loss"],
-                    val_loss,
-                    scores,
-                    per_class,
-                    lr,
-                    record["seconds"],
-                    tuple(improved),
+    def _save_checkpoint(self, parts: _Parts, state: TrainingState) -> None:
+        self._save(self.run_dir / LAST_CHECKPOINT, state.checkpoint(parts, self.use_amp))
+
+    def _load_checkpoint(self, parts: _Parts) -> TrainingState:
+        """Restore weights, optimizer, scheduler, scaler and every random state from ``last_checkpoint``."""
+        cfg = self.config
+        saved = load_weights(self.run_dir / LAST_CHECKPOINT)
+        parts.model.load_state_dict(saved["model"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        schedule = saved.get("scheduler")
+        if parts.scheduler is not None and schedule is not None:
+            if cfg.scheduler.scheduler == "OneCycleLR" and schedule.get("total_steps") != parts.scheduler.total_steps:
+                # more epochs than first planned: the remaining steps anneal over the new total
+                parts.scheduler = self._scheduler(
+                    parts.optimizer, len(parts.crops), last_epoch=schedule["last_epoch"] - 1
                 )
+            else:
+                parts.scheduler.load_state_dict(schedule)
+        if saved.get("scaler") is not None:
+            parts.scaler.load_state_dict(saved["scaler"])
+        state = TrainingState.from_checkpoint(saved)
+        state.restore_rng(parts)
+        if state.epoch + 1 > cfg.training.epochs:
+            raise SchismError(
+                f"{self.run_dir}: already trained {state.epoch} of {cfg.training.epochs} epochs; "
+                "raise [Training] epochs in its hyperparameters.ini to continue"
             )
-            if cfg.training.early_stopping and stale_epochs >= cfg.training.effective_patience():
-                stopped, reason = True, f"early stopping: no better validation loss for {stale_epochs} epochs"
-                break
+        return state
 
-        if history and not self.curves_each_epoch and self.main:
+    def _finish(self, parts: _Parts, state: TrainingState, stopped: bool, reason: str) -> TrainingResult:
+        """Final plots, the best-loss weights back into the model, the finished event."""
+        cfg = self.config
+        metrics = cfg.training.score_metrics()
+        if state.history and not self.curves_each_epoch and self.main:
             from ..plotting import save_learning_curves
 
-            save_learning_curves(self.run_dir / CURVES, history, metrics)
+            save_learning_curves(self.run_dir / CURVES, state.history, metrics)
         if (
             self.main
-            and last_matrix is not None
+            and parts.last_matrix is not None
             and any(canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics)
         ):
             from ..plotting import save_confusion_matrix
 
             names = self.data.class_names or default_class_names(self.data.class_count)
-            save_confusion_matrix(self.run_dir / CONFUSION, last_matrix.matrix.numpy(), names)
+            save_confusion_matrix(self.run_dir / CONFUSION, parts.last_matrix.matrix.numpy(), names)
         best_path = self.run_dir / best_weights_file(BEST_LOSS)
         if self.dist is not None:
             self.dist.barrier()  # the main process has written the best weights
         if best_path.is_file():
-            model.load_state_dict(load_weights(best_path))
-        model.eval()
-        self.callback(TrainingFinished(self.run_dir, epoch, stopped, reason, dict(best)))
-        return TrainingResult(self.run_dir, epoch, stopped, reason, dict(best), history, model, self.config, split)
+            parts.model.load_state_dict(load_weights(best_path))
+        parts.model.eval()
+        self.callback(TrainingFinished(self.run_dir, state.epoch, stopped, reason, dict(state.best)))
+        return TrainingResult(
+            self.run_dir,
+            state.epoch,
+            stopped,
+            reason,
+            dict(state.best),
+            state.history,
+            parts.model,
+            self.config,
+            parts.split,
+        )
+
+    # ---- time budget ---------------------------------------------------------------------------
+
+    def _out_of_time(self) -> bool:
+        budget = self.config.training.time_budget
+        if budget is None:
+            return False
+        late = time.perf_counter() - self._started > budget * 60
+        return late if self.dist is None else self.dist.any(late, self.device)
+
+    def _plan_steps(self, parts: _Parts) -> None:
+        """Measure a training step and a validation pass on this device, then size epochs to the budget.
+
+        The probe steps are kept as a short warm-up at a low learning rate.
+        """
+        cfg = self.config
+        step_seconds = self._measure_step(parts)
+        started = time.perf_counter()
+        self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
+        val_seconds = time.perf_counter() - started
+        used = time.perf_counter() - self._started
+        left = cfg.training.time_budget * 60 * (1 - BUDGET_RESERVE) - used - FINISH_SECONDS
+        epochs = cfg.training.epochs
+        per_epoch = left / epochs - val_seconds - EPOCH_OVERHEAD_SECONDS
+        if per_epoch < MIN_STEPS_PER_EPOCH * step_seconds:  # too short for that many epochs: fewer, longer ones
+            epochs = max(1, int(left // (val_seconds + EPOCH_OVERHEAD_SECONDS + MIN_STEPS_PER_EPOCH * step_seconds)))
+            per_epoch = left / epochs - val_seconds - EPOCH_OVERHEAD_SECONDS
+        steps = max(1, int(per_epoch // step_seconds))
+        if self.dist is not None:
+            steps = self.dist.minimum(steps, self.device)
+        cfg.training.epochs, cfg.training.steps_per_epoch = epochs, steps
+        note = (
+            f"measured {step_seconds:.3g} s per step and {val_seconds:.3g} s per validation on {self.device}: "
+            f"{epochs} epochs of {steps} steps fit {cfg.training.time_budget:g} minutes"
+        )
+        if self.plan is not None:
+            self.plan.reasons["Training.steps_per_epoch"] = note
+            if epochs != self.plan.config.training.epochs:
+                self.plan.reasons["Training.epochs"] = note
+        self.callback(Message("time budget: " + note))
+
+    def _measure_step(self, parts: _Parts) -> float:
+        """Seconds per training step, from a few real steps at a low learning rate (a warm-up that is
+        kept: on a slow machine these steps are a large part of the budget). Random states are put
+        back, so crops and augmentations afterwards are those of a run without the probe."""
+        cfg = self.config
+        global_rng, generator_rng = torch.get_rng_state(), parts.generator.get_state()
+        probe = TrainingCrops(
+            self.data,
+            parts.split.train,
+            cfg.data.crop_size,
+            cfg.data.crops_per_image,
+            cfg.training.batch_size,
+            np.random.default_rng(0),
+            steps=PROBE_STEPS + 1,
+            class_share=cfg.data.class_crops,
+        )
+        rates = [group["lr"] for group in parts.optimizer.param_groups]
+        for group in parts.optimizer.param_groups:
+            group["lr"] = group["lr"] / PROBE_LR_DIVISOR
+        parts.model.train()
+        threads = torch.get_num_threads()
+        # on a CPU shared with other processes one thread can be several times faster than all
+        # cores waiting on each other: the last probe step tries it, and the faster count stays
+        single = self.device.type == "cpu" and threads > 1
+        times: dict[int, list[float]] = {threads: [], 1: []}
+        for number, (images, masks) in enumerate(probe):
+            count = 1 if single and number == PROBE_STEPS else threads
+            torch.set_num_threads(count)
+            started = time.perf_counter()
+            self._step(parts, images, masks, 0, number)
+            if number > 0:  # the first step warms up
+                times[count].append(time.perf_counter() - started)
+        for group, rate in zip(parts.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        torch.set_rng_state(global_rng)
+        parts.generator.set_state(generator_rng)
+        best = min((count for count in times if times[count]), key=lambda count: float(np.median(times[count])))
+        torch.set_num_threads(best)
+        if best != threads:
+            self.callback(Message(f"training with 1 thread: faster than {threads} on this busy CPU"))
+        return float(np.median(times[best]))
 
     @torch.inference_mode()
     def _validate(

@@ -1,0 +1,225 @@
+"""Accuracy benchmark: the planned network against classical pixel classifiers, on held-out data.
+
+For each dataset (the synthetic sample; ``../shared/datasets/isbi2012-em`` when present) it
+reports mean IoU on held-out images and the wall time of:
+
+* (a) ``dense``: the defaults a user gets from ``schism train`` with no INI (the plan, the CLI's
+  time budget), trained on the dense masks. Target: >= forest + 0.05 within 5 minutes.
+* (b) ``scribbles``: the widgets' starting values (``interactive_config`` + the plan, the napari
+  time budget) on ~1 % of the pixels, scribbled as strokes inside each class of the masks.
+  Target: >= forest + 0.05 within 2 minutes.
+* (c) LDA on pixel values and the multiscale random forest on the same labels.
+
+Nothing is tuned to one dataset: both runs take the plan as it comes. Run from the repository
+root::
+
+    .venv/bin/python benchmarks/bench_accuracy.py                  # both datasets, full budgets
+    .venv/bin/python benchmarks/bench_accuracy.py --quick          # short budgets, smoke check
+    .venv/bin/python benchmarks/bench_accuracy.py --dataset isbi --only dense
+
+The machine's load (``os.getloadavg``) is printed with the table: on a shared machine the
+budgets still hold (the step time is measured), but fewer steps fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schism_napari.baseline import PixelClassifier
+from schism_napari.config import SchismConfig, interactive_config
+from schism_napari.data import SegmentationData, load_dataset
+from schism_napari.data.io import IGNORE
+from schism_napari.inference import Predictor
+from schism_napari.planning import infer_class_count, plan_config
+from schism_napari.runs import load_trained_model
+from schism_napari.sample import scribbles, write_sample
+from schism_napari.training.trainer import Trainer
+
+_ROOT = Path(__file__).resolve().parents[1]
+# ../shared beside the repository (a worktree under wt/ has it two levels up); --isbi overrides
+ISBI = next(
+    (p / "datasets" / "isbi2012-em" for p in (_ROOT.parent / "shared", _ROOT.parents[1] / "shared") if p.is_dir()),
+    _ROOT.parent / "shared" / "datasets" / "isbi2012-em",
+)
+SCRIBBLED = 0.01  # share of pixels painted in the scribbles runs
+STROKE_PIXELS = 40  # about what one stroke of sample.scribbles paints (17 px long, 3 wide, clipped)
+
+
+@dataclasses.dataclass
+class Heldout:
+    images: list[np.ndarray]  # (Y, X, C) stored dtype
+    masks: list[np.ndarray]  # (Y, X) classes
+
+
+@dataclasses.dataclass
+class Row:
+    dataset: str
+    labels: str
+    method: str
+    iou: float
+    per_class: list[float]
+    seconds: float
+    note: str = ""
+
+
+def confusion(predictions: list[np.ndarray], truths: list[np.ndarray], classes: int) -> np.ndarray:
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    for predicted, truth in zip(predictions, truths, strict=True):
+        valid = truth != IGNORE
+        matrix += np.bincount(
+            truth[valid].astype(np.int64) * classes + predicted[valid], minlength=classes * classes
+        ).reshape(classes, classes)
+    return matrix
+
+
+def class_iou(matrix: np.ndarray) -> list[float]:
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    return [float(t / u) if u else math.nan for t, u in zip(tp, union, strict=True)]
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def sample_data(work: Path) -> tuple[Path, Heldout]:
+    """The synthetic rock CT sample (2 x 12 slices of 192 px); its test volume is held out."""
+    import tifffile
+
+    files = write_sample(work / "sample")
+    volume, labels = tifffile.imread(files.volume), tifffile.imread(files.volume_labels)
+    return files.datasets, Heldout([v[..., None] for v in volume], [m.astype(np.uint8) for m in labels])
+
+
+def isbi_data(root: Path) -> tuple[Path, Heldout]:
+    held = load_dataset(root / "heldout", class_count=2, write_stats=False)
+    return root / "datasets", Heldout([s.image for s in held.samples], [s.mask for s in held.samples])
+
+
+def scribbled(data: SegmentationData, seed: int = 0) -> SegmentationData:
+    """The same images with ~1 % of each slice's pixels painted as strokes inside the classes."""
+    samples = []
+    for number, sample in enumerate(data.samples):
+        mask = sample.mask
+        strokes = max(2, round(SCRIBBLED * mask.size / STROKE_PIXELS / data.class_count))
+        painted = scribbles(mask, slices=(0,), strokes_per_class=strokes, seed=seed + number)
+        sparse = np.where(painted > 0, painted - 1, IGNORE).astype(np.uint8)
+        samples.append(dataclasses.replace(sample, mask=sparse))
+    return dataclasses.replace(data, samples=samples)
+
+
+# ---- methods ------------------------------------------------------------------------------------
+
+
+def network(config: SchismConfig, data: SegmentationData, heldout: Heldout, interactive: bool, work: Path) -> Row:
+    started = time.perf_counter()
+    plan = plan_config(config, data, interactive=interactive)
+    run_dir = work / f"run_{time.monotonic_ns()}"
+    result = Trainer(plan.config, data, run_dir, plan=plan, curves_each_epoch=False).run()
+    seconds = time.perf_counter() - started
+    trained = load_trained_model(run_dir)
+    predictor = Predictor.from_trained(trained, device="cpu")
+    predictions = [predictor.predict(image, rgb=True, keep_probabilities=False).labels for image in heldout.images]
+    scores = class_iou(confusion(predictions, heldout.masks, data.class_count))
+    cfg = result.config
+    note = (
+        f"{cfg.model.model_type}/{cfg.model.encoder} crop {cfg.data.crop_size} batch {cfg.training.batch_size}, "
+        f"{result.epochs_completed} x {cfg.training.steps_per_epoch} steps"
+    )
+    return Row("", "", "network", float(np.nanmean(scores)), scores, seconds, note)
+
+
+def classical(kind: str, data: SegmentationData, heldout: Heldout) -> Row:
+    started = time.perf_counter()
+    labelled = [s for s in data.samples if s.mask is not None and (s.mask != IGNORE).any()]
+    classifier = PixelClassifier(kind, class_count=data.class_count)
+    classifier.fit([s.image for s in labelled], [s.mask for s in labelled])
+    seconds = time.perf_counter() - started
+    predictions = [classifier.predict(image) for image in heldout.images]
+    scores = class_iou(confusion(predictions, heldout.masks, data.class_count))
+    return Row("", "", kind, float(np.nanmean(scores)), scores, seconds)
+
+
+def run_dataset(name: str, root: Path, heldout: Heldout, options: argparse.Namespace, work: Path) -> list[Row]:
+    classes = infer_class_count(root)
+    if classes is None:
+        raise SystemExit(f"{root}: cannot tell the number of classes")
+    dense = load_dataset(root, class_count=classes, write_stats=False)
+    rows = []
+    for labels in ("dense", "scribbles"):
+        if options.only not in (None, labels):
+            continue
+        data = dense if labels == "dense" else scribbled(dense)
+        interactive = labels == "scribbles"
+        config = interactive_config() if interactive else SchismConfig()
+        if options.minutes is not None:
+            config.set_given("Training", "time_budget", options.minutes)
+        for key, value in options.set:
+            section, field = key.split(".")
+            config.set_given(section, field, value)
+        config.validate()
+        for row in (
+            network(config, data, heldout, interactive, work),
+            *(classical(k, data, heldout) for k in ("lda", "forest")),
+        ):
+            rows.append(dataclasses.replace(row, dataset=name, labels=labels))
+            print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def format_row(row: Row) -> str:
+    per_class = " ".join(f"{v:.3f}" for v in row.per_class)
+    cells = (row.dataset, row.labels, row.method, f"{row.iou:.3f}", per_class, f"{row.seconds:.0f} s", row.note)
+    return "| " + " | ".join(cells) + " |"
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    from schism_napari.config import parse_value
+
+    key, value = text.split("=", 1)
+    return key.strip(), parse_value(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("sample", "isbi", "all"), default="all")
+    parser.add_argument("--isbi", type=Path, default=ISBI, help="the isbi2012-em folder (datasets/, heldout/)")
+    parser.add_argument("--only", choices=("dense", "scribbles"), help="one of the two label settings")
+    parser.add_argument("--quick", action="store_true", help="0.3-minute budgets: a smoke check, not a measurement")
+    parser.add_argument("--minutes", type=float, help="override the planned time budget")
+    parser.add_argument(
+        "--set", type=parse_set, action="append", default=[], metavar="SECTION.KEY=VALUE", help="fix a planned key"
+    )
+    options = parser.parse_args(argv)
+    if options.quick and options.minutes is None:
+        options.minutes = 0.3
+    import torch
+
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
+    print("| dataset | labels | method | mean IoU | IoU per class | wall time | network |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        if options.dataset in ("sample", "all"):
+            rows += run_dataset("synthetic CT", *sample_data(work), options, work)
+        if options.dataset in ("isbi", "all"):
+            if not options.isbi.is_dir():
+                print(f"{options.isbi} not found: skipping ISBI", file=sys.stderr)
+            else:
+                rows += run_dataset("ISBI 2012 EM", *isbi_data(options.isbi), options, work)
+    print(f"load average after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
