@@ -148,7 +148,7 @@ def test_compare_members_times_and_scores(trained_run, sample_files):
 
 def test_per_class_run_loads_and_predicts_like_any_run(sample_files, tmp_path):
     from schism_napari.config import SchismConfig
-    from schism_napari.training.per_class import PerClassModel
+    from schism_napari.models.per_class import PerClassModel
 
     ini = tmp_path / "tiny.ini"
     ini.write_text(TINY_INI.replace("epochs = 4", "epochs = 2"))

@@ -12,12 +12,12 @@ import torch
 
 from conftest import SCHISM_README_INI, TINY_INI
 from schism_napari.cli import main
-from schism_napari.config import ConfigError, SchismConfig, interactive_config
+from schism_napari.config import ConfigError, SchismConfig
 from schism_napari.data import load_dataset, samples_from_arrays
 from schism_napari.data.crops import CropSampler
 from schism_napari.data.io import IGNORE
 from schism_napari.events import BatchEnded
-from schism_napari.planning import PLAN_FILE, infer_class_count, plan_config
+from schism_napari.planning import PLAN_FILE, infer_class_count, interactive_config, plan_config
 from schism_napari.runs import load_weights
 from schism_napari.training.trainer import Trainer
 

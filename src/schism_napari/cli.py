@@ -640,7 +640,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     if arguments.baseline:
         from .baseline import compare_with_baselines
 
-        train_positions = read_split(arguments.weights, data).train
+        train_positions = read_split(runs[0], data).train
         print(
             f"\nIoU per class beside classical pixel classifiers trained on the {len(train_positions)} training images:"
         )

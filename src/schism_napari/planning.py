@@ -328,3 +328,18 @@ def _has_value(config: SchismConfig, key: str) -> bool:
     from .config import SECTIONS
 
     return section in SECTIONS and hasattr(config.section(section), name)
+
+
+def interactive_config() -> SchismConfig:
+    """Starting values for the napari widgets: the plan for this device, with napari's short time budget.
+
+    The dataclass defaults stay SCHISM's, so a key left out of an INI file means what it meant
+    there. Here the planable keys come from :func:`plan_config` without
+    data (the plan for a typical image on this device, e.g. an smp U-Net with a resnet18 encoder,
+    256 px crops and 1.5 minutes of training on a CPU); only the keys set below count as given,
+    so planning again with the data refines the rest (crop size from the image size, classes).
+    """
+    config = SchismConfig()
+    config.set_given("Training", "metrics", ["Jaccard", "Dice"])
+    config.set_given("Inference", "batch_size", 4)
+    return plan_config(config.validate(), interactive=True).config

@@ -164,7 +164,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedM
     if name == "last":
         state = state["model"]
     if info.get("kind") == "per_class":  # one-vs-rest members + stacker (training/per_class.py)
-        from .training.per_class import build_per_class_model
+        from .models.per_class import build_per_class_model
 
         model = build_per_class_model(config, in_channels)
     else:

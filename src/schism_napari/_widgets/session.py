@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
-from ..config import SchismConfig, interactive_config
+from ..config import SchismConfig
 from ..data import labels_to_mask, load_dataset, samples_from_arrays
 from ..data.dataset import SegmentationData, merge_datasets
 from ..errors import DataError
+from ..planning import interactive_config
 from ..runs import TrainedModel, default_class_names
 
 

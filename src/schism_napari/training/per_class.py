@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import SchismConfig
 from ..data.dataset import DEFAULT_STATS, SegmentationData
@@ -33,48 +32,11 @@ from ..data.normalization import write_stats_file
 from ..data.splits import Split, make_split, write_split
 from ..errors import SchismError
 from ..events import Message, ProgressCallback, StopToken, ignore_events
-from ..models import build_model, size_divisor
+from ..models.per_class import PER_CLASS_KIND, PerClassModel, member_config
 from ..runs import BEST_LOSS, HYPERPARAMETERS, best_weights_file, default_class_names, save_weights, write_run_info
 
-PER_CLASS_KIND = "per_class"
 MEMBERS_FOLDER = "members"
-STACKER_WIDTH = 16
 STACKER_CROP = 128  # stacker fitting windows: pixels enough for a 3x3 stacker, cheap on CPU
-
-
-class PerClassModel(nn.Module):
-    """Binary members (one logit each) and a stacker turning their probabilities into C logits."""
-
-    def __init__(self, members: list[nn.Module], class_count: int, width: int = STACKER_WIDTH):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.stacker = nn.Sequential(
-            nn.Conv2d(len(members), width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, class_count, 1)
-        )
-        self.size_divisor = max(size_divisor(member) for member in members)
-
-    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in, H, W) -> (B, members, H, W): each member's foreground probability."""
-        return torch.cat([torch.sigmoid(member(x)) for member in self.members], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stacker(self.member_probabilities(x))
-
-
-def member_config(config: SchismConfig) -> SchismConfig:
-    """The configuration of a one-vs-rest member: the same network and training, one output."""
-    member = config.copy()
-    member.model.num_classes = 1
-    member.training.metrics = [m for m in member.training.metrics if m.lower() != "confusionmatrix"] or ["Jaccard"]
-    return member
-
-
-def build_per_class_model(config: SchismConfig, in_channels: int) -> PerClassModel:
-    """An untrained PerClassModel of the run's shape (what ``load_trained_model`` fills with weights)."""
-    single = member_config(config).model
-    classes = config.model.class_count
-    members = [build_model(single, in_channels) for _ in range(classes)]
-    return PerClassModel(members, classes)
 
 
 def one_vs_rest(data: SegmentationData, k: int) -> SegmentationData:
