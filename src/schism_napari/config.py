@@ -37,7 +37,8 @@ SMP_ARCHITECTURES = (
     "Segformer",
 )
 SCHISM_ARCHITECTURES = ("UnetVanilla", "UnetSegmentor")
-ARCHITECTURES = SCHISM_ARCHITECTURES + SMP_ARCHITECTURES
+UNET_CONCAT = "UnetConcat"  # this project's U-Net (concatenated skips), formerly built for SCHISM's names
+ARCHITECTURES = (*SCHISM_ARCHITECTURES, UNET_CONCAT, *SMP_ARCHITECTURES)
 _ARCHITECTURE_ALIASES = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}
 
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "gelu", "sigmoid", "tanh")

@@ -125,12 +125,17 @@ class TrainedModel:
         return self.config.model.class_count
 
 
-def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedModel:
-    from .models import build_model
+def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset: str | None = None) -> TrainedModel:
+    """Load a run folder of this project, or one written by SCHISM (the timestamped folder or the
+    folder holding it); ``dataset`` picks a SCHISM run's data_stats entry."""
+    from .models import build_model, legacy_architecture
+    from .schism_runs import is_schism_run, load_schism_run, locate_run
 
-    run_dir = Path(run_dir)
+    run_dir = locate_run(Path(run_dir))
     if not run_dir.is_dir():
         raise SchismError(f"{run_dir}: no such run folder")
+    if is_schism_run(run_dir):
+        return load_schism_run(run_dir, metric, dataset)
     config = read_run_config(run_dir)
     info = read_run_info(run_dir)
     in_channels = config.model.in_channels or info.get("in_channels") or 1
@@ -138,6 +143,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedM
     state = load_weights(path)
     if name == "last":
         state = state["model"]
+    config.model = legacy_architecture(config.model, state)
     model = build_model(config.model, in_channels, source=str(run_dir / HYPERPARAMETERS))
     try:
         model.load_state_dict(state)

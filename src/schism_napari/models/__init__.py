@@ -1,4 +1,6 @@
-"""Model registry: smp architectures with any smp encoder, and SCHISM's UnetVanilla/UnetSegmentor."""
+"""Model registry: smp architectures with any smp encoder, SCHISM's UnetVanilla/UnetSegmentor
+(faithful rebuilds, see :mod:`.schism`), and this project's concatenating U-Net (``UnetConcat``),
+which older run folders of this project saved under SCHISM's names."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import torch
 from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
-from ..config import SMP_ARCHITECTURES, ModelConfig, allowed_values
+from ..config import SCHISM_ARCHITECTURES, SMP_ARCHITECTURES, UNET_CONCAT, ModelConfig, allowed_values
 from ..errors import ConfigError, SchismError
 
 
@@ -20,11 +22,9 @@ def output_channels(config: ModelConfig) -> int:
 def build_model(config: ModelConfig, in_channels: int, *, source: str | None = None) -> nn.Module:
     """Build the network; ``model.size_divisor`` tells what input sides it needs to divide."""
     out = output_channels(config)
-    if config.model_type == "UnetVanilla":
-        from .unet import UNet
-
-        model: nn.Module = UNet(in_channels, out, n_block=config.n_block, channels=config.channels)
-    elif config.model_type == "UnetSegmentor":
+    if config.model_type in SCHISM_ARCHITECTURES:
+        model: nn.Module = build_schism_model(config, in_channels, out, source)
+    elif config.model_type == UNET_CONCAT:
         from .unet import UNet
 
         model = UNet(
@@ -41,6 +41,35 @@ def build_model(config: ModelConfig, in_channels: int, *, source: str | None = N
     else:
         raise ConfigError("Model", "model_type", config.model_type, "unknown architecture", source)
     return model
+
+
+def build_schism_model(config: ModelConfig, in_channels: int, out: int, source: str | None = None) -> nn.Module:
+    """SCHISM's own networks: three input channels (gray is replicated), SCHISM's module names."""
+    from .schism import SCHISM_INPUT_CHANNELS, UnetSegmentor, UnetVanilla
+
+    if in_channels not in (1, SCHISM_INPUT_CHANNELS):
+        raise ConfigError(
+            "Model", "in_channels", in_channels, f"{config.model_type} takes gray or RGB images (1 or 3)", source
+        )
+    options = {"n_block": config.n_block, "channels": config.channels, "k_size": config.k_size}
+    if config.model_type == "UnetVanilla":
+        return UnetVanilla(out, activation=config.activation, **options)
+    return UnetSegmentor(out, activation=config.activation, p=config.p, **options)
+
+
+def legacy_architecture(config: ModelConfig, state: dict) -> ModelConfig:
+    """Run folders written before SCHISM's networks were rebuilt name the concatenating U-Net
+    ``UnetVanilla``/``UnetSegmentor``; their weights (keys ``encoders.*``, ``head.*``) say which
+    network they are, so they still load, as ``UnetConcat``."""
+    from .schism import is_schism_state_dict
+
+    if config.model_type in SCHISM_ARCHITECTURES and "head.weight" in state and not is_schism_state_dict(state):
+        import dataclasses
+
+        if config.model_type == "UnetVanilla":  # it was built with the UNet's defaults only
+            return dataclasses.replace(config, model_type=UNET_CONCAT, k_size=3, activation="relu", p=0.0)
+        return dataclasses.replace(config, model_type=UNET_CONCAT)
+    return config
 
 
 def size_divisor(model: nn.Module) -> int:

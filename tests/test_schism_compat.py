@@ -1,0 +1,126 @@
+"""SCHISM's own weight files: strict loading, SCHISM's forward, SCHISM's inference path.
+
+tests/data/schism was written once by SCHISM's own code (see its README.md): tiny UnetSegmentor
+and UnetVanilla run folders, an 8-bit image in SCHISM's inference layout, and the outputs of
+SCHISM's classes (eval mode, its always-on dropout switched off) and of its inference pipeline.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from schism_napari.config import ModelConfig
+from schism_napari.errors import SchismError
+from schism_napari.inference import Predictor
+from schism_napari.models import build_model
+from schism_napari.runs import load_trained_model, load_weights
+from schism_napari.schism_runs import SchismInput, is_schism_run, locate_run
+
+DATA = Path(__file__).parent / "data" / "schism"
+STAMP = "01-12-26-22-50-00"
+EXPECTED = np.load(DATA / "schism_expected.npz")
+
+
+def run_folder(name: str) -> Path:
+    return DATA / "runs" / name / f"{name}__{STAMP}"
+
+
+def schism_image() -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(DATA / "data" / "rock" / "images" / "slice_000.tif"))
+
+
+@pytest.mark.parametrize(
+    ("name", "num_classes", "out"),
+    [("UnetSegmentor", 3, 3), ("UnetVanilla", 2, 1)],
+)
+def test_schism_weights_load_strictly_and_give_schism_forward(name, num_classes, out):
+    state = load_weights(run_folder(name) / "model_best_Jaccard.pth")
+    config = ModelConfig(model_type=name, num_classes=num_classes, n_block=2, channels=4)
+    config.activation = "leakyrelu" if name == "UnetSegmentor" else "relu"
+    model = build_model(config, 3)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(EXPECTED[f"{name}_input"]))
+    assert logits.shape[1] == out
+    np.testing.assert_allclose(logits.numpy(), EXPECTED[f"{name}_logits"], atol=1e-5)
+
+
+def test_dropout_only_while_training():
+    model = build_model(ModelConfig(model_type="UnetSegmentor", num_classes=3, n_block=2, channels=4, p=0.5), 1)
+    x = torch.randn(1, 1, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # deterministic, and gray is replicated to 3 channels
+        model.train()
+        assert not torch.equal(model(x), model(x))
+
+
+def test_gray_input_is_replicated_to_rgb():
+    model = build_model(ModelConfig(model_type="UnetVanilla", num_classes=3, n_block=2, channels=4), 1).eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(x.expand(-1, 3, -1, -1)))
+
+
+@pytest.mark.parametrize("name", ["UnetSegmentor", "UnetVanilla"])
+def test_schism_run_folder_predicts_what_schism_predicts(name):
+    holder = DATA / "runs" / name  # the folder SCHISM was given, holding the timestamped run
+    assert locate_run(holder) == run_folder(name)
+    assert is_schism_run(run_folder(name))
+    trained = load_trained_model(holder, "Jaccard", dataset="rock")
+    assert isinstance(trained.model, SchismInput)
+    predictor = Predictor.from_trained(trained, device="cpu")
+    labels = predictor.predict(schism_image(), keep_probabilities=False).labels
+    levels = np.round(np.linspace(0, 255, trained.class_count)).astype(np.uint8)
+    np.testing.assert_array_equal(levels[labels], EXPECTED[f"{name}_prediction"])
+    assert len(np.unique(labels)) == trained.class_count  # every class occurs: the test can fail
+
+
+def test_folder_with_two_schism_runs_is_ambiguous(tmp_path):
+    for stamp in ("01-12-26-22-50-00", "02-12-26-10-00-00"):
+        shutil.copytree(run_folder("UnetVanilla"), tmp_path / f"UnetVanilla__{stamp}")
+    with pytest.raises(SchismError, match="holds 2 SCHISM runs"):
+        load_trained_model(tmp_path, "Jaccard")
+
+
+def test_schism_weights_that_do_not_fit_are_one_line_errors(tmp_path):
+    run = tmp_path / f"UnetSegmentor__{STAMP}"
+    shutil.copytree(run_folder("UnetSegmentor"), run)
+    ini = run / "Hyperparameters.ini"
+    ini.write_text(ini.read_text().replace("channels = 4", "channels = 8"))
+    with pytest.raises(SchismError, match="do not fit SCHISM's UnetSegmentor"):
+        load_trained_model(run, "Jaccard")
+
+
+def test_weights_written_here_have_schism_names_and_shapes():
+    """A UnetSegmentor trained here saves exactly the keys and shapes SCHISM's class has."""
+    state = load_weights(run_folder("UnetSegmentor") / "model_best_Jaccard.pth")
+    config = ModelConfig(model_type="UnetSegmentor", num_classes=3, n_block=2, channels=4, activation="leakyrelu")
+    ours = build_model(config, 1).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in state.items()}
+
+
+def test_legacy_run_folder_with_schism_name_loads_the_concat_unet(tmp_path):
+    """Run folders written before SCHISM's networks were rebuilt say UnetSegmentor but hold UnetConcat."""
+    from schism_napari.config import SchismConfig
+    from schism_napari.runs import HYPERPARAMETERS, save_weights
+
+    config = SchismConfig()
+    config.model = ModelConfig(model_type="UnetConcat", num_classes=3, n_block=2, channels=4)
+    legacy = build_model(config.model, 1)
+    save_weights(tmp_path / "model_best_loss.pth", legacy.state_dict())
+    config.model.model_type = "UnetSegmentor"
+    config.to_ini(tmp_path / HYPERPARAMETERS)
+    (tmp_path / "data_stats.json").write_text('{"default": [[0.5], [0.2]]}')
+    (tmp_path / "run_info.json").write_text('{"in_channels": 1}')
+    trained = load_trained_model(tmp_path)
+    assert type(trained.model).__name__ == "UNet"
+    assert trained.config.model.model_type == "UnetConcat"
