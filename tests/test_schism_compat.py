@@ -124,3 +124,13 @@ def test_legacy_run_folder_with_schism_name_loads_the_concat_unet(tmp_path):
     trained = load_trained_model(tmp_path)
     assert type(trained.model).__name__ == "UNet"
     assert trained.config.model.model_type == "UnetConcat"
+
+
+def test_augmented_hyperparameters_ini_loads_without_its_results_section():
+    from schism_napari.config import SchismConfig
+
+    path = run_folder("UnetSegmentor") / "Augmented_hyperparameters.ini"
+    assert "[Results]" in path.read_text()
+    config = SchismConfig.from_ini(path)
+    assert config.model.model_type == "UnetSegmentor" and config.model.n_block == 2
+    assert any("[Results]" in w and "Augmented_hyperparameters.ini" in w for w in config.warnings)

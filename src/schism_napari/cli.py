@@ -230,6 +230,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         mask=arguments.mask,
         callback=progress,
         write_stats=main_process,
+        ignore_background=config.loss.ignore_background,
     )
     stop = StopToken()
     with stop_on_interrupt(stop):
@@ -330,6 +331,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         in_channels=trained.in_channels,
         mask=arguments.mask,
         write_stats=False,
+        ignore_background=config.loss.ignore_background,
     )
     positions = read_split(arguments.weights, data).part(arguments.split)
     if not positions:
@@ -337,7 +339,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             f"the {arguments.split} split of {arguments.weights} is empty "
             "(num_samples covers every image); try --split val or --split all"
         )
-    result = evaluate(predictor, data, positions, trained.class_names, ignore_background=config.loss.ignore_background)
+    result = evaluate(predictor, data, positions, trained.class_names)  # the background is unlabeled already
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
     if arguments.csv is not None:

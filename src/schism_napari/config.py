@@ -243,7 +243,11 @@ class LossConfig:
         metadata=_help("Loss or weighted sum, e.g. 'CrossEntropyLoss + 0.5*DiceLoss'. Known: " + ", ".join(LOSSES)),
     )
     ignore_background: bool = field(
-        default=False, metadata=_help("Treat class 0 as unlabeled: left out of the loss and of the metrics.")
+        default=False,
+        metadata=_help(
+            "SCHISM's meaning: num_classes counts the foreground classes and mask gray 0 is an unlabeled "
+            "background (0/85/170/255 -> unlabeled, 0, 1, 2); no effect on binary models."
+        ),
     )
     weights: bool = field(
         default=False, metadata=_help("Class weights against imbalance, computed once over the training set.")
@@ -383,7 +387,8 @@ SECTIONS: dict[str, type] = {
 }
 _ATTRIBUTE = {name: name.lower() for name in SECTIONS}
 # Sections of some SCHISM versions that are read but have no effect here (reported as warnings).
-IGNORED_SECTIONS = ("Data_augmentation",)
+# [Results]: the best scores SCHISM appends to Augmented_hyperparameters.ini, written by default.
+IGNORED_SECTIONS = ("Data_augmentation", "Results")
 
 
 @dataclass
@@ -457,7 +462,11 @@ class SchismConfig:
         config = cls(source=source)
         for section_name in parser.sections():
             if section_name in IGNORED_SECTIONS:
-                config.warnings.append(f"[{section_name}] is not used by schism-napari and was ignored")
+                note = " (training results SCHISM records in Augmented_hyperparameters.ini)"
+                config.warnings.append(
+                    f"[{section_name}] is not used by schism-napari and was ignored"
+                    + (note if section_name == "Results" else "")
+                )
                 continue
             if section_name not in SECTIONS:
                 raise ConfigError(

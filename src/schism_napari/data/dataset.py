@@ -78,8 +78,11 @@ def load_dataset(
     mask: str | Path | None = None,
     write_stats: bool = True,
     callback: ProgressCallback = ignore_events,
+    ignore_background: bool = False,
 ) -> SegmentationData:
-    """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`)."""
+    """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`).
+
+    ``ignore_background`` is SCHISM's: gray 0 is an unlabeled background before the classes."""
     stats_folder, folders = discover_datasets(root, mask=mask)
     class_names = class_colors = None
     for folder in folders:
@@ -92,7 +95,7 @@ def load_dataset(
             break
     samples: list[Sample] = []
     for folder in folders:
-        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors))
+        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors, ignore_background))
     samples = _harmonise_channels(samples, in_channels)
     stats_path = stats_folder / STATS_FILE
     messages: list[str] = []
@@ -234,6 +237,7 @@ def _read_folder(
     class_count: int,
     ignore_index: int,
     class_colors: list[tuple[int, int, int]] | None,
+    ignore_background: bool = False,
 ) -> list[Sample]:
     pairs = []
     masks = folder.masks or [None] * len(folder.images)
@@ -249,7 +253,9 @@ def _read_folder(
                 )
         pairs.append((image_path, image, mask_path, raw))
     raws = [raw for *_, raw in pairs if raw is not None]
-    encoding = shared_encoding(raws, class_count, ignore_index, f"{folder.images[0].parent.parent} masks")
+    encoding = shared_encoding(
+        raws, class_count, ignore_index, f"{folder.images[0].parent.parent} masks", ignore_background
+    )
     samples: list[Sample] = []
     for image_path, image, mask_path, raw in pairs:
         decoded = None
