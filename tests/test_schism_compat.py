@@ -134,3 +134,22 @@ def test_augmented_hyperparameters_ini_loads_without_its_results_section():
     config = SchismConfig.from_ini(path)
     assert config.model.model_type == "UnetSegmentor" and config.model.n_block == 2
     assert any("[Results]" in w and "Augmented_hyperparameters.ini" in w for w in config.warnings)
+
+
+def test_cli_predicts_a_schism_inference_folder_in_schism_layout(tmp_path):
+    """`schism predict --weights <SCHISM run> --input <data> --layout schism` writes what SCHISM writes,
+    under --out instead of inside the input folder."""
+    import tifffile
+
+    from schism_napari.cli import main
+
+    data = DATA / "data"
+    before = sorted(p.name for p in (data / "rock").iterdir())
+    for name in ("UnetSegmentor", "UnetVanilla"):
+        out = tmp_path / name
+        args = ["predict", "--weights", str(DATA / "runs" / name), "--input", str(data), "--out", str(out)]
+        assert main([*args, "--metric", "Jaccard", "--layout", "schism", "--device", "cpu"]) == 0
+        written = out / "rock" / "preds_Jaccard" / "slice_000_Jaccard.tif"
+        np.testing.assert_array_equal(tifffile.imread(written), EXPECTED[f"{name}_prediction"])
+        assert main([*args, "--metric", "Jaccard", "--layout", "schism", "--device", "cpu"]) == 2  # never replaced
+    assert sorted(p.name for p in (data / "rock").iterdir()) == before  # nothing written into the input

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--zarr", action="store_true", help="write probabilities as a zarr store (implies --probabilities)"
     )
     predict.add_argument("--gray-levels", action="store_true", help="write labels as SCHISM's spread gray levels")
+    predict.add_argument(
+        "--layout",
+        choices=("flat", "schism"),
+        default="flat",
+        help="flat: <out>/<image>_labels.tif; schism: <out>/<dataset>/preds_<Metric>/<image>_<Metric>.tif (gray)",
+    )
     _add_inference_options(predict)
     predict.set_defaults(handler=command_predict)
 
@@ -238,11 +244,11 @@ def command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any, Any]:
+def _predictor(arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None) -> tuple[Any, Any]:
     from .inference import Predictor
     from .runs import load_trained_model
 
-    trained = load_trained_model(arguments.weights, arguments.metric)
+    trained = load_trained_model(arguments.weights, arguments.metric, dataset=dataset)
     settings = trained.config.inference
     if arguments.tile_size is not None:
         settings.tile_size = arguments.tile_size
@@ -272,18 +278,23 @@ def command_predict(arguments: argparse.Namespace) -> int:
         raise SchismError("--out must not be one of the inputs")
     plans = []
     for path in inputs:
-        stem = path.stem
-        labels_path = out / f"{stem}_labels.tif"
-        probabilities_path = out / (f"{stem}_probabilities.zarr" if arguments.zarr else f"{stem}_probabilities.tif")
+        labels_path, probabilities_path = _output_paths(arguments, path)
         for target in (labels_path, probabilities_path if arguments.probabilities else None):
             if target is not None and target.exists():
                 raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
+            if target is not None and any(target in planned for planned in plans):
+                raise SchismError(f"two inputs would both write {target}; predict them into separate --out folders")
         plans.append((path, labels_path, probabilities_path))
     progress = TqdmProgress()
-    trained, predictor = _predictor(arguments, progress)
-    out.mkdir(parents=True, exist_ok=True)
-    levels = gray_levels(trained.class_count) if arguments.gray_levels else None
+    loaded: dict[str | None, tuple[Any, Any]] = {}
     for path, labels_path, probabilities_path in plans:
+        dataset = schism_dataset_name(path)  # a SCHISM run normalises with that dataset's stats
+        if dataset not in loaded:
+            loaded[dataset] = _predictor(arguments, progress, dataset)
+        trained, predictor = loaded[dataset]
+        gray = arguments.gray_levels or arguments.layout == "schism"
+        levels = gray_levels(trained.class_count) if gray else None
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         array, rgb = open_lazy(path)
         slices = Slices(array, rgb=rgb)
@@ -304,12 +315,32 @@ def command_predict(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def schism_dataset_name(path: Path) -> str | None:
+    """``<data>/<dataset>/images/<image>``: the dataset SCHISM's inference would name."""
+    return path.parent.parent.name if path.parent.name == "images" else None
+
+
+def _output_paths(arguments: argparse.Namespace, path: Path) -> tuple[Path, Path]:
+    """Where one input's labels and probabilities go (inside --out, never next to the input)."""
+    probabilities_suffix = "_probabilities.zarr" if arguments.zarr else "_probabilities.tif"
+    if arguments.layout == "schism":  # SCHISM writes <data>/<dataset>/preds_<Metric>/<image>_<Metric>.tif
+        dataset = schism_dataset_name(path)
+        folder = arguments.out / dataset if dataset else arguments.out
+        stem = f"{path.stem}_{arguments.metric}"
+        folder = folder / f"preds_{arguments.metric}"
+        return folder / f"{stem}.tif", folder / f"{stem}{probabilities_suffix}"
+    return arguments.out / f"{path.stem}_labels.tif", arguments.out / f"{path.stem}{probabilities_suffix}"
+
+
 def _prediction_inputs(path: Path, list_image_files: Any) -> list[Path]:
     if not path.exists():
         raise SchismError(f"--input {path}: no such file or folder")
     if path.is_dir() and path.suffix != ".zarr":
         folder = path / "images" if (path / "images").is_dir() else path
         files = list_image_files(folder) + sorted(folder.glob("*.zarr"))
+        if not files:  # SCHISM's inference folder: <data>/<dataset>/images for every dataset
+            for dataset in sorted(p for p in path.iterdir() if (p / "images").is_dir()):
+                files.extend(list_image_files(dataset / "images"))
         if not files:
             raise SchismError(f"--input {path}: no images (.tif, .png, .zarr ...) in this folder")
         return files
@@ -333,7 +364,9 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         write_stats=False,
         ignore_background=config.loss.ignore_background,
     )
-    positions = read_split(arguments.weights, data).part(arguments.split)
+    from .schism_runs import locate_run
+
+    positions = read_split(locate_run(arguments.weights), data).part(arguments.split)
     if not positions:
         raise SchismError(
             f"the {arguments.split} split of {arguments.weights} is empty "
