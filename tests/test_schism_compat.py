@@ -153,3 +153,28 @@ def test_cli_predicts_a_schism_inference_folder_in_schism_layout(tmp_path):
         np.testing.assert_array_equal(tifffile.imread(written), EXPECTED[f"{name}_prediction"])
         assert main([*args, "--metric", "Jaccard", "--layout", "schism", "--device", "cpu"]) == 2  # never replaced
     assert sorted(p.name for p in (data / "rock").iterdir()) == before  # nothing written into the input
+
+
+def test_schism_sample_is_readable_by_both_programs(tmp_path):
+    import tifffile
+
+    from schism_napari.config import SchismConfig
+    from schism_napari.data import load_dataset
+    from schism_napari.sample import write_sample
+
+    ours = write_sample(tmp_path / "ours", slices=2, size=64)
+    theirs = write_sample(tmp_path / "theirs", slices=2, size=64, schism=True)
+    images = sorted(theirs.datasets.glob("*/images/*.tif"))
+    masks = sorted(theirs.datasets.glob("*/masks/*.tif"))
+    assert images and all(tifffile.imread(p).dtype == np.uint8 for p in images)
+    assert set(np.unique(np.concatenate([tifffile.imread(p).ravel() for p in masks]))) <= {0, 128, 255}
+    assert tifffile.imread(ours.datasets / "rock_a" / "images" / "slice_000.tif").dtype == np.uint16
+    # the same classes, read back by this project
+    a, b = (load_dataset(f.datasets, class_count=3, write_stats=False) for f in (ours, theirs))
+    for left, right in zip(a.samples, b.samples, strict=True):
+        np.testing.assert_array_equal(left.mask, right.mask)
+    config = SchismConfig.from_ini(theirs.config)
+    assert config.model.model_type == "UnetSegmentor" and config.loss.loss == "CrossEntropyLoss"
+    assert "[Inference]" not in theirs.config.read_text()  # only SCHISM's sections
+    test_images = sorted((theirs.schism_test / "rock_test" / "images").glob("*.tif"))
+    assert len(test_images) == 2 and tifffile.imread(test_images[0]).shape == (64, 64)

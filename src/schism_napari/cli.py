@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="write the synthetic rock CT sample dataset")
     sample.add_argument("--out", required=True, type=Path)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--schism", action="store_true", help="also readable by the original SCHISM: 8-bit images, gray-level masks"
+    )
     sample.set_defaults(handler=command_sample)
 
     demo = commands.add_parser("demo", help="sample -> short training -> prediction -> metrics (about a minute on CPU)")
@@ -405,12 +408,14 @@ def command_stats(arguments: argparse.Namespace) -> int:
 def command_sample(arguments: argparse.Namespace) -> int:
     from .sample import write_sample
 
-    files = write_sample(arguments.out, seed=arguments.seed)
+    files = write_sample(arguments.out, seed=arguments.seed, schism=arguments.schism)
     print(f"wrote the synthetic rock CT sample to {files.root}:")
     print(f"  dataset (SCHISM layout): {files.datasets}")
     print(f"  configuration:           {files.config}")
     print(f"  test stack:              {files.volume} (+ {files.volume_labels.name})")
     print(f"  non-square 2D image:     {files.image_2d} (+ {files.image_2d_labels.name})")
+    if files.schism_test is not None:
+        print(f"  SCHISM inference folder: {files.schism_test} (8-bit images, gray-level masks)")
     return 0
 
 
