@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
+    export = commands.add_parser("export", help="export a trained model: bioimage.io package, ONNX or TorchScript")
+    export.add_argument("--weights", required=True, type=Path, metavar="RUN_DIR", help="run folder (or SCHISM's)")
+    export.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"))
+    export.add_argument("--out", required=True, type=Path, help="new file: .zip (bioimageio), .onnx, .pt")
+    export.add_argument("--metric", default="loss", help="which best checkpoint: loss (default) or a metric name")
+    export.add_argument("--no-test", action="store_true", help="bioimageio: skip bioimageio.core's model test")
+    export.set_defaults(handler=command_export)
+
     stats = commands.add_parser("stats", help="write data_stats.json (normalisation) for a dataset folder")
     stats.add_argument("--data", required=True, type=Path)
     stats.add_argument("--out", type=Path, help="where to write (default: data_stats.json in the dataset folder)")
@@ -384,6 +392,22 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         lines = [header] + [",".join(str(v) for v in row.values()) for row in rows]
         atomic_write_text(arguments.csv, "\n".join(lines) + "\n")
         print(f"wrote {arguments.csv}")
+    return 0
+
+
+def command_export(arguments: argparse.Namespace) -> int:
+    from .export import check_bioimageio, export_model
+
+    path = export_model(arguments.weights, arguments.format, arguments.out, metric=arguments.metric)
+    print(f"wrote {path}")
+    if arguments.format == "bioimageio" and not arguments.no_test:
+        summary = check_bioimageio(path)
+        print(f"bioimageio.core model test: {summary.status}")
+        if summary.status != "passed":
+            print(summary.format() if hasattr(summary, "format") else summary, file=sys.stderr)
+            return 1
+    elif arguments.format != "bioimageio":
+        print(f"  output matches torch within 1e-4; inputs and classes described in {path.name}.json")
     return 0
 
 
