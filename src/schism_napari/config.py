@@ -107,9 +107,9 @@ class ModelConfig:
         metadata=_help("None, or a local .pth/.safetensors file of encoder weights (nothing is downloaded)."),
     )
     n_block: int = field(
-        default=4, metadata=_help("UnetVanilla/UnetSegmentor: number of down-sampling blocks.", min=1, max=8)
+        default=4, metadata=_help("UnetVanilla/UnetSegmentor/UnetConcat: number of down-sampling blocks.", min=1, max=8)
     )
-    channels: int = field(default=8, metadata=_help("UnetVanilla/UnetSegmentor: channels of the first block.", min=1))
+    channels: int = field(default=8, metadata=_help("SCHISM U-Nets, UnetConcat: channels of the first block.", min=1))
     k_size: int = field(default=3, metadata=_help("UnetSegmentor: convolution kernel size (odd).", min=1))
     activation: str = field(
         default="relu", metadata=_help("UnetSegmentor activation: " + ", ".join(ACTIVATIONS), choices=ACTIVATIONS)
