@@ -178,3 +178,30 @@ def test_schism_sample_is_readable_by_both_programs(tmp_path):
     assert "[Inference]" not in theirs.config.read_text()  # only SCHISM's sections
     test_images = sorted((theirs.schism_test / "rock_test" / "images").glob("*.tif"))
     assert len(test_images) == 2 and tifffile.imread(test_images[0]).shape == (64, 64)
+
+
+def test_cli_evaluates_a_schism_run_folder(tmp_path, capsys):
+    """`schism evaluate` on SCHISM's run (the folder holding it) and index files: masks equal to
+    SCHISM's own prediction score 1 on every class."""
+    import tifffile
+
+    from schism_napari.cli import main
+
+    holder = tmp_path / "schism_out"
+    shutil.copytree(DATA / "runs" / "UnetSegmentor", holder)
+    run = locate_run(holder)
+    for part, line in (("train", ""), ("val", ""), ("test", "rock, 0\n")):
+        (run / f"{part}_indices.txt").write_text(line)
+    dataset = tmp_path / "data" / "rock"
+    shutil.copytree(DATA / "data" / "rock" / "images", dataset / "images")
+    (dataset / "masks").mkdir()
+    tifffile.imwrite(dataset / "masks" / "slice_000.tif", EXPECTED["UnetSegmentor_prediction"])
+    code = main(["evaluate", "--weights", str(holder), "--data", str(tmp_path / "data"), "--metric", "Jaccard"])
+    assert code == 0
+    report = capsys.readouterr().out
+    assert "test split: 1 images" in report
+    rows = {line.split()[0] + line.split()[1]: line.split()[-5:] for line in report.splitlines() if "class" in line}
+    for name, pixels in (("class0", 954), ("class1", 1499), ("class2", 1643)):  # SCHISM's own class counts
+        line = next(line for line in report.splitlines() if line.replace(" ", "").startswith(name))
+        assert int(line.split()[2]) == pixels
+        assert rows[name] == ["1.0000"] * 5
