@@ -205,3 +205,25 @@ def test_cli_evaluates_a_schism_run_folder(tmp_path, capsys):
         line = next(line for line in report.splitlines() if line.replace(" ", "").startswith(name))
         assert int(line.split()[2]) == pixels
         assert rows[name] == ["1.0000"] * 5
+
+
+@pytest.mark.parametrize("name", ["UnetSegmentor", "UnetVanilla"])
+def test_schism_networks_train_here_and_save_schism_files(name, tiny_config, sample_files, tmp_path):
+    """Trained by this project, SCHISM's networks learn and their best weights keep SCHISM's keys,
+    so they load strictly into the networks SCHISM builds from the same hyperparameters."""
+    from schism_napari.data import load_dataset
+    from schism_napari.training.trainer import Trainer
+
+    config = tiny_config.copy()
+    config.model.model_type, config.model.p = name, 0.1
+    config.training.epochs, config.training.device = 3, "cpu"
+    config.validate()
+    data = load_dataset(sample_files.datasets, class_count=3)
+    result = Trainer(config, data, tmp_path / "run").run()
+    losses = [epoch["train_loss"] for epoch in result.history]
+    assert losses[-1] < losses[0]
+    state = load_weights(tmp_path / "run" / "model_best_loss.pth")
+    schism_like = build_model(config.model, 3)  # SCHISM builds from hyperparameters, 3 input channels
+    schism_like.load_state_dict(state, strict=True)
+    trained = load_trained_model(tmp_path / "run")  # this project's run folder: its own input path
+    assert not isinstance(trained.model, SchismInput) and trained.in_channels == 1

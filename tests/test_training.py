@@ -115,7 +115,7 @@ def test_run_writes_every_schism_file(tiny_config, data, tmp_path) -> None:
     # hyperparameters.ini loads back, with the input channels resolved from the data
     saved = SchismConfig.from_ini(run_dir / "hyperparameters.ini")
     assert saved.model.in_channels == 1
-    assert saved.model.model_type == "UnetSegmentor" and saved.model.n_block == 2
+    assert saved.model.model_type == "UnetConcat" and saved.model.n_block == 2
     assert saved.training.metrics == ["Jaccard", "DiceScore", "ConfusionMatrix"]
     assert saved.training.epochs == 2 and saved.data.crop_size == 64
     assert result.config.model.in_channels == 1
