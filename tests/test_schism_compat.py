@@ -227,3 +227,11 @@ def test_schism_networks_train_here_and_save_schism_files(name, tiny_config, sam
     schism_like.load_state_dict(state, strict=True)
     trained = load_trained_model(tmp_path / "run")  # this project's run folder: its own input path
     assert not isinstance(trained.model, SchismInput) and trained.in_channels == 1
+
+
+def test_checkpoints_of_the_folder_holding_a_schism_run_are_listed():
+    """What the napari Prediction tab lists when pointed at the folder SCHISM was given."""
+    from schism_napari.runs import available_weights
+
+    assert set(available_weights(DATA / "runs" / "UnetSegmentor")) == {"Jaccard", "loss"}
+    assert set(available_weights(DATA / "runs" / "UnetVanilla")) == {"Jaccard"}

@@ -8,6 +8,7 @@ elsewhere cannot execute code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,14 @@ def read_run_config(run_dir: Path) -> SchismConfig:
 
 
 def available_weights(run_dir: Path) -> dict[str, Path]:
-    """Checkpoint names ("loss", metric names as spelled in the config, "last") -> files."""
+    """Checkpoint names ("loss", metric names as spelled in the config, "last") -> files.
+
+    A folder holding one SCHISM run (the folder SCHISM was given) lists that run's checkpoints."""
+    from .schism_runs import locate_run
+
     run_dir = Path(run_dir)
+    with contextlib.suppress(SchismError):  # several SCHISM runs inside: loading says which to choose
+        run_dir = locate_run(run_dir)
     found = {p.stem.removeprefix("model_best_"): p for p in sorted(run_dir.glob("model_best_*.pth"))}
     if (run_dir / LAST_CHECKPOINT).is_file():
         found["last"] = run_dir / LAST_CHECKPOINT
