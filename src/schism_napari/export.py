@@ -91,18 +91,16 @@ def exportable(trained: TrainedModel) -> Exportable:
         network, scale = network.network, network.img_res / network.crop_size
     network = network.cpu().eval()
     module = Probabilities(network, trained.config.model.binary).eval()
-    dtype = _input_dtype(trained)
+    dtype = "uint8" if isinstance(trained.model, SchismInput) else _input_dtype(trained)  # SCHISM reads 8-bit
     return Exportable(module, trained, size_divisor(network), scale, dtype)
 
 
 def _input_dtype(trained: TrainedModel) -> str:
-    if "SCHISM run" in trained.source:
-        return "uint8"  # SCHISM reads 8-bit images
+    """The dtype of the training images (run_info.json), which the normalisation's units depend on."""
     from .runs import read_run_info
 
-    folder = trained.source.rsplit(" (", 1)[0]
-    dtypes = read_run_info(Path(folder)).get("input_dtypes") or ["uint8"]
-    return str(dtypes[0])
+    info = read_run_info(trained.run_dir) if trained.run_dir is not None else {}
+    return str((info.get("input_dtypes") or ["uint8"])[0])
 
 
 def export_model(run_dir: str | Path, fmt: str, out: str | Path, *, metric: str = "loss") -> Path:

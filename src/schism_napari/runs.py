@@ -126,6 +126,7 @@ class TrainedModel:
     class_names: list[str]
     class_colors: list[tuple[int, int, int]] | None
     source: str  # run folder and checkpoint, for display
+    run_dir: Path | None = None  # the run folder it was loaded from (None: trained in this session)
 
     @property
     def class_count(self) -> int:
@@ -174,6 +175,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
         list(names),
         [tuple(c) for c in colors] if colors else None,
         f"{run_dir} ({path.name})",
+        run_dir,
     )
 
 

@@ -132,6 +132,7 @@ def load_schism_run(run_dir: Path, metric: str = "loss", dataset: str | None = N
         default_class_names(config.model.class_count),
         None,
         f"{run_dir} ({path.name}, SCHISM run)",
+        run_dir,
     )
 
 
