@@ -94,3 +94,17 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path):
                 data = buffer.getvalue()
             target.writestr(name, data)
     assert check_bioimageio(broken).status != "passed"
+
+
+def test_unknown_format_and_missing_package_are_one_line_errors(tmp_path, monkeypatch):
+    import sys
+
+    from schism_napari.errors import SchismError
+    from schism_napari.export import export_model
+
+    with pytest.raises(SchismError, match="not one of bioimageio, onnx, torchscript"):
+        export_model(SCHISM_RUN, "keras", tmp_path / "m.h5", metric="Jaccard")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
+    with pytest.raises(SchismError, match=r"schism-napari\[export\]"):
+        export_model(SCHISM_RUN, "onnx", tmp_path / "m.onnx", metric="Jaccard")
+    assert not (tmp_path / "m.onnx").exists()

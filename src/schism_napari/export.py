@@ -103,10 +103,21 @@ def _input_dtype(trained: TrainedModel) -> str:
     return str((info.get("input_dtypes") or ["uint8"])[0])
 
 
+def _require(module: str, fmt: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise SchismError(f"--format {fmt} needs {module}: pip install 'schism-napari[export]'") from None
+
+
 def export_model(run_dir: str | Path, fmt: str, out: str | Path, *, metric: str = "loss") -> Path:
     """Export the checkpoint ``metric`` of a run folder (this project's or SCHISM's) to ``out``."""
     if fmt not in FORMATS:
         raise SchismError(f"--format {fmt}: not one of {', '.join(FORMATS)}")
+    for module in {"onnx": ("onnx", "onnxruntime"), "bioimageio": ("bioimageio.core",)}.get(fmt, ()):
+        _require(module, fmt)
     out = Path(out)
     if out.exists():
         raise SchismError(f"{out} already exists; not overwriting it (choose another --out)")
