@@ -55,9 +55,10 @@ def locate_run(path: Path) -> Path:
 
 
 def is_schism_run(run_dir: Path) -> bool:
-    """Written by SCHISM: no ``run_info.json`` (this project always writes one) and a SCHISM network."""
+    """Written by SCHISM: neither ``run_info.json`` nor ``last_checkpoint.pth`` (this project writes
+    both) and a SCHISM network."""
     run_dir = Path(run_dir)
-    if (run_dir / RUN_INFO).is_file() or not has_ini(run_dir):
+    if (run_dir / RUN_INFO).is_file() or (run_dir / "last_checkpoint.pth").is_file() or not has_ini(run_dir):
         return False
     from .runs import read_run_config
 
