@@ -38,9 +38,10 @@ num_samples=70
 """  # noqa: W293 (the README has blank lines holding one space; kept verbatim)
 
 
+# UnetConcat: the U-Net the training tests' margins were measured with (formerly built for UnetSegmentor).
 TINY_INI = """\
 [Model]
-model_type = UnetSegmentor
+model_type = UnetConcat
 num_classes = 3
 n_block = 2
 channels = 8
@@ -86,7 +87,7 @@ def sample_files(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def tiny_config():
-    """A fresh, small configuration (UnetSegmentor, 4 epochs of 64 px crops) for each test."""
+    """A fresh, small configuration (UnetConcat, 4 epochs of 64 px crops) for each test."""
     from schism_napari.config import SchismConfig
 
     return SchismConfig.from_ini_string(TINY_INI, source="tiny.ini")

@@ -25,7 +25,7 @@ from schism_napari.data import (
     samples_from_arrays,
 )
 from schism_napari.data.crops import CropSampler, TrainingCrops, fixed_crops
-from schism_napari.data.io import IGNORE, decode_mask, gray_levels
+from schism_napari.data.io import IGNORE, decode_mask, gray_levels, infer_class_count
 from schism_napari.data.normalization import Normalization, StatsAccumulator
 from schism_napari.data.splits import INDEX_FILES, Split, make_split, read_split, write_split
 from schism_napari.errors import DataError
@@ -188,6 +188,31 @@ def test_decode_schism_gray_levels(class_count):
     classes = np.arange(class_count).repeat(4).reshape(1, class_count, 4)
     decoded = decode_mask(levels[classes], class_count, 255, "m.tif")
     np.testing.assert_array_equal(decoded, classes)
+
+
+@pytest.mark.parametrize(("class_count", "levels"), [(3, [0, 127, 255]), (5, [0, 63, 127, 191, 255])])
+def test_decode_levels_of_schisms_normalisation_tool(class_count, levels):
+    """SCHISM's own mask normalisation writes int(linspace(0, 255, C)): 0/127/255, not 0/128/255."""
+    classes = np.arange(class_count).repeat(3).reshape(1, class_count, 3)
+    raw = np.asarray(levels, dtype=np.uint8)[classes]
+    np.testing.assert_array_equal(decode_mask(raw, class_count, 255, "m.tif"), classes)
+    assert infer_class_count(np.asarray(levels)) == class_count
+    with pytest.raises(DataError):  # a value of neither spelling is still refused
+        decode_mask(np.array([[[0, 126, 255]]], dtype=np.uint8), 3, 255, "m.tif")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [[0, 85, 170, 255], [0, 1, 2, 3]],  # SCHISM's gray levels for 3 classes + background, or plain 0..3
+)
+def test_decode_with_schisms_ignore_background(raw):
+    mask = np.array([[raw]], dtype=np.uint8)
+    decoded = decode_mask(mask, 3, 255, "m.tif", ignore_background=True)
+    np.testing.assert_array_equal(decoded, [[[IGNORE, 0, 1, 2]]])
+    binary = decode_mask(np.array([[[0, 255]]], dtype=np.uint8), 2, 255, "m.tif", ignore_background=True)
+    np.testing.assert_array_equal(binary, [[[0, 1]]])  # SCHISM's binary models ignore the flag
+    with pytest.raises(DataError, match="ignore_background"):
+        decode_mask(np.array([[[0, 60, 255]]], dtype=np.uint8), 3, 255, "m.tif", ignore_background=True)
 
 
 def test_decode_ignore_value_becomes_ignore():

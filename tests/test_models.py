@@ -54,7 +54,7 @@ def test_every_architecture_builds_and_forwards(model_type: str, in_channels: in
 
 
 def test_schism_unets_report_their_size_divisor() -> None:
-    for model_type in SCHISM_ARCHITECTURES:
+    for model_type in (*SCHISM_ARCHITECTURES, "UnetConcat"):
         for n_block in (1, 3):
             config = _config(model_type)
             config.n_block = n_block
@@ -65,16 +65,30 @@ def test_schism_unets_report_their_size_divisor() -> None:
                 assert model(torch.zeros(2, 1, side, side)).shape == (2, 3, side, side)
 
 
-def test_unet_segmentor_options_change_the_network() -> None:
-    small = build_model(_config("UnetSegmentor", k_size=3, channels=4), 1)
-    wide = build_model(_config("UnetSegmentor", k_size=5, channels=8, activation="leakyrelu"), 1)
+def test_unet_concat_options_change_the_network() -> None:
+    """This project's U-Net, which older run folders saved under SCHISM's names."""
+    small = build_model(_config("UnetConcat", k_size=3, channels=4), 1)
+    wide = build_model(_config("UnetConcat", k_size=5, channels=8, activation="leakyrelu"), 1)
     first_small = small.encoders[0][0]
     first_wide = wide.encoders[0][0]
     assert first_small.kernel_size == (3, 3) and first_small.out_channels == 4
     assert first_wide.kernel_size == (5, 5) and first_wide.out_channels == 8
     assert isinstance(wide.encoders[0][2], torch.nn.LeakyReLU)
-    deep = build_model(_config("UnetSegmentor", n_block=4, channels=4), 1)
+    deep = build_model(_config("UnetConcat", n_block=4, channels=4), 1)
     assert len(deep.encoders) == 4 and len(deep.decoders) == 4
+
+
+def test_unet_segmentor_options_change_the_network() -> None:
+    """SCHISM's UnetSegmentor: 3-channel biased input conv, n_block - 1 encoder blocks, n_block decoder blocks."""
+    small = build_model(_config("UnetSegmentor", k_size=3, channels=4), 1)
+    wide = build_model(_config("UnetSegmentor", k_size=5, channels=8, activation="leakyrelu"), 1)
+    assert small.input_conv.kernel_size == (3, 3) and small.input_conv.out_channels == 4
+    assert small.input_conv.in_channels == 3 and small.input_conv.bias is not None
+    assert wide.input_conv.kernel_size == (5, 5) and wide.input_conv.out_channels == 8
+    assert isinstance(wide.encoder_convs[0][2], torch.nn.LeakyReLU)
+    deep = build_model(_config("UnetSegmentor", n_block=4, channels=4), 1)
+    assert len(deep.encoder_convs) == 3 and len(deep.decoder_convs) == 4
+    assert deep.seg_conv.kernel_size == (3, 3)
 
 
 def test_unet_segmentor_dropout_only_while_training() -> None:

@@ -115,7 +115,7 @@ def test_run_writes_every_schism_file(tiny_config, data, tmp_path) -> None:
     # hyperparameters.ini loads back, with the input channels resolved from the data
     saved = SchismConfig.from_ini(run_dir / "hyperparameters.ini")
     assert saved.model.in_channels == 1
-    assert saved.model.model_type == "UnetSegmentor" and saved.model.n_block == 2
+    assert saved.model.model_type == "UnetConcat" and saved.model.n_block == 2
     assert saved.training.metrics == ["Jaccard", "DiceScore", "ConfusionMatrix"]
     assert saved.training.epochs == 2 and saved.data.crop_size == 64
     assert result.config.model.in_channels == 1
@@ -472,36 +472,39 @@ def test_sparse_scribbles_and_class_weights_from_the_training_split(tiny_config,
     assert messages == [expected]
 
 
-def test_ignore_background_leaves_class_0_out_of_loss_and_metrics(tiny_config, data, tmp_path) -> None:
-    split = Split([0, 1], [2, 3], [])
+def test_ignore_background_is_schisms_gray_zero_background(tiny_config, data, tmp_path) -> None:
+    """SCHISM's meaning: num_classes counts the foreground classes, gray 0 is an unlabeled background
+    (masks 0/85/170/255 for 3 classes); the classes themselves all count in loss and metrics."""
+    import tifffile
 
-    def run(name: str, masks: np.ndarray, ignore_background: bool, weights: bool = False) -> Recorder:
-        layer_data = samples_from_arrays([_layer(data)], [masks], class_count=3, names=["scan"])
-        config = _small(tiny_config.copy(), epochs=1, crops_per_image=1, batch_size=4)
-        config.loss.ignore_background, config.loss.weights = ignore_background, weights
-        recorder = Recorder()
-        Trainer(config, layer_data, tmp_path / name, split=split, callback=recorder).run()
-        return recorder
-
-    background_only = _truth(data)
-    background_only[:2] = 0  # the training slices only show class 0 (background)
-    assert all(b.loss > 0 for b in run("control", background_only, False).of(BatchEnded))
-    assert [b.loss for b in run("ignoring", background_only, True).of(BatchEnded)] == [0.0]
+    from schism_napari.data.io import gray_levels
 
     truth = _truth(data)
-    recorder = run("weighted", truth, True, weights=True)
-    counts = np.bincount(truth[:2].ravel(), minlength=3)[:3]
-    counts[0] = 0
-    expected = "class weights: " + ", ".join(f"{w:.3g}" for w in class_weights_from_counts(counts).tolist())
-    assert [m.text for m in recorder.of(Message) if "class weights" in m.text] == [expected]
-    assert expected.startswith("class weights: 0,")
+    stored = gray_levels(4)[truth.astype(np.int64) + 1].astype(np.uint8)
+    stored[:2] = 0  # the training slices are all background
+    folder = tmp_path / "datasets" / "scan"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for z, image in enumerate(_layer(data)):
+        tifffile.imwrite(folder / "images" / f"{z:02d}.tif", image)
+        tifffile.imwrite(folder / "masks" / f"{z:02d}.tif", stored[z])
+    with pytest.raises(SchismError, match="ignore_background = True"):
+        load_dataset(tmp_path / "datasets", class_count=3)  # four gray levels are not three classes
+    read = load_dataset(tmp_path / "datasets", class_count=3, ignore_background=True)
+    masks = np.stack([s.mask for s in read.samples])
+    assert (masks[:2] == IGNORE).all()
+    np.testing.assert_array_equal(masks[2:], truth[2:])
+
+    config = _small(tiny_config.copy(), epochs=1, crops_per_image=1, batch_size=4)
+    config.loss.ignore_background = True
+    recorder = Recorder()
+    Trainer(config, read, tmp_path / "run", split=Split([0, 1], [2, 3], []), callback=recorder).run()
+    assert [b.loss for b in recorder.of(BatchEnded)] == [0.0]  # nothing but background to learn from
     epoch = recorder.of(EpochEnded)[0]
-    assert math.isfinite(epoch.val_loss)
-    for name in ("Jaccard", "Dice"):
-        without_background = [v for v in epoch.per_class[name][1:] if math.isfinite(v)]
-        assert epoch.metrics[name] == pytest.approx(np.mean(without_background))
-    # class 0 is never a true class in validation either: no true positives
-    assert epoch.per_class["Dice"][0] == 0.0 or math.isnan(epoch.per_class["Dice"][0])
+    for name in ("Jaccard", "Dice"):  # class 0 is a real class now: it counts in the mean
+        per_class = [v for v in epoch.per_class[name] if math.isfinite(v)]
+        assert len(per_class) == 3
+        assert epoch.metrics[name] == pytest.approx(np.mean(per_class))
 
 
 # ---- fine-tuning and binary models -------------------------------------------------------------

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-frames", type=int, help="videos: predict at most this many frames")
     predict.add_argument("--every", type=int, default=1, help="videos: predict every K-th frame (default 1)")
     predict.add_argument("--overlay", type=Path, help="videos: also write the frames with class colours blended on")
+    predict.add_argument(
+        "--layout",
+        choices=("flat", "schism"),
+        default="flat",
+        help="flat: <out>/<image>_labels.tif; schism: <out>/<dataset>/preds_<Metric>/<image>_<Metric>.tif (gray)",
+    )
     _add_inference_options(predict)
     predict.add_argument(
         "--dask-scheduler",
@@ -132,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
+    export = commands.add_parser("export", help="export a trained model: bioimage.io package, ONNX or TorchScript")
+    export.add_argument("--weights", required=True, type=Path, metavar="RUN_DIR", help="run folder (or SCHISM's)")
+    export.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"))
+    export.add_argument("--out", required=True, type=Path, help="new file: .zip (bioimageio), .onnx, .pt")
+    export.add_argument("--metric", default="loss", help="which best checkpoint: loss (default) or a metric name")
+    export.add_argument("--no-test", action="store_true", help="bioimageio: skip bioimageio.core's model test")
+    export.set_defaults(handler=command_export)
+
     stats = commands.add_parser("stats", help="write data_stats.json (normalisation) for a dataset folder")
     stats.add_argument("--data", required=True, type=Path)
     stats.add_argument("--out", type=Path, help="where to write (default: data_stats.json in the dataset folder)")
@@ -140,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="write the synthetic rock CT sample dataset")
     sample.add_argument("--out", required=True, type=Path)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--schism", action="store_true", help="also readable by the original SCHISM: 8-bit images, gray-level masks"
+    )
     sample.set_defaults(handler=command_sample)
 
     demo = commands.add_parser("demo", help="sample -> short training -> prediction -> metrics (about a minute on CPU)")
@@ -261,6 +278,7 @@ def command_train(arguments: argparse.Namespace) -> int:
             callback=progress,
             write_stats=False,
             planes=config.data.planes,
+            ignore_background=config.loss.ignore_background,
         )
         if resume and data.stats_path is None:
             data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
@@ -342,11 +360,12 @@ def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
         raise
 
 
-def _predictor(arguments: argparse.Namespace, callback: Any = None) -> tuple[Any, Any]:
-    """The first run's TrainedModel and the predictor: one run's, or the ensemble of several."""
+def _predictor(arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None) -> tuple[Any, Any]:
+    """The first run's TrainedModel and the predictor: one run's, or the ensemble of several.
+    ``dataset`` picks a SCHISM run's normalisation (its data_stats entry for that dataset)."""
     from .inference.ensemble import EnsemblePredictor
 
-    trained, predictors = _member_predictors(arguments, callback)
+    trained, predictors = _member_predictors(arguments, callback, dataset)
     if len(predictors) == 1:
         return trained[0], predictors[0]
     return trained[0], EnsemblePredictor(predictors, names=[str(w) for w in _weights(arguments)])
@@ -356,10 +375,12 @@ def _weights(arguments: argparse.Namespace) -> list[Path]:
     return arguments.weights if isinstance(arguments.weights, list) else [arguments.weights]
 
 
-def _member_predictors(arguments: argparse.Namespace, callback: Any = None) -> tuple[list[Any], list[Any]]:
+def _member_predictors(
+    arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None
+) -> tuple[list[Any], list[Any]]:
     from .inference.ensemble import load_members
 
-    members = load_members(_weights(arguments), arguments.metric)
+    members = load_members(_weights(arguments), arguments.metric, dataset=dataset)
     # members predict in lockstep: the first one's progress stands for all (one progress bar)
     predictors = [
         _member_predictor(arguments, trained, callback if i == 0 else None) for i, trained in enumerate(members)
@@ -426,19 +447,29 @@ def command_predict(arguments: argparse.Namespace) -> int:
         raise SchismError(f"--out {out} is a file; give a folder")
     if any(out.resolve() == p.resolve() for p in inputs):
         raise SchismError("--out must not be one of the inputs")
-    plans = _output_plans(inputs, out, arguments.zarr)
+    plans = _output_plans(arguments, inputs)
     for _, labels_path, probabilities_path in plans:
         for target in (labels_path, probabilities_path if arguments.probabilities else None):
             if target is not None and target.exists():
                 raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
     _check_video_options(arguments, inputs)
     progress = TqdmProgress()
-    trained, predictor = _predictor(arguments, progress)
-    opened = [_open_checked(arguments, path, trained, out) for path, *_ in plans]
+    loaded: dict[str | None, tuple[Any, Any]] = {}
+
+    def predictor_for(path: Path) -> tuple[Any, Any]:
+        dataset = schism_dataset_name(path)  # a SCHISM run normalises with that dataset's stats
+        if dataset not in loaded:
+            loaded[dataset] = _predictor(arguments, progress, dataset)
+        return loaded[dataset]
+
+    opened = [_open_checked(arguments, path, predictor_for(path)[0], out) for path, *_ in plans]
     created = output_folder(out)
-    levels = gray_levels(trained.class_count) if arguments.gray_levels else None
+    gray = arguments.gray_levels or arguments.layout == "schism"
     with removed_on_failure(out, created):
         for (path, labels_path, probabilities_path), (slices, view, voxel_size) in zip(plans, opened, strict=True):
+            trained, predictor = predictor_for(path)
+            levels = gray_levels(trained.class_count) if gray else None
+            labels_path.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             written = predict_to_files(
                 _planar(arguments, predictor, trained.config.inference, path),
@@ -462,17 +493,35 @@ def command_predict(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _output_plans(inputs: list[Path], out: Path, zarr: bool) -> list[tuple[Path, Path, Path]]:
-    """(input, labels file, probabilities file) per input; inputs sharing a stem (a.tif, a.png)
-    keep their suffix in the output names (a_tif_labels.tif, a_png_labels.tif)."""
-    stems = [path.stem for path in inputs]
+def schism_dataset_name(path: Path) -> str | None:
+    """``<data>/<dataset>/images/<image>``: the dataset SCHISM's inference would name."""
+    return path.parent.parent.name if path.parent.name == "images" else None
+
+
+def _output_folder(arguments: argparse.Namespace, path: Path) -> Path:
+    """Where one input's outputs go, always inside --out: SCHISM writes <dataset>/preds_<Metric>/."""
+    if arguments.layout != "schism":
+        return arguments.out
+    dataset = schism_dataset_name(path)
+    return (arguments.out / dataset if dataset else arguments.out) / f"preds_{arguments.metric}"
+
+
+def _output_plans(arguments: argparse.Namespace, inputs: list[Path]) -> list[tuple[Path, Path, Path]]:
+    """(input, labels file, probabilities file) per input; inputs sharing a stem in one output folder
+    (a.tif, a.png) keep their suffix in the output names (a_tif_labels.tif, a_png_labels.tif)."""
+    folders = [_output_folder(arguments, path) for path in inputs]
+    keys = [(folder, path.stem) for folder, path in zip(folders, inputs, strict=True)]
+    probabilities_suffix = "_probabilities.zarr" if arguments.zarr else "_probabilities.tif"
     plans = []
-    for path in inputs:
+    for path, folder, key in zip(inputs, folders, keys, strict=True):
         stem = path.stem
-        if stems.count(stem) > 1:
+        if keys.count(key) > 1:
             stem = f"{stem}_{path.suffix.lstrip('.').lower()}"
-        labels_path = out / f"{stem}_labels.tif"
-        probabilities_path = out / (f"{stem}_probabilities.zarr" if zarr else f"{stem}_probabilities.tif")
+        if arguments.layout == "schism":
+            labels_path = folder / f"{stem}_{arguments.metric}.tif"
+            probabilities_path = folder / f"{stem}_{arguments.metric}{probabilities_suffix}"
+        else:
+            labels_path, probabilities_path = folder / f"{stem}_labels.tif", folder / f"{stem}{probabilities_suffix}"
         plans.append((path, labels_path, probabilities_path))
     return plans
 
@@ -600,6 +649,9 @@ def _prediction_inputs(path: Path, list_image_files: Any) -> list[Path]:
     if path.is_dir() and path.suffix != ".zarr":
         folder = path / "images" if (path / "images").is_dir() else path
         files = list_image_files(folder) + sorted(folder.glob("*.zarr"))
+        if not files:  # SCHISM's inference folder: <data>/<dataset>/images for every dataset
+            for dataset in sorted(p for p in path.iterdir() if (p / "images").is_dir()):
+                files.extend(list_image_files(dataset / "images"))
         if not files:
             raise SchismError(f"--input {path}: no images (.tif, .png, .zarr ...) in this folder")
         return files
@@ -622,8 +674,11 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         in_channels=trained.in_channels,
         mask=arguments.mask,
         write_stats=False,
+        ignore_background=config.loss.ignore_background,
     )
-    runs = _weights(arguments)
+    from .schism_runs import locate_run
+
+    runs = [locate_run(run) for run in _weights(arguments)]
     positions = read_split(runs[0], data).part(arguments.split)
     if not positions:
         raise SchismError(
@@ -632,9 +687,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         )
     if len(runs) > 1:
         return _evaluate_ensemble(arguments, members, predictors, data, positions)
-    result = evaluate(
-        predictors[0], data, positions, trained.class_names, ignore_background=config.loss.ignore_background
-    )
+    result = evaluate(predictors[0], data, positions, trained.class_names)  # the background is unlabeled already
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
     if arguments.baseline:
@@ -670,14 +723,28 @@ def _evaluate_ensemble(arguments: argparse.Namespace, members: Any, predictors: 
         [str(run) for run in runs],
         data,
         positions,
-        members[0].class_names,
-        ignore_background=members[0].config.loss.ignore_background,
+        members[0].class_names,  # SCHISM's ignore_background made gray 0 unlabeled when the masks were read
     )
     print(f"{arguments.split} split of {runs[0]}: {len(positions)} images")
     print(table.format())
     if arguments.csv is not None:
         atomic_write_text(arguments.csv, table.csv())
         print(f"wrote {arguments.csv}")
+
+
+def command_export(arguments: argparse.Namespace) -> int:
+    from .export import check_bioimageio, export_model
+
+    path = export_model(arguments.weights, arguments.format, arguments.out, metric=arguments.metric)
+    print(f"wrote {path}")
+    if arguments.format == "bioimageio" and not arguments.no_test:
+        summary = check_bioimageio(path)
+        print(f"bioimageio.core model test: {summary.status}")
+        if summary.status != "passed":
+            print(summary.format() if hasattr(summary, "format") else summary, file=sys.stderr)
+            return 1
+    elif arguments.format != "bioimageio":
+        print(f"  output matches torch within 1e-4; inputs and classes described in {path.name}.json")
     return 0
 
 
@@ -705,12 +772,14 @@ def command_stats(arguments: argparse.Namespace) -> int:
 def command_sample(arguments: argparse.Namespace) -> int:
     from .sample import write_sample
 
-    files = write_sample(arguments.out, seed=arguments.seed)
+    files = write_sample(arguments.out, seed=arguments.seed, schism=arguments.schism)
     print(f"wrote the synthetic rock CT sample to {files.root}:")
     print(f"  dataset (SCHISM layout): {files.datasets}")
     print(f"  configuration:           {files.config}")
     print(f"  test stack:              {files.volume} (+ {files.volume_labels.name})")
     print(f"  non-square 2D image:     {files.image_2d} (+ {files.image_2d_labels.name})")
+    if files.schism_test is not None:
+        print(f"  SCHISM inference folder: {files.schism_test} (8-bit images, gray-level masks)")
     return 0
 
 

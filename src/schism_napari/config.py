@@ -27,6 +27,7 @@ from .training import losses as _losses
 # The registries live with the code that builds what they name (one file to add an entry).
 SMP_ARCHITECTURES = _models.SMP_ARCHITECTURES
 SCHISM_ARCHITECTURES = _models.SCHISM_ARCHITECTURES
+UNET_CONCAT = _models.UNET_CONCAT
 ARCHITECTURES = tuple(_models.ARCHITECTURES)
 _ARCHITECTURE_ALIASES = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}
 
@@ -93,9 +94,9 @@ class ModelConfig:
         ),
     )
     n_block: int = field(
-        default=4, metadata=_help("UnetVanilla/UnetSegmentor: number of down-sampling blocks.", min=1, max=8)
+        default=4, metadata=_help("UnetVanilla/UnetSegmentor/UnetConcat: number of down-sampling blocks.", min=1, max=8)
     )
-    channels: int = field(default=8, metadata=_help("UnetVanilla/UnetSegmentor: channels of the first block.", min=1))
+    channels: int = field(default=8, metadata=_help("SCHISM U-Nets, UnetConcat: channels of the first block.", min=1))
     k_size: int = field(default=3, metadata=_help("UnetSegmentor: convolution kernel size (odd).", min=1))
     activation: str = field(
         default="relu", metadata=_help("UnetSegmentor activation: " + ", ".join(ACTIVATIONS), choices=ACTIVATIONS)
@@ -246,7 +247,11 @@ class LossConfig:
         metadata=_help("Loss or weighted sum, e.g. 'CrossEntropyLoss + 0.5*DiceLoss'. Known: " + ", ".join(LOSSES)),
     )
     ignore_background: bool = field(
-        default=False, metadata=_help("Treat class 0 as unlabeled: left out of the loss and of the metrics.")
+        default=False,
+        metadata=_help(
+            "SCHISM's meaning: num_classes counts the foreground classes and mask gray 0 is an unlabeled "
+            "background (0/85/170/255 -> unlabeled, 0, 1, 2); no effect on binary models."
+        ),
     )
     weights: bool = field(
         default=False, metadata=_help("Class weights against imbalance, computed once over the training set.")
@@ -483,7 +488,8 @@ SECTIONS: dict[str, type] = {
 }
 _ATTRIBUTE = {name: name.lower() for name in SECTIONS}
 # Sections of some SCHISM versions that are read but have no effect here (reported as warnings).
-IGNORED_SECTIONS = ("Data_augmentation",)
+# [Results]: the best scores SCHISM appends to Augmented_hyperparameters.ini, written by default.
+IGNORED_SECTIONS = ("Data_augmentation", "Results")
 
 
 @dataclass
@@ -572,7 +578,11 @@ class SchismConfig:
         config = cls(source=source)
         for section_name in parser.sections():
             if section_name in IGNORED_SECTIONS:
-                config.warnings.append(f"[{section_name}] is not used by schism-napari and was ignored")
+                note = " (training results SCHISM records in Augmented_hyperparameters.ini)"
+                config.warnings.append(
+                    f"[{section_name}] is not used by schism-napari and was ignored"
+                    + (note if section_name == "Results" else "")
+                )
                 continue
             if section_name not in SECTIONS:
                 raise ConfigError(

@@ -8,6 +8,7 @@ elsewhere cannot execute code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,14 @@ def read_run_config(run_dir: Path) -> SchismConfig:
 
 
 def available_weights(run_dir: Path) -> dict[str, Path]:
-    """Checkpoint names ("loss", metric names as spelled in the config, "last") -> files."""
+    """Checkpoint names ("loss", metric names as spelled in the config, "last") -> files.
+
+    A folder holding one SCHISM run (the folder SCHISM was given) lists that run's checkpoints."""
+    from .schism_runs import locate_run
+
     run_dir = Path(run_dir)
+    with contextlib.suppress(SchismError):  # several SCHISM runs inside: loading says which to choose
+        run_dir = locate_run(run_dir)
     found = {p.stem.removeprefix("model_best_"): p for p in sorted(run_dir.glob("model_best_*.pth"))}
     if (run_dir / LAST_CHECKPOINT).is_file():
         found["last"] = run_dir / LAST_CHECKPOINT
@@ -144,18 +151,24 @@ class TrainedModel:
     class_names: list[str]
     class_colors: list[tuple[int, int, int]] | None
     source: str  # run folder and checkpoint, for display
+    run_dir: Path | None = None  # the run folder it was loaded from (None: trained in this session)
 
     @property
     def class_count(self) -> int:
         return self.config.model.class_count
 
 
-def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedModel:
-    from .models import build_model
+def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset: str | None = None) -> TrainedModel:
+    """Load a run folder of this project, or one written by SCHISM (the timestamped folder or the
+    folder holding it); ``dataset`` picks a SCHISM run's data_stats entry."""
+    from .models import build_model, legacy_architecture
+    from .schism_runs import is_schism_run, load_schism_run, locate_run
 
-    run_dir = Path(run_dir)
+    run_dir = locate_run(Path(run_dir))
     if not run_dir.is_dir():
         raise SchismError(f"{run_dir}: no such run folder")
+    if is_schism_run(run_dir):
+        return load_schism_run(run_dir, metric, dataset)
     config = read_run_config(run_dir)
     info = read_run_info(run_dir)
     in_channels = config.model.in_channels or info.get("in_channels") or 1
@@ -168,6 +181,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedM
 
         model = build_per_class_model(config, in_channels)
     else:
+        config.model = legacy_architecture(config.model, state)
         model = build_model(config.model, in_channels, source=str(run_dir / HYPERPARAMETERS))
     try:
         model.load_state_dict(state)
@@ -191,6 +205,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS) -> TrainedM
         list(names),
         [tuple(c) for c in colors] if colors else None,
         f"{run_dir} ({path.name})",
+        run_dir,
     )
 
 

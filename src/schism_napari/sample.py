@@ -27,6 +27,12 @@ class SampleFiles:
     volume_labels: Path  # its ground truth, classes 0..2
     image_2d: Path  # non-square 2D test image
     image_2d_labels: Path
+    schism_test: Path | None = None  # with schism=True: the test stack as SCHISM's <data>/<dataset>/images, masks
+
+
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """16-bit to 8-bit by the full range (65535 -> 255), the scale this project reads 16-bit data at."""
+    return np.round(image.astype(np.float64) / 257.0).astype(np.uint8)
 
 
 def _smooth(field: np.ndarray, sigma: float | tuple[float, ...]) -> np.ndarray:
@@ -70,12 +76,24 @@ def make_rock(shape: tuple[int, ...] = (16, 256, 256), seed: int = 0) -> tuple[n
     return np.clip(image, 0, 65535).astype(np.uint16), labels
 
 
-def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int = 192) -> SampleFiles:
-    """Write a SCHISM-layout dataset and test data under ``out`` (which must be new or empty)."""
+def write_sample(
+    out: str | Path, seed: int = 0, *, slices: int = 12, size: int = 192, schism: bool = False
+) -> SampleFiles:
+    """Write a SCHISM-layout dataset and test data under ``out`` (which must be new or empty).
+
+    ``schism``: what the original SCHISM reads too, so both programs can be compared on it: 8-bit
+    images, every mask in gray levels (0/128/255), an INI with only SCHISM's keys, and the test
+    stack as 2D slices in SCHISM's inference layout (``schism_test/rock_test/{images,masks}``).
+    """
     import tifffile
 
     from .atomic import atomic_write
+    from .data.io import gray_levels
     from .runs import prepare_run_dir
+
+    levels = gray_levels(len(CLASS_NAMES)).astype(np.uint8)
+    image_of = to_8bit if schism else (lambda image: image)
+    mask_of = (lambda labels: levels[labels]) if schism else (lambda labels: labels)
 
     root = prepare_run_dir(Path(out))
     datasets = root / "datasets"
@@ -88,8 +106,8 @@ def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int 
     for index, name in enumerate(("rock_a", "rock_b")):
         volume, labels = make_rock((slices, size, size), seed=seed + index)
         for z in range(slices):
-            save(datasets / name / "images" / f"slice_{z:03d}.tif", volume[z])
-            mask = labels[z] if name == "rock_a" else np.round(labels[z] * 127.5).astype(np.uint8)
+            save(datasets / name / "images" / f"slice_{z:03d}.tif", image_of(volume[z]))
+            mask = mask_of(labels[z]) if name == "rock_a" else np.round(labels[z] * 127.5).astype(np.uint8)
             save(datasets / name / "masks" / f"slice_{z:03d}.tif", mask)
     class_dict = "name,r,g,b\n" + "".join(
         f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(CLASS_NAMES, CLASS_COLORS, strict=True)
@@ -97,13 +115,19 @@ def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int 
     (datasets / "class_dict.csv").write_text(class_dict, encoding="utf-8")
 
     volume, volume_labels = make_rock((slices, size, size), seed=seed + 10)
-    save(root / "test_volume.tif", volume)
-    save(root / "test_volume_labels.tif", volume_labels)
+    save(root / "test_volume.tif", image_of(volume))
+    save(root / "test_volume_labels.tif", mask_of(volume_labels))
     image_2d, image_2d_labels = make_rock((size + 45, size + 131), seed=seed + 11)
-    save(root / "test_image_2d.tif", image_2d)
-    save(root / "test_image_2d_labels.tif", image_2d_labels)
+    save(root / "test_image_2d.tif", image_of(image_2d))
+    save(root / "test_image_2d_labels.tif", mask_of(image_2d_labels))
+    schism_test = None
+    if schism:  # SCHISM reads 2D images only: the test stack slice by slice, in its inference layout
+        schism_test = root / "schism_test"
+        for z in range(slices):
+            save(schism_test / "rock_test" / "images" / f"slice_{z:03d}.tif", image_of(volume[z]))
+            save(schism_test / "rock_test" / "masks" / f"slice_{z:03d}.tif", mask_of(volume_labels[z]))
     config = root / "schism_sample.ini"
-    config.write_text(SAMPLE_INI, encoding="utf-8")
+    config.write_text(SCHISM_SAMPLE_INI if schism else SAMPLE_INI, encoding="utf-8")
     return SampleFiles(
         root,
         datasets,
@@ -112,6 +136,7 @@ def write_sample(out: str | Path, seed: int = 0, *, slices: int = 12, size: int 
         root / "test_volume_labels.tif",
         root / "test_image_2d.tif",
         root / "test_image_2d_labels.tif",
+        schism_test,
     )
 
 
@@ -152,6 +177,45 @@ crops_per_image = 2
 tile_size = 128
 overlap = 0.25
 batch_size = 8
+"""
+
+
+# The same small run with only what the original SCHISM understands (its losses, metric names
+# and scheduler, no [Inference]); ConstantLR with factor 1 keeps SCHISM's per-batch stepping harmless.
+SCHISM_SAMPLE_INI = """\
+[Model]
+model_type = UnetSegmentor
+num_classes = 3
+n_block = 3
+channels = 8
+k_size = 3
+activation = leakyrelu
+p = 0.1
+
+[Optimizer]
+optimizer = AdamW
+lr = 0.01
+
+[Scheduler]
+scheduler = ConstantLR
+factor = 1.0
+
+[Loss]
+loss = CrossEntropyLoss
+ignore_background = False
+weights = False
+
+[Training]
+batch_size = 8
+epochs = 6
+val_split = 0.8
+metrics = Jaccard, F1
+early_stopping = False
+
+[Data]
+crop_size = 96
+img_res = 96
+num_samples = 20
 """
 
 

@@ -58,6 +58,7 @@ class TrainingSources:
                     class_count=config.model.class_count,
                     ignore_index=config.data.ignore_index,
                     in_channels=config.model.in_channels,
+                    ignore_background=config.loss.ignore_background,
                 )
             )
         if self.images:

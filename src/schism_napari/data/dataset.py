@@ -90,6 +90,7 @@ def load_dataset(
     write_stats: bool = True,
     callback: ProgressCallback = ignore_events,
     planes: str = "xy",
+    ignore_background: bool = False,
 ) -> SegmentationData:
     """Read every image/mask pair found under ``root`` (see :func:`discover_datasets`).
 
@@ -98,6 +99,7 @@ def load_dataset(
     stats it used to the run folder). ``write_stats`` is accepted for older callers and ignored.
     ``planes="xyz"`` adds XZ and YZ planes of every stack as extra samples (see
     :func:`stack_planes`), after the dataset's slices so SCHISM's slice indices do not change.
+    ``ignore_background`` is SCHISM's: gray 0 is an unlabeled background before the classes.
     """
     del write_stats
     stats_folder, folders = discover_datasets(root, mask=mask)
@@ -112,7 +114,7 @@ def load_dataset(
             break
     samples: list[Sample] = []
     for folder in folders:
-        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors, planes))
+        samples.extend(_read_folder(folder, class_count, ignore_index, class_colors, planes, ignore_background))
     samples = _harmonise_channels(samples, in_channels)
     stats_path: Path | None = stats_folder / STATS_FILE
     messages: list[str] = []
@@ -276,6 +278,7 @@ def _read_folder(
     ignore_index: int,
     class_colors: list[tuple[int, int, int]] | None,
     planes: str = "xy",
+    ignore_background: bool = False,
 ) -> list[Sample]:
     pairs = []
     masks: list[Path | None] = list(folder.masks) if folder.masks else [None] * len(folder.images)
@@ -294,7 +297,9 @@ def _read_folder(
                 )
         pairs.append((image_path, image, mask_path, raw))
     raws = [raw for *_, raw in pairs if raw is not None]
-    encoding = shared_encoding(raws, class_count, ignore_index, f"{folder.images[0].parent.parent} masks")
+    encoding = shared_encoding(
+        raws, class_count, ignore_index, f"{folder.images[0].parent.parent} masks", ignore_background
+    )
     samples: list[Sample] = []
     stacks = []
     for image_path, image, mask_path, raw in pairs:

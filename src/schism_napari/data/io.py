@@ -143,6 +143,22 @@ def gray_levels(class_count: int) -> np.ndarray:
     return np.round(np.linspace(0, 255, class_count)).astype(np.int64)
 
 
+def truncated_gray_levels(class_count: int) -> np.ndarray:
+    """The levels of SCHISM's own mask normalisation tool: int(linspace), 0/127/255 for three classes."""
+    return np.linspace(0, 255, class_count).astype(np.int64)
+
+
+def level_encodings(class_count: int) -> dict[str, np.ndarray]:
+    """Both spellings of SCHISM's evenly spread gray levels (identical for 2 and 4 classes)."""
+    return {"levels": gray_levels(class_count), "int_levels": truncated_gray_levels(class_count)}
+
+
+def schism_background(class_count: int, ignore_background: bool) -> bool:
+    """SCHISM's ``ignore_background``: num_classes counts the foreground classes and gray 0 is an
+    ignored background (0/85/170/255 -> unlabeled, 0, 1, 2). SCHISM's binary models ignore it."""
+    return ignore_background and class_count > 2
+
+
 def infer_class_count(values: np.ndarray, ignore_index: int = 255) -> int | None:
     """Guess the number of classes from the distinct values of stored masks, or None.
 
@@ -157,19 +173,26 @@ def infer_class_count(values: np.ndarray, ignore_index: int = 255) -> int | None
         return max(2, labelled[-1] + 1)
     if present[-1] == 255:
         for count in range(2, 256):
-            if set(present) <= set(gray_levels(count).tolist()):
+            if any(set(present) <= set(levels.tolist()) for levels in level_encodings(count).values()):
                 return count
     return None
 
 
-def choose_encoding(values: np.ndarray, class_count: int, ignore_index: int, source: str) -> str:
+def choose_encoding(
+    values: np.ndarray, class_count: int, ignore_index: int, source: str, ignore_background: bool = False
+) -> str:
     """How stored mask values map to classes, decided once for all masks of a dataset.
 
     "plain": classes 0..C-1 plus ``ignore_index`` for unlabeled pixels; "levels": SCHISM's gray
-    levels; "minmax": a two-valued binary mask (SCHISM normalises those to 0/1). When only 0 and
+    levels, round(linspace); "int_levels": int(linspace), as SCHISM's normalisation tool writes
+    them; "minmax": a two-valued binary mask (SCHISM normalises those to 0/1). When only 0 and
     255 occur, SCHISM's reading (255 = last class) wins over "class 0 + unlabeled".
+    With SCHISM's ``ignore_background`` (see :func:`schism_background`), "background_levels" /
+    "background_int_levels" (C + 1 levels) and "background_plain" (0..C) read 0 as unlabeled.
     """
     present = set(int(v) for v in values)
+    if schism_background(class_count, ignore_background):
+        return _background_encoding(present, class_count, ignore_index, source)
     plain = set(range(class_count)) | {ignore_index}
     levels = gray_levels(class_count)
     level_set = set(levels.tolist())
@@ -178,23 +201,64 @@ def choose_encoding(values: np.ndarray, class_count: int, ignore_index: int, sou
         return "plain"
     if present <= level_set | {ignore_index}:
         return "levels"
+    if present <= set(truncated_gray_levels(class_count).tolist()) | {ignore_index}:
+        return "int_levels"
     if class_count == 2 and len(present) == 2:
         return "minmax"
     shown = ", ".join(str(v) for v in sorted(present)[:12]) + (" ..." if len(present) > 12 else "")
+    hint = ""
+    if class_count > 2 and any(present <= set(v.tolist()) for v in level_encodings(class_count + 1).values()):
+        hint = f" (or [Loss] ignore_background = True: SCHISM's gray 0 background + {class_count} classes)"
     raise DataError(
         f"{source}: mask values [{shown}] do not fit {class_count} classes: expected 0..{class_count - 1} "
-        f"(and {ignore_index} for unlabeled) or SCHISM gray levels {levels.tolist()}; check num_classes"
+        f"(and {ignore_index} for unlabeled) or SCHISM gray levels {levels.tolist()}; check num_classes{hint}"
     )
 
 
-def shared_encoding(raws: list[np.ndarray], class_count: int, ignore_index: int, source: str) -> str | None:
+def _background_encoding(present: set[int], class_count: int, ignore_index: int, source: str) -> str:
+    """SCHISM's ignore_background: C foreground classes after an ignored gray 0."""
+    if present <= set(range(class_count + 1)) | {ignore_index}:
+        return "background_plain"
+    for name, levels in level_encodings(class_count + 1).items():
+        if present <= set(levels.tolist()):
+            return f"background_{name}"
+    shown = ", ".join(str(v) for v in sorted(present)[:12]) + (" ..." if len(present) > 12 else "")
+    raise DataError(
+        f"{source}: mask values [{shown}] do not fit {class_count} classes with ignore_background = True "
+        f"(SCHISM's meaning: gray 0 is an ignored background, then {class_count} classes): expected "
+        f"0..{class_count} or gray levels {gray_levels(class_count + 1).tolist()}; check num_classes"
+    )
+
+
+def encoding_lut(encoding: str, class_count: int, ignore_index: int, size: int) -> np.ndarray:
+    """Stored value -> class (or IGNORE, or -1 for values the encoding does not know)."""
+    lut = np.full(size, -1, dtype=np.int64)
+    background = encoding.startswith("background_")
+    if background:
+        encoding = encoding.removeprefix("background_")
+    count = class_count + 1 if background else class_count
+    classes = np.arange(count) - 1 if background else np.arange(count)
+    if encoding == "plain":
+        lut[:count] = classes
+        lut[ignore_index] = IGNORE
+    else:  # 255 is the last gray level, not "unlabeled"
+        lut[ignore_index] = IGNORE
+        lut[level_encodings(count)[encoding]] = classes
+    if background:
+        lut[0] = IGNORE
+    return lut
+
+
+def shared_encoding(
+    raws: list[np.ndarray], class_count: int, ignore_index: int, source: str, ignore_background: bool = False
+) -> str | None:
     """One encoding for all masks of a dataset, from the union of their values: a single mask
     cannot tell 255 = "unlabeled" from 255 = "last SCHISM gray level". None without gray masks."""
     gray = [raw for raw in raws if raw.ndim == 3]
     if not gray:
         return None
     values = np.unique(np.concatenate([mask_values(raw) for raw in gray]))
-    return choose_encoding(values, class_count, ignore_index, source)
+    return choose_encoding(values, class_count, ignore_index, source, ignore_background)
 
 
 def decode_mask(
@@ -204,6 +268,7 @@ def decode_mask(
     path: str,
     class_colors: list[tuple[int, int, int]] | None = None,
     encoding: str | None = None,
+    ignore_background: bool = False,
 ) -> np.ndarray:
     """Map a stored mask ``(N, Y, X)`` to classes 0..C-1 (uint8) with :data:`IGNORE` for unlabeled.
 
@@ -218,14 +283,11 @@ def decode_mask(
     raw = as_integer_mask(raw, path)
     values = _unique_values(raw)
     if encoding is None:
-        encoding = choose_encoding(values, class_count, ignore_index, path)
-    lut = np.full(int(max(values.max(initial=0), ignore_index)) + 1, -1, dtype=np.int64)
-    if encoding == "plain":
-        lut[:class_count] = np.arange(class_count)
-        lut[ignore_index] = IGNORE
-    elif encoding == "levels":
-        lut[ignore_index] = IGNORE
-        lut[gray_levels(class_count)] = np.arange(class_count)
+        encoding = choose_encoding(values, class_count, ignore_index, path, ignore_background)
+    size = int(max(values.max(initial=0), ignore_index, 255)) + 1
+    lut = np.full(size, -1, dtype=np.int64)
+    if encoding != "minmax":
+        lut = encoding_lut(encoding, class_count, ignore_index, size)
     elif len(values) == 2:  # minmax
         lut[values[0]], lut[values[1]] = 0, 1
     else:

@@ -52,11 +52,12 @@ class EnsemblePredictor(CombinedPredictor):
             yield z, mean.astype(np.float32, copy=False)
 
 
-def load_members(run_dirs: Sequence[str | Path], metric: str = "loss") -> list[Any]:
-    """Load each run folder (any kind, per-class runs included); all must predict the same classes."""
+def load_members(run_dirs: Sequence[str | Path], metric: str = "loss", *, dataset: str | None = None) -> list[Any]:
+    """Load each run folder (any kind, per-class and SCHISM runs included; ``dataset`` picks a SCHISM
+    run's data_stats entry); all must predict the same classes."""
     from ..runs import load_trained_model
 
-    trained = [load_trained_model(run, metric) for run in run_dirs]
+    trained = [load_trained_model(run, metric, dataset=dataset) for run in run_dirs]
     first = trained[0]
     for run, model in zip(run_dirs[1:], trained[1:], strict=True):
         if model.class_count != first.class_count:

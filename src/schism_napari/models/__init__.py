@@ -1,4 +1,6 @@
-"""Model registry: smp architectures with any smp encoder, and SCHISM's UnetVanilla/UnetSegmentor.
+"""Model registry: smp architectures with any smp encoder, SCHISM's UnetVanilla/UnetSegmentor
+(faithful rebuilds, see :mod:`.schism`), and this project's concatenating U-Net (``UnetConcat``),
+which older run folders of this project saved under SCHISM's names.
 
 :data:`ARCHITECTURES` is the one place that names an architecture: the configuration validates
 ``model_type`` against it, :func:`build_model` builds from it and ``scripts/registry_tables.py``
@@ -60,13 +62,7 @@ def build_model(config: ModelConfig, in_channels: int, *, source: str | None = N
     return architecture.build(config, in_channels, output_channels(config), source)
 
 
-def _unet_vanilla(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
-    from .unet import UNet
-
-    return UNet(in_channels, out, n_block=config.n_block, channels=config.channels)
-
-
-def _unet_segmentor(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
+def _unet_concat(config: ModelConfig, in_channels: int, out: int, source: str | None) -> nn.Module:
     from .unet import UNet
 
     return UNet(
@@ -78,6 +74,35 @@ def _unet_segmentor(config: ModelConfig, in_channels: int, out: int, source: str
         activation=config.activation,
         p=config.p,
     )
+
+
+def build_schism_model(config: ModelConfig, in_channels: int, out: int, source: str | None = None) -> nn.Module:
+    """SCHISM's own networks: three input channels (gray is replicated), SCHISM's module names."""
+    from .schism import SCHISM_INPUT_CHANNELS, UnetSegmentor, UnetVanilla
+
+    if in_channels not in (1, SCHISM_INPUT_CHANNELS):
+        raise ConfigError(
+            "Model", "in_channels", in_channels, f"{config.model_type} takes gray or RGB images (1 or 3)", source
+        )
+    options = {"n_block": config.n_block, "channels": config.channels, "k_size": config.k_size}
+    if config.model_type == "UnetVanilla":
+        return UnetVanilla(out, activation=config.activation, **options)
+    return UnetSegmentor(out, activation=config.activation, p=config.p, **options)
+
+
+def legacy_architecture(config: ModelConfig, state: dict) -> ModelConfig:
+    """Run folders written before SCHISM's networks were rebuilt name the concatenating U-Net
+    ``UnetVanilla``/``UnetSegmentor``; their weights (keys ``encoders.*``, ``head.*``) say which
+    network they are, so they still load, as ``UnetConcat``."""
+    from .schism import is_schism_state_dict
+
+    if config.model_type in SCHISM_ARCHITECTURES and "head.weight" in state and not is_schism_state_dict(state):
+        import dataclasses
+
+        if config.model_type == "UnetVanilla":  # it was built with the UNet's defaults only
+            return dataclasses.replace(config, model_type=UNET_CONCAT, k_size=3, activation="relu", p=0.0)
+        return dataclasses.replace(config, model_type=UNET_CONCAT)
+    return config
 
 
 def size_divisor(model: nn.Module) -> int:
@@ -195,9 +220,12 @@ SMP_ARCHITECTURES = (
     "UPerNet",
     "Segformer",
 )
+UNET_CONCAT = "UnetConcat"  # this project's U-Net (concatenated skips), formerly built for SCHISM's names
+_UNET_KEYS = ("n_block", "channels", "k_size", "activation")
 ARCHITECTURES: dict[str, Architecture] = {
-    "UnetVanilla": Architecture(_unet_vanilla, "SCHISM", ("n_block", "channels")),
-    "UnetSegmentor": Architecture(_unet_segmentor, "SCHISM", ("n_block", "channels", "k_size", "activation", "p")),
+    "UnetVanilla": Architecture(build_schism_model, "SCHISM", _UNET_KEYS),
+    "UnetSegmentor": Architecture(build_schism_model, "SCHISM", (*_UNET_KEYS, "p")),
+    UNET_CONCAT: Architecture(_unet_concat, "schism-napari", (*_UNET_KEYS, "p")),
     **{name: Architecture(_build_smp, "smp", _SMP_KEYS) for name in SMP_ARCHITECTURES},
 }
 SCHISM_ARCHITECTURES = tuple(name for name, a in ARCHITECTURES.items() if a.origin == "SCHISM")

@@ -1,4 +1,7 @@
-"""SCHISM's own U-Nets, re-implemented: UnetVanilla and the configurable UnetSegmentor.
+"""``UnetConcat``: this project's own U-Net (double conv blocks, concatenated skips, 2x2 up-convolutions).
+
+It was called UnetVanilla/UnetSegmentor before SCHISM's own networks were rebuilt in
+:mod:`.schism`; run folders of that time still load (see ``models.legacy_architecture``).
 
 Unlike the original, dropout is an ``nn.Dropout2d`` module, so ``model.eval()`` turns it off and
 predictions are deterministic.

@@ -259,9 +259,7 @@ class Trainer:
     def _class_weights(self, split: Split) -> torch.Tensor | None:
         if not self.config.loss.weights:
             return None
-        counts = self.data.class_pixel_counts(split.train)
-        if self.config.loss.ignore_background:
-            counts[0] = 0
+        counts = self.data.class_pixel_counts(split.train)  # ignore_background: unlabeled when read
         weights = class_weights_from_counts(counts)
         self.callback(Message("class weights: " + ", ".join(f"{w:.3g}" for w in weights.tolist())))
         return weights.to(self.device)
@@ -330,9 +328,7 @@ class Trainer:
             ) from None
 
     def _target(self, y: torch.Tensor) -> torch.Tensor:
-        if self.config.loss.ignore_background:
-            y = y.masked_fill(y == 0, IGNORE)
-        return y
+        return y  # SCHISM's ignore_background (gray 0 = unlabeled) is applied when masks are read
 
     # ---- loop --------------------------------------------------------------------------------
 
@@ -735,7 +731,6 @@ class Trainer:
         matrix = ConfusionMatrix(
             cfg.model.class_count,
             average_precision=any(canonical_metric(m) == "AveragePrecision" for m in cfg.training.metrics),
-            excluded=(0,) if cfg.loss.ignore_background else (),
         )
         weighted_loss, labelled = 0.0, 0
         for start in range(0, len(images), cfg.training.batch_size):
