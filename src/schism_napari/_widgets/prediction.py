@@ -91,7 +91,10 @@ class PredictionWidget(Container):
         self.session = session or session_for(viewer)
         self.model_label = Label(value="", label="model")
         self.run_folder = FileEdit(mode="d", label="run folder", value="")
-        self.metric = ComboBox(choices=[BEST_LOSS], value=BEST_LOSS, label="weights")
+        self._weight_names: list[str] = [BEST_LOSS]
+        # a choices callable: napari resets every dock widget's choices when layers change, and the
+        # user's checkpoint must survive that (it used to fall back to "loss" silently)
+        self.metric = ComboBox(choices=lambda _widget=None: self._weight_names, value=BEST_LOSS, label="weights")
         self.load_button = PushButton(text="Load run folder")
         self.image = ComboBox(choices=layer_choices(viewer, Image), label="image")
         self.inference_form = ConfigForm(("Inference",))
@@ -183,7 +186,8 @@ class PredictionWidget(Container):
 
         folder = Path(self.run_folder.value)
         names = list(available_weights(folder)) if folder.is_dir() else []
-        self.metric.choices = names or [BEST_LOSS]
+        self._weight_names = names or [BEST_LOSS]
+        self.metric.reset_choices()
         self.metric.value = BEST_LOSS if BEST_LOSS in names or not names else names[0]
 
     def load_run(self) -> None:
@@ -323,14 +327,16 @@ class PredictionWidget(Container):
         self._update_probability_layers(layer, outputs, model, by_class)
         self._update_uncertainty_layer(layer, outputs, uncertainty)
         # keep the labels on top: they are what the user corrects
-        self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
+        if self.viewer.layers[-1] is not outputs.labels:
+            self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
         outputs.predicted = np.array(outputs.labels.data, copy=True)
         pair = self.session.pair_of(outputs.labels)
         if pair is not None:  # predicted again after "Add to training set": edits count from here
             pair.predicted, pair.reviewed = outputs.predicted, outputs.reviewed
         self.source_layer, self.labels_layer = layer, outputs.labels
         self._foreground = by_class[1] if model.class_count == 2 else None
-        camera.center, camera.zoom, camera.angles = kept
+        if (tuple(camera.center), camera.zoom, tuple(camera.angles)) != kept:
+            camera.center, camera.zoom, camera.angles = kept
 
     def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> None:
         from napari.utils.colormaps import DirectLabelColormap
@@ -344,12 +350,15 @@ class PredictionWidget(Container):
                 scale=layer.scale[-labels.ndim :],
                 translate=layer.translate[-labels.ndim :],
             )
-        outputs.labels.metadata["schism_classes"] = model.class_names
-        if model.class_colors:
-            colors = {None: "transparent", 0: "transparent"}
-            colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(model.class_colors)})
-            outputs.labels.colormap = DirectLabelColormap(color_dict=colors)
-            outputs.labels.metadata["schism_colors"] = [list(c) for c in model.class_colors]
+        metadata = outputs.labels.metadata
+        metadata["schism_classes"] = model.class_names
+        colors = model.class_colors or self.session.colors()
+        wanted = [[int(v) for v in c] for c in colors]
+        if metadata.get("schism_colors") != wanted:  # a new colormap redraws the layer: only when it changes
+            color_dict: dict[Any, Any] = {None: "transparent", 0: "transparent"}
+            color_dict.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(wanted)})
+            outputs.labels.colormap = DirectLabelColormap(color_dict=color_dict)
+            metadata["schism_colors"] = wanted
 
     def _update_probability_layers(
         self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray

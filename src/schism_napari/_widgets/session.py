@@ -109,8 +109,12 @@ class TrainingSources:
                 )
             )
         data = merge_datasets(parts)
-        if data.class_names is None:
-            data.class_names, data.class_colors = self.class_names, self.class_colors
+        count = data.class_count
+        # names and colours the user set in the dock win over the folder's (they travel into the run)
+        if self.class_names and len(self.class_names) == count:
+            data.class_names = list(self.class_names)
+        if self.class_colors and len(self.class_colors) == count:
+            data.class_colors = [tuple(c) for c in self.class_colors]
         return data
 
 

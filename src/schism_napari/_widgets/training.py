@@ -70,6 +70,11 @@ class TrainingWidget(Container):
         self.runs_folder = FileEdit(mode="d", value=DEFAULT_RUNS, label="runs folder")
         self.runs_folder.tooltip = "Each training creates a new run folder here (SCHISM files: weights, curves, logs)."
         self.fine_tune = CheckBox(text="continue from current model (fine-tune)", value=False, enabled=False)
+        self.preview = CheckBox(text="instant preview (random forest on the painted pixels)", value=True)
+        self.preview.tooltip = (
+            "Before the network trains, a random forest fitted in seconds predicts the current slice into a "
+            "'preview' layer; the network's prediction of that slice replaces it when training ends."
+        )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -84,6 +89,7 @@ class TrainingWidget(Container):
                 self.label_counts,
                 Container(widgets=[self.runs_folder], labels=True),
                 self.fine_tune,
+                self.preview,
                 Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.status,
@@ -105,6 +111,7 @@ class TrainingWidget(Container):
         native = self.native
         follow(native, self.session.data_changed, self._show_data)
         follow(native, self.session.labels_edited, self._show_label_counts)
+        follow(native, self.session.classes_changed, self._show_label_counts)
         follow(native, self.session.model_changed, self._on_model)
         follow(native, self.session.config_replaced, self._refill_form)
         follow(native, self.session.class_count_requested, self._set_class_count)
@@ -198,7 +205,7 @@ class TrainingWidget(Container):
         except SchismError as error:
             show_error(str(error))
             return
-        preview = self._preview_target()
+        preview = self._preview_target() if self.preview.value else None
         self._show_label_counts(sources)
         metrics = config.training.score_metrics()
         self.curves.reset(metrics)
