@@ -216,7 +216,7 @@ class TrainingWidget(Container):
             sources,
             run_dir,
             initial,
-            preview,
+            _preview_slice(preview),  # copied here: the worker never touches a layer
             control=True,
             on_returned=lambda returned: _take_model(viewer, session, returned),
             on_errored=_report_failure,
@@ -333,7 +333,7 @@ def _train(
     sources: TrainingSources,
     run_dir: Path,
     initial: dict[str, Any] | None,
-    preview: tuple[Any, int | None] | None,
+    preview: tuple[np.ndarray, bool, int | None] | None,
     *,
     callback: Any,
     stop: Any,
@@ -342,9 +342,9 @@ def _train(
     from ..training.trainer import Trainer
 
     data = sources.load()
-    image = _preview_image(preview)
+    image, rgb, z = preview if preview is not None else (None, False, None)
     if image is not None:
-        _forest_preview(sources, image, preview[1], callback)
+        _forest_preview(sources, image, z, callback)
     trainer = Trainer(
         sources.config,
         data,
@@ -361,7 +361,7 @@ def _train(
 
         model = _trained_model(result, data)
         network = Predictor.from_trained(model, device=result.config.training.device).predict(
-            image, rgb=bool(preview[0].rgb)
+            image, rgb=rgb
         )
         network = np.asarray(network.probabilities)
     return result, data, network
@@ -372,12 +372,13 @@ def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] |
         show_preview(viewer, session, preview[0], event.probabilities, event.z, source="forest")
 
 
-def _preview_image(preview: tuple[Any, int | None] | None) -> np.ndarray | None:
+def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, bool, int | None] | None:
+    """(image layer, z) -> (a copy of that slice, rgb, z), taken in the GUI thread."""
     if preview is None:
         return None
     layer, z = preview
     data = layer.data if z is None else layer.data[z]
-    return np.asarray(data)
+    return np.array(data, copy=True), bool(layer.rgb), z
 
 
 def _forest_preview(sources: TrainingSources, image: np.ndarray, z: int | None, callback: Any) -> None:
