@@ -38,6 +38,10 @@ def capture(out: Path, epochs: int = 8) -> list[Path]:
     dock.dataset.image_layer.value = viewer.layers["rock CT"]
     dock.dataset.labels_layer.value = viewer.layers["rock CT scribbles"]
     dock.dataset.add_pair()
+    dock.setCurrentIndex(0)
+    for _ in range(20):  # let the window lay the dock out before the first picture
+        app.processEvents()
+        time.sleep(0.02)
     written = [out / "1_scribbles.png"]
     viewer.screenshot(written[-1], canvas_only=False)
 

@@ -61,7 +61,7 @@ class DatasetWidget(Container):
         self.class_colors = LineEdit(value="", label="class colours")
         self.class_colors.tooltip = "Comma-separated #rrggbb, one per class (optional); used by the Labels layers."
         self.apply_classes_button = PushButton(text="Apply class names")
-        self.status = Label(value="", label="")
+        self.status = Label(value="", label="status")
         self.extend(
             [
                 self.folder,

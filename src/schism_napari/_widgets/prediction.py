@@ -118,7 +118,7 @@ class PredictionWidget(Container):
         self.add_button.tooltip = "Train on the pixels you corrected and on the slices marked reviewed."
         self.datasets_folder = FileEdit(mode="d", label="datasets folder", value="")
         self.save_button = PushButton(text="Save to dataset")
-        self.status = Label(value="", label="")
+        self.status = Label(value="", label="status")
         self.extend(
             [
                 self.model_label,
@@ -126,10 +126,7 @@ class PredictionWidget(Container):
                 self.metric,
                 self.load_button,
                 self.image,
-                self.tile_size,
-                self.overlap,
-                self.batch_size,
-                self.tta,
+                *self.inference_form.widgets.values(),  # the generated [Inference] fields, in this form
                 self.layout_choice,
                 self.current_slice,
                 Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
@@ -144,9 +141,6 @@ class PredictionWidget(Container):
                 self.status,
             ]
         )
-        layout = self.native.layout()
-        layout.insertWidget(layout.indexOf(self.layout_choice.native), self.inference_form.tabs)
-        self.inference_form.tabs.setMaximumHeight(190)
         self.job: Job = self.session.job("prediction")
         self.outputs: weakref.WeakKeyDictionary[Image, Outputs] = weakref.WeakKeyDictionary()
         self.source_layer: Image | None = None  # the image of the latest prediction
