@@ -41,5 +41,7 @@ class SchismDock(QTabWidget):
                 label.setWordWrap(True)
             scroll.setWidget(widget.native)
             self.addTab(scroll, title)
+        for status in (self.dataset.status, self.prediction.status):  # one line, updated often
+            status.native.setWordWrap(False)
         # the training tab can show the prediction tab once a model exists
         session.model_changed.connect(lambda model: model is not None and self.prediction.reset_choices())
