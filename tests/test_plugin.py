@@ -10,8 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_registered_manifest_is_the_root_napari_yaml_and_validates():
-    """The manifest napari loads is the repository's napari.yaml, and its commands import."""
+def test_registered_manifest_is_the_package_napari_yaml_and_validates():
+    """The manifest napari loads is the package's own napari.yaml (a real file, no root copy), and its
+    commands import."""
     from importlib.metadata import entry_points
 
     from npe2 import PluginManifest
@@ -23,12 +24,64 @@ def test_registered_manifest_is_the_root_napari_yaml_and_validates():
     from importlib.resources import files
 
     registered = files(module).joinpath(resource).read_text()
-    assert registered == (ROOT / "napari.yaml").read_text()
+    package_file = ROOT / "src" / "schism_napari" / "napari.yaml"
+    assert not package_file.is_symlink() and not (ROOT / "napari.yaml").exists()
+    assert registered == package_file.read_text()
     manifest.validate_imports()  # every python_name resolves
     contributions = manifest.contributions
     assert {w.display_name for w in contributions.widgets} == {"SCHISM", "Dataset", "Training", "Prediction"}
     assert {s.key for s in contributions.sample_data} == {"rock_ct", "rock_ct_scribbles"}
     assert contributions.readers and contributions.writers
+
+
+def test_reader_claims_folders_only(tmp_path, sample_files):
+    """A .tif or .png dropped on napari goes to napari's own reader, without SCHISM offered; a
+    SCHISM dataset folder is offered to SCHISM."""
+    import tifffile
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    assert "schism-napari" in pm._manifests
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, np.zeros((8, 8), np.uint8))
+    for path in (image, tmp_path / "photo.png"):
+        assert "schism-napari" not in [r.plugin_name for r in pm.iter_compatible_readers([str(path)])]
+    assert "schism-napari" in [r.plugin_name for r in pm.iter_compatible_readers([str(sample_files.datasets)])]
+
+
+def test_dropping_a_tif_opens_with_napari_without_a_prompt(make_napari_viewer, tmp_path, monkeypatch):
+    """With the plugin installed, opening a .tif as a user does (no plugin named) never asks which reader."""
+    import tifffile
+    from napari._qt import qt_viewer
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("napari asked which reader to use")
+
+    monkeypatch.setattr(qt_viewer, "handle_gui_reading", no_prompt)
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, np.arange(64, dtype=np.uint8).reshape(8, 8))
+    viewer = make_napari_viewer()
+    viewer.window._qt_viewer._qt_open([str(image)], stack=False)
+    assert [layer.name for layer in viewer.layers] == ["scan"]
+    np.testing.assert_array_equal(viewer.layers["scan"].data, np.arange(64).reshape(8, 8))
+
+
+def test_dock_opens_without_importing_torch():
+    """The dock's modules import in well under a second: torch, smp and the trainer wait for a worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "started = time.perf_counter()\n"
+        "import schism_napari._widgets.dock, schism_napari._napari\n"
+        "elapsed = time.perf_counter() - started\n"
+        "heavy = [m for m in ('torch', 'segmentation_models_pytorch', 'timm') if m in sys.modules]\n"
+        "print(heavy, elapsed); sys.exit(1 if heavy else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_core_imports_without_qt_or_napari():

@@ -31,8 +31,8 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 def read_dataset_folder(path: str | list[str]) -> list[tuple]:
     """Each dataset becomes an image layer (slices stacked when shapes agree) and a Labels layer."""
     from .data.discovery import discover_datasets
-    from .data.io import IGNORE, decode_mask, mask_values, read_image, read_mask, shared_encoding
-    from .data.labels import mask_to_labels
+    from .data.io import mask_values, read_image, read_mask
+    from .data.layers import image_layer_data, labels_layer_data
     from .data.summary import class_count_from, first_class_dict
     from .errors import DataError
 
@@ -45,19 +45,10 @@ def read_dataset_folder(path: str | list[str]) -> list[tuple]:
     for dataset, images, raws in contents:
         if len({img.shape[1:] for img in images}) != 1:
             raise DataError(f"{dataset.name}: images differ in shape; open them one by one from the Dataset widget")
-        stack = np.concatenate(images)
-        rgb = stack.shape[-1] > 1
-        data = stack if rgb else stack[..., 0]
-        data = data[0] if data.shape[0] == 1 else data
+        data, rgb = image_layer_data(images)
         layers.append((data, {"name": dataset.name, "rgb": rgb, "metadata": {"schism_dataset": str(folder)}}, "image"))
         if raws and count is not None:
-            encoding = shared_encoding(raws, count, IGNORE, dataset.name)
-            decoded = [
-                decode_mask(r, count, IGNORE, str(p), colors, encoding)
-                for r, p in zip(raws, dataset.masks or [], strict=True)
-            ]
-            masks = np.concatenate(decoded)
-            labels = mask_to_labels(masks[0] if masks.shape[0] == 1 else masks)
+            labels = labels_layer_data(raws, dataset.masks, count, source=dataset.name, class_colors=colors)
             layers.append((labels, {"name": f"{dataset.name} masks", "metadata": {"schism_classes": names}}, "labels"))
     return layers
 

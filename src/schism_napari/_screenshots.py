@@ -40,6 +40,10 @@ def capture(out: Path, epochs: int = 8) -> list[Path]:
     dock.dataset.image_layer.value = viewer.layers["rock CT"]
     dock.dataset.labels_layer.value = viewer.layers["rock CT scribbles"]
     dock.dataset.add_pair()
+    dock.setCurrentIndex(0)
+    for _ in range(20):  # let the window lay the dock out before the first picture
+        app.processEvents()
+        time.sleep(0.02)
     written = [out / "1_scribbles.png"]
     viewer.screenshot(written[-1], canvas_only=False)
 
@@ -56,6 +60,8 @@ def capture(out: Path, epochs: int = 8) -> list[Path]:
     dock.prediction.predict()
     wait(dock.prediction)
     viewer.layers["rock CT scribbles"].visible = False
+    if "rock CT preview" in viewer.layers:
+        viewer.layers["rock CT preview"].visible = False
     viewer.layers["rock CT probabilities"].visible = False
     written.append(out / "3_prediction.png")
     viewer.screenshot(written[-1], canvas_only=False)
@@ -63,6 +69,13 @@ def capture(out: Path, epochs: int = 8) -> list[Path]:
     viewer.layers["rock CT probabilities"].visible = True
     viewer.dims.set_current_step(0, 2)  # class axis of the probabilities: mineral
     written.append(out / "4_probabilities.png")
+    viewer.screenshot(written[-1], canvas_only=False)
+    viewer.layers["rock CT probabilities"].visible = False
+    viewer.layers["rock CT uncertainty"].visible = True
+    viewer.layers["rock CT prediction"].visible = True
+    viewer.layers["rock CT prediction"].opacity = 0.3
+    dock.prediction.next_uncertain_slice()  # where a correction helps most
+    written.append(out / "5_uncertainty.png")
     viewer.screenshot(written[-1], canvas_only=False)
     viewer.close()
     return written

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 from . import models as _models
 from .errors import ConfigError, allowed_values
-from .training import losses as _losses
 
 # The registries live with the code that builds what they name (one file to add an entry).
 SMP_ARCHITECTURES = _models.SMP_ARCHITECTURES
@@ -37,7 +36,22 @@ ACTIVATIONS = ("relu", "leakyrelu", "elu", "gelu", "sigmoid", "tanh")
 OPTIMIZERS = ("Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "RAdam", "SGD")
 # Schedulers that need Python callables or other schedulers cannot come from an INI file.
 UNSUPPORTED_SCHEDULERS = ("LRScheduler", "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler")
-LOSSES = tuple(_losses.LOSS_TERMS)
+
+
+def loss_names() -> tuple[str, ...]:
+    """The loss registry's names, read when needed: ``training.losses`` imports torch, and the
+    configuration must import quickly (the napari dock reads it on the GUI thread)."""
+    from .training.losses import LOSS_TERMS
+
+    return tuple(LOSS_TERMS)
+
+
+def __getattr__(name: str) -> Any:
+    """``config.LOSSES`` stays importable, without importing torch when the module loads."""
+    if name == "LOSSES":
+        return loss_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 _LOSS_ALIASES = {"ce": "CrossEntropyLoss", "bce": "BCEWithLogitsLoss", "dice": "DiceLoss"}
 
 # Canonical metric names and the spellings SCHISM (and common usage) accepts for them.
@@ -244,7 +258,10 @@ class LossConfig:
 
     loss: str = field(
         default="CrossEntropyLoss",
-        metadata=_help("Loss or weighted sum, e.g. 'CrossEntropyLoss + 0.5*DiceLoss'. Known: " + ", ".join(LOSSES)),
+        metadata=_help(
+            "Loss or weighted sum, e.g. 'CrossEntropyLoss + 0.5*DiceLoss': CrossEntropyLoss, DiceLoss, FocalLoss, "
+            "FocalDiceLoss and the others in the README's loss table."
+        ),
     )
     ignore_background: bool = field(
         default=False,
@@ -265,7 +282,9 @@ class LossConfig:
     def validate(self, source: str | None) -> None:
         terms = self.terms(source)
         self.loss = " + ".join(name if w == 1.0 else f"{w:g}*{name}" for w, name in terms)
-        accepted = set().union(*(_losses.loss_keyword_arguments(name) for _, name in terms))
+        from .training.losses import loss_keyword_arguments
+
+        accepted = set().union(*(loss_keyword_arguments(name) for _, name in terms))
         _check_kwargs("Loss", self.kwargs, tuple(sorted(accepted)), self.loss, source)
 
 
@@ -660,9 +679,9 @@ def parse_loss_expression(expression: str, source: str | None = None) -> list[tu
         if not match:
             raise ConfigError("Loss", "loss", expression, f"cannot read term {part!r}; write weight*LossName", source)
         weight = float(match.group(1)) if match.group(1) else 1.0
-        name = _LOSS_ALIASES.get(match.group(2).lower()) or _canonical_name(match.group(2), LOSSES)
+        name = _LOSS_ALIASES.get(match.group(2).lower()) or _canonical_name(match.group(2), loss_names())
         if name is None:
-            raise ConfigError("Loss", "loss", match.group(2), allowed_values(LOSSES, match.group(2)), source)
+            raise ConfigError("Loss", "loss", match.group(2), allowed_values(loss_names(), match.group(2)), source)
         if weight <= 0:
             raise ConfigError("Loss", "loss", expression, "term weights must be > 0", source)
         terms.append((weight, name))

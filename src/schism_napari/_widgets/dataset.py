@@ -1,4 +1,4 @@
-"""Dataset widget: pick a dataset folder or the image + Labels layers to train on.
+"""Dataset widget: pick a dataset folder or the image + Labels layers to train on, and name the classes.
 
 A folder (SCHISM or BiaPy layout) is summarised (images, shapes, dtypes, mask values,
 classes) and any pair can be opened in the viewer. Layers already in the viewer, dense masks
@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox, Table
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox, Table
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..data import mask_to_labels, read_image, read_mask
-from ..data.io import choose_encoding, decode_mask
+from ..data.io import choose_encoding
+from ..data.layers import read_pair
 from ..data.summary import FolderSummary, summarize_folder
-from ..errors import SchismError
+from ..errors import DataError, SchismError
+from .jobs import Job, follow
 from .relay import EventRelay, describe
 from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 
 
 class DatasetWidget(Container):
+    """The Dataset tab: what to train on (a folder, layer pairs) and what the classes are called.
+
+    Reading is done by the core (:mod:`schism_napari.data.layers`, shared with the reader); a
+    folder scan is the session's "scan" job.
+    """
+
     def __init__(self, viewer: napari.viewer.Viewer, session: Session | None = None):
         super().__init__(labels=True)
         self.viewer = viewer = unwrap_viewer(viewer)
@@ -50,7 +56,12 @@ class DatasetWidget(Container):
         self.remove_pair_button = PushButton(text="Remove selected")
         self.legend = Label(value="", label="classes")
         self.legend.tooltip = "Paint class k with label k + 1; 0 means not painted (ignored by training)."
-        self.status = Label(value="", label="")
+        self.class_names = LineEdit(value="", label="class names")
+        self.class_names.tooltip = "Comma-separated, one per class (label 1 first); saved with the next run."
+        self.class_colors = LineEdit(value="", label="class colours")
+        self.class_colors.tooltip = "Comma-separated #rrggbb, one per class (optional); used by the Labels layers."
+        self.apply_classes_button = PushButton(text="Apply class names")
+        self.status = Label(value="", label="status")
         self.extend(
             [
                 self.folder,
@@ -70,12 +81,15 @@ class DatasetWidget(Container):
                 self.pairs,
                 self.remove_pair_button,
                 self.legend,
+                self.class_names,
+                self.class_colors,
+                self.apply_classes_button,
                 self.status,
             ]
         )
         self.summary: FolderSummary | None = None
-        self.worker: Any = None
-        self.relay = EventRelay()
+        self.job: Job = self.session.job("scan")
+        self.apply_classes_button.changed.connect(self.apply_classes)
         self.scan_button.changed.connect(self.scan)
         self.dataset_choice.changed.connect(self._update_index_range)
         self.open_button.changed.connect(self.open_pair)
@@ -84,11 +98,26 @@ class DatasetWidget(Container):
         self.new_labels_button.changed.connect(self.new_scribble_layer)
         self.add_pair_button.changed.connect(self.add_pair)
         self.remove_pair_button.changed.connect(self.remove_selected)
-        self.session.data_changed.connect(self._show_pairs)
-        for signal in (self.session.data_changed, self.session.config_changed, self.session.model_changed):
-            signal.connect(self._show_legend)
+        follow(self.native, self.session.data_changed, self._show_pairs)
+        follow(self.native, self.job.state_changed, self._on_state)
+        for signal in (
+            self.session.data_changed,
+            self.session.config_changed,
+            self.session.model_changed,
+            self.session.classes_changed,
+        ):
+            follow(self.native, signal, self._show_legend)
         self._show_legend()
-        follow_layers(viewer, self)
+        self._show_pairs()
+        follow_layers(viewer, self.image_layer, self.labels_layer)
+
+    @property
+    def relay(self) -> EventRelay:
+        return self.job.relay
+
+    @property
+    def worker(self) -> Any:
+        return self.job.worker
 
     # ---- folder ------------------------------------------------------------------------------
 
@@ -96,17 +125,15 @@ class DatasetWidget(Container):
         """Summarise the folder in a worker (reading every mask can take a while)."""
         folder = Path(self.folder.value)
         self.status.value = f"scanning {folder}…"
-        self.worker = create_worker(summarize_folder, folder, _start_thread=False, _ignore_errors=True)
-        self.worker.returned.connect(self._show_summary)
-        self.worker.errored.connect(lambda error: self._fail(error, "scan failed"))
-        self.worker.finished.connect(self._scan_finished)
-        self.scan_button.enabled = False
-        self.worker.start()
+        self.job.start(
+            summarize_folder,
+            folder,
+            on_returned=self._show_summary,
+            on_errored=lambda error: self._fail(error, "scan failed"),
+        )
 
-    def _scan_finished(self) -> None:
-        self.worker = None
-        self.scan_button.enabled = True
-        self.relay.finished.emit()
+    def _on_state(self, state: Any) -> None:
+        self.scan_button.enabled = not state.busy
 
     def _show_summary(self, summary: FolderSummary) -> None:
         self.summary = summary
@@ -144,35 +171,33 @@ class DatasetWidget(Container):
             return
         index = int(self.pair_index.value)
         image_path = dataset.folder.images[index]
+        count = self.session.config.model.class_count
+        ignore = self.session.config.data.ignore_index
         try:
-            image = read_image(image_path)
-            rgb = image.shape[-1] > 1
-            data = image[0] if image.shape[0] == 1 else image
-            if not rgb:
-                data = data[..., 0]
-            layer = self.viewer.add_image(data, name=image_path.stem, rgb=rgb)
-            if dataset.folder.masks:
-                mask_path = dataset.folder.masks[index]
-                count = self.session.config.model.class_count
-                ignore = self.session.config.data.ignore_index
-                # decode with the encoding of the whole dataset, as training will
-                encoding = (
-                    choose_encoding(dataset.mask_values, count, ignore, dataset.name)
-                    if dataset.mask_values.size
-                    else None
-                )
-                mask = decode_mask(
-                    read_mask(mask_path), count, ignore, str(mask_path), self.summary.class_colors, encoding
-                )
-                labels = mask_to_labels(mask[0] if mask.shape[0] == 1 else mask)
-                labels_layer = self.viewer.add_labels(labels, name=f"{image_path.stem} mask")
-                self.status.value = f"opened {image_path.name} (labels: class k shown as k + 1)"
-                self.labels_layer.reset_choices()
-                self.labels_layer.value = labels_layer
-            self.image_layer.reset_choices()
-            self.image_layer.value = layer
+            # decode with the encoding of the whole dataset, as training will
+            encoding = (
+                choose_encoding(dataset.mask_values, count, ignore, dataset.name) if dataset.mask_values.size else None
+            )
+            data, rgb, labels = read_pair(
+                dataset.folder,
+                [index],
+                count,
+                class_colors=self.summary.class_colors,
+                ignore_index=ignore,
+                encoding=encoding,
+            )
         except SchismError as error:
             show_error(str(error))
+            return
+        layer = self.viewer.add_image(data, name=image_path.stem, rgb=rgb)
+        if labels is not None:
+            labels_layer = self.viewer.add_labels(labels, name=f"{image_path.stem} mask")
+            self.session.paint_colors(labels_layer)
+            self.status.value = f"opened {image_path.name} (labels: class k shown as k + 1)"
+            self.labels_layer.reset_choices()
+            self.labels_layer.value = labels_layer
+        self.image_layer.reset_choices()
+        self.image_layer.value = layer
 
     def use_folder(self) -> None:
         folder = Path(self.folder.value)
@@ -198,6 +223,7 @@ class DatasetWidget(Container):
         )
         layer.mode = "paint"
         layer.brush_size = 5
+        self.session.paint_colors(layer)
         self.labels_layer.reset_choices()
         self.labels_layer.value = layer
         self.add_pair()
@@ -220,6 +246,22 @@ class DatasetWidget(Container):
 
     def _show_legend(self, *_: Any) -> None:
         self.legend.value = self.session.legend_html()
+        self.class_names.value = ", ".join(self.session.names())
+        self.class_colors.value = ", ".join("#{:02x}{:02x}{:02x}".format(*c) for c in self.session.colors())
+
+    def apply_classes(self) -> None:
+        """The names and colours typed in the dock become the session's; paired Labels layers recolour."""
+        names = [n.strip() for n in str(self.class_names.value).split(",")]
+        try:
+            text = str(self.class_colors.value).strip()
+            colors = [_parse_color(c) for c in text.split(",")] if text else None
+            self.session.set_classes(names, colors)
+        except SchismError as error:
+            show_error(str(error))
+            return
+        for pair in self.session.pairs:
+            self.session.paint_colors(pair.labels)
+        self.status.value = "class names set: they are saved with the next training run"
 
     def _show_pairs(self) -> None:
         self.pairs.choices = [p.name for p in self.session.pairs]
@@ -228,3 +270,17 @@ class DatasetWidget(Container):
         message = describe(error)
         self.status.value = context
         show_error(message)
+
+
+def _parse_color(text: str) -> tuple[int, int, int]:
+    """'#32c85a' or '50 200 90' -> (50, 200, 90)."""
+    text = text.strip()
+    try:
+        if text.startswith("#") and len(text) == 7:
+            return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
+        r, g, b = (int(v) for v in text.split())
+        if all(0 <= v <= 255 for v in (r, g, b)):
+            return r, g, b
+    except ValueError:
+        pass
+    raise DataError(f"class colours: {text!r} is not a colour; write #rrggbb")

@@ -1,8 +1,10 @@
-"""Prediction widget: tiled prediction of an image layer into probability and label layers.
+"""Prediction widget: tiled prediction of an image layer into label, probability and uncertainty layers.
 
-Results keep the input's scale and translation. Label k + 1 is class k, so a prediction
-corrected with the brush is training data as it is: "Add to training set" pairs it with its
-image in this session, "Save to dataset" writes both as a new SCHISM dataset folder.
+Results keep the input's scale and translation and the viewer's camera. Label k + 1 is class k.
+The prediction is remembered as the model made it, so "Add to training set" trains only on what
+the user corrected (plus slices marked reviewed), not on the model's own errors; the uncertainty
+layer and "Next uncertain slice" show where a correction helps most. "Save to dataset" writes
+image and labels as a new SCHISM dataset folder. Prediction is the session's "prediction" job.
 """
 
 from __future__ import annotations
@@ -19,28 +21,26 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
-    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
-    SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from .. import events
-from ..config import InferenceConfig
 from ..data import labels_to_mask, mask_to_labels
 from ..data.export import write_training_pair
+from ..data.uncertainty import margin_uncertainty, most_uncertain_slice
 from ..errors import Cancelled, SchismError
-from ..events import StopToken
-from ..inference import PredictionResult, Predictor
-from ..runs import BEST_LOSS, TrainedModel, available_weights, load_trained_model
+from .config_form import ConfigForm
+from .jobs import Job, RunState, follow
 from .relay import EventRelay, describe
 from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
+BEST_LOSS = "loss"  # as schism_napari.runs.BEST_LOSS, without importing torch
+PROBABILITY_STYLE = {"colormap": "magma", "contrast_limits": (0.0, 1.0), "opacity": 0.6, "blending": "additive"}
 
 
 @dataclass
@@ -49,10 +49,16 @@ class Outputs:
 
     labels: Labels | None = None
     probabilities: list[Image] = field(default_factory=list)
+    uncertainty: Image | None = None
+    predicted: np.ndarray | None = None  # the labels as the model made them: edits are what differs
+    reviewed: set[int] = field(default_factory=set)  # slices the user checked whole
 
     def drop_removed(self, layers: Any) -> None:
         if self.labels is not None and self.labels not in layers:
             self.labels = None
+            self.predicted = None
+        if self.uncertainty is not None and self.uncertainty not in layers:
+            self.uncertainty = None
         self.probabilities = [p for p in self.probabilities if p in layers]
 
     def probabilities_array(self, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
@@ -68,31 +74,51 @@ class Outputs:
 if TYPE_CHECKING:
     import napari
 
+    from ..runs import TrainedModel
+
 
 class PredictionWidget(Container):
+    """The Prediction tab: model choice, the [Inference] form, Predict/Cancel, and the correction loop.
+
+    The [Inference] settings are the same generated, validated form as the Training tab's; the
+    prediction itself is the session's "prediction" job; what is left here is turning results
+    into layers and the user's corrections into training labels.
+    """
+
     def __init__(self, viewer: napari.viewer.Viewer, session: Session | None = None):
         super().__init__(labels=True)
         self.viewer = viewer = unwrap_viewer(viewer)
         self.session = session or session_for(viewer)
         self.model_label = Label(value="", label="model")
         self.run_folder = FileEdit(mode="d", label="run folder", value="")
-        self.metric = ComboBox(choices=[BEST_LOSS], value=BEST_LOSS, label="weights")
+        self._weight_names: list[str] = [BEST_LOSS]
+        # a choices callable: napari resets every dock widget's choices when layers change, and the
+        # user's checkpoint must survive that (it used to fall back to "loss" silently)
+        self.metric = ComboBox(choices=lambda _widget=None: self._weight_names, value=BEST_LOSS, label="weights")
         self.load_button = PushButton(text="Load run folder")
         self.image = ComboBox(choices=layer_choices(viewer, Image), label="image")
-        self.tile_size = SpinBox(min=16, max=4096, value=256, label="tile size")
-        self.overlap = FloatSpinBox(min=0.0, max=0.9, step=0.05, value=0.25, label="overlap")
-        self.batch_size = SpinBox(min=1, max=512, value=4, label="batch size")
-        self.tta = CheckBox(text="test-time augmentation (flips)", value=False)
+        self.inference_form = ConfigForm(("Inference",))
+        self.inference_form.set_config(self.session.config)
+        self.tile_size = self.inference_form.widget("Inference", "tile_size")
+        self.overlap = self.inference_form.widget("Inference", "overlap")
+        self.batch_size = self.inference_form.widget("Inference", "batch_size")
+        self.tta = self.inference_form.widget("Inference", "tta")
+        self.inference_form.widget("Inference", "threshold").visible = False  # the live slider below
         self.layout_choice = ComboBox(choices=[ONE_LAYER, PER_CLASS], value=ONE_LAYER, label="probabilities")
         self.current_slice = CheckBox(text="current slice only (preview)", value=False)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.threshold = FloatSlider(min=0.01, max=0.99, step=0.01, value=0.5, label="threshold", visible=False)
+        self.review_button = PushButton(text="Mark slice reviewed")
+        self.review_button.tooltip = "The whole current slice is right as it is: train on all of it, not only on edits."
+        self.next_uncertain_button = PushButton(text="Next uncertain slice")
+        self.next_uncertain_button.tooltip = "Go to the slice the model is least sure of (not yet reviewed)."
         self.add_button = PushButton(text="Add to training set")
+        self.add_button.tooltip = "Train on the pixels you corrected and on the slices marked reviewed."
         self.datasets_folder = FileEdit(mode="d", label="datasets folder", value="")
         self.save_button = PushButton(text="Save to dataset")
-        self.status = Label(value="", label="")
+        self.status = Label(value="", label="status")
         self.extend(
             [
                 self.model_label,
@@ -100,52 +126,67 @@ class PredictionWidget(Container):
                 self.metric,
                 self.load_button,
                 self.image,
-                self.tile_size,
-                self.overlap,
-                self.batch_size,
-                self.tta,
+                *self.inference_form.widgets.values(),  # the generated [Inference] fields, in this form
                 self.layout_choice,
                 self.current_slice,
                 Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
                 self.progress,
                 self.threshold,
+                Container(
+                    widgets=[self.review_button, self.next_uncertain_button], layout="horizontal", labels=False
+                ),
                 self.add_button,
                 self.datasets_folder,
                 self.save_button,
                 self.status,
             ]
         )
-        self.worker: Any = None
-        self.stop_token: StopToken | None = None
-        self.relay = EventRelay()
-        self.relay.event.connect(self._on_event)
+        self.job: Job = self.session.job("prediction")
         self.outputs: weakref.WeakKeyDictionary[Image, Outputs] = weakref.WeakKeyDictionary()
         self.source_layer: Image | None = None  # the image of the latest prediction
         self.labels_layer: Labels | None = None  # its Labels layer (the one to correct)
         self._foreground: np.ndarray | None = None  # binary models: P(class 1), for the threshold slider
-        self._pending: tuple[Any, ...] | None = None
 
         self.run_folder.changed.connect(self._list_weights)
         self.load_button.changed.connect(self.load_run)
         self.predict_button.changed.connect(self.predict)
         self.cancel_button.changed.connect(self.cancel)
         self.threshold.changed.connect(self._apply_threshold)
+        self.review_button.changed.connect(self.mark_reviewed)
+        self.next_uncertain_button.changed.connect(self.next_uncertain_slice)
         self.add_button.changed.connect(self.add_to_training_set)
         self.save_button.changed.connect(lambda: self.save_to_dataset())
-        self.session.model_changed.connect(self._on_model)
-        self.session.busy_changed.connect(lambda busy: self._update_enabled())
-        follow_layers(viewer, self)
+        native = self.native
+        follow(native, self.session.model_changed, self._on_model)
+        follow(native, self.session.busy_changed, lambda _busy: self._update_enabled())
+        follow(native, self.job.state_changed, self._on_state)
+        follow(native, self.job.event, self._on_event)
+        follow_layers(viewer, self.image)  # only the layer list: the weights choice stays
         self._on_model(self.session.model)
+
+    @property
+    def relay(self) -> EventRelay:
+        """The job's Qt bridge: ``relay.finished`` fires when a prediction has been taken in."""
+        return self.job.relay
+
+    @property
+    def worker(self) -> Any:
+        return self.job.worker
 
     # ---- model -------------------------------------------------------------------------------
 
     def _list_weights(self) -> None:
+        from ..runs import available_weights
+
         folder = Path(self.run_folder.value)
         names = list(available_weights(folder)) if folder.is_dir() else []
-        self.metric.choices = names or [BEST_LOSS]
+        self._weight_names = names or [BEST_LOSS]
+        self.metric.reset_choices()
         self.metric.value = BEST_LOSS if BEST_LOSS in names or not names else names[0]
 
     def load_run(self) -> None:
+        from ..runs import load_trained_model
+
         try:
             model = load_trained_model(Path(self.run_folder.value), str(self.metric.value))
         except SchismError as error:
@@ -160,25 +201,35 @@ class PredictionWidget(Container):
         else:
             self.model_label.value = _short(model.source)
             self.model_label.tooltip = model.source
-            settings = model.config.inference
-            self.tile_size.value = model.config.tile_size
-            self.overlap.value = 0.25 if settings.overlap is None else settings.overlap
-            self.batch_size.value = settings.batch_size
-            self.tta.value = settings.tta
-            self.threshold.value = settings.threshold
+            self.inference_form.set_config(model.config)
+            self.threshold.value = model.config.inference.threshold
             self.threshold.visible = model.class_count == 2
         self._update_enabled()
 
     def _update_enabled(self) -> None:
-        ready = self.session.model is not None and self.worker is None
-        self.predict_button.enabled = ready and not self.session.busy
-        self.cancel_button.enabled = self.worker is not None
+        why = ""
+        if self.session.model is None:
+            why = "no model yet: train one (Training tab) or load a run folder"
+        elif self.session.busy:
+            why = "training is running: predict when it ends (or Stop it)"
+        elif self.job.busy:
+            why = "a prediction is running"
+        self.predict_button.enabled = not why
+        self.predict_button.tooltip = why or "Predict the chosen image layer with the current model."
+        self.cancel_button.enabled = self.job.state is RunState.RUNNING
+
+    def _on_state(self, state: RunState) -> None:
+        if state is RunState.CANCELLED:
+            self.status.value = "cancelled"
+        elif state is RunState.FAILED:
+            self.status.value = "prediction failed"
+        self._update_enabled()
 
     # ---- prediction --------------------------------------------------------------------------
 
     def predict(self) -> None:
         model, layer = self.session.model, self.image.value
-        if self.worker is not None:
+        if self.job.busy:
             return
         if model is None:
             show_error("no model: train one or load a run folder first")
@@ -186,22 +237,12 @@ class PredictionWidget(Container):
         if layer is None:
             show_error("no image layer to predict")
             return
-        settings = InferenceConfig(
-            tile_size=self.tile_size.value,
-            overlap=self.overlap.value,
-            batch_size=self.batch_size.value,
-            blending=model.config.inference.blending,
-            tta=self.tta.value,
-            threshold=self.threshold.value,
-        )
-        self.stop_token = StopToken()
-        predictor = Predictor.from_trained(
-            model,
-            settings=settings,
-            device=model.config.training.device,
-            callback=self.relay.emit,
-            stop=self.stop_token,
-        )
+        try:
+            settings = self.inference_form.config().inference
+        except SchismError as error:
+            show_error(str(error))
+            return
+        settings.threshold = float(self.threshold.value)
         data = layer.data
         spatial_ndim = data.ndim - (1 if layer.rgb else 0)
         z = None
@@ -209,21 +250,29 @@ class PredictionWidget(Container):
             z = int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3])
             z = min(max(z, 0), data.shape[0] - 1)
             data = data[z]
-        self._pending = (layer, model, z)
         self.progress.value = 0
         self.status.value = "predicting…"
-        self.worker = create_worker(
-            predictor.predict, data, rgb=bool(layer.rgb), _start_thread=False, _ignore_errors=True
+        viewer, widget = self.viewer, weakref.ref(self)
+
+        def returned(value: tuple[Any, np.ndarray]) -> None:
+            alive = widget()
+            if alive is not None:
+                alive._on_returned(layer, model, z, value)
+
+        self.job.start(
+            _predict,
+            model,
+            settings,
+            data,
+            bool(layer.rgb),
+            control=True,
+            on_returned=returned,
+            on_errored=_report_failure,
+            info={"viewer": viewer},
         )
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self._update_enabled()
-        self.worker.start()
 
     def cancel(self) -> None:
-        if self.stop_token is not None:
-            self.stop_token.request()
+        self.job.stop()
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, events.PredictionProgress):
@@ -231,30 +280,20 @@ class PredictionWidget(Container):
             self.progress.value = event.done
             self.status.value = f"{event.done}/{event.total} tiles · slice {event.slices_done}/{event.slices}"
 
-    def _on_errored(self, error: Exception) -> None:
-        if isinstance(error, Cancelled):
-            self.status.value = "cancelled"
+    def _on_returned(self, layer: Image, model: Any, z: int | None, value: tuple[Any, np.ndarray]) -> None:
+        result, uncertainty = value
+        if layer not in self.viewer.layers:
             return
-        message = describe(error)
-        self.status.value = "prediction failed"
-        show_error(f"prediction failed: {message}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._update_enabled()
-        self.relay.finished.emit()
-
-    def _on_returned(self, result: PredictionResult) -> None:
-        if self._pending is None:  # a result without a pending request: nothing to show it on
-            return
-        layer, model, z = self._pending
-        self._show_result(layer, model, result, z)
+        self._show_result(layer, model, result, uncertainty, z)
         self.status.value = "done" if z is None else f"slice {z} predicted"
 
     # ---- result layers -----------------------------------------------------------------------
 
-    def _show_result(self, layer: Image, model: TrainedModel, result: PredictionResult, z: int | None) -> None:
-        """Put the result in the source image's own output layers (created on its first prediction)."""
+    def _show_result(self, layer: Image, model: Any, result: Any, uncertainty: np.ndarray, z: int | None) -> None:
+        """Put the result in the source image's own output layers (created on its first prediction),
+        keeping the camera where the user left it."""
+        camera = self.viewer.camera
+        kept = (tuple(camera.center), camera.zoom, tuple(camera.angles))
         outputs = self.outputs.setdefault(layer, Outputs())
         outputs.drop_removed(self.viewer.layers)
         spatial_shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
@@ -272,13 +311,28 @@ class PredictionWidget(Container):
                 full[:] = previous
             full[z] = probabilities
             probabilities = full
+            full_uncertainty = np.zeros(spatial_shape, dtype=np.float32)
+            if outputs.uncertainty is not None and outputs.uncertainty.data.shape == spatial_shape:
+                full_uncertainty[:] = outputs.uncertainty.data
+            full_uncertainty[z] = uncertainty
+            uncertainty = full_uncertainty
         by_class = np.moveaxis(probabilities, -3, 0)  # (C, [Z,] Y, X)
         self._update_labels_layer(layer, outputs, model, labels)
         self._update_probability_layers(layer, outputs, model, by_class)
+        self._update_uncertainty_layer(layer, outputs, uncertainty)
+        # keep the labels on top: they are what the user corrects
+        if self.viewer.layers[-1] is not outputs.labels:
+            self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
+        outputs.predicted = np.array(outputs.labels.data, copy=True)
+        pair = self.session.pair_of(outputs.labels)
+        if pair is not None:  # predicted again after "Add to training set": edits count from here
+            pair.predicted, pair.reviewed = outputs.predicted, outputs.reviewed
         self.source_layer, self.labels_layer = layer, outputs.labels
         self._foreground = by_class[1] if model.class_count == 2 else None
+        if (tuple(camera.center), camera.zoom, tuple(camera.angles)) != kept:
+            camera.center, camera.zoom, camera.angles = kept
 
-    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: TrainedModel, labels: np.ndarray) -> None:
+    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
         if outputs.labels is not None:
@@ -290,15 +344,18 @@ class PredictionWidget(Container):
                 scale=layer.scale[-labels.ndim :],
                 translate=layer.translate[-labels.ndim :],
             )
-        outputs.labels.metadata["schism_classes"] = model.class_names
-        if model.class_colors:
-            colors: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
-            colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(model.class_colors)})
-            outputs.labels.colormap = DirectLabelColormap(color_dict=colors)
-            outputs.labels.metadata["schism_colors"] = [list(c) for c in model.class_colors]
+        metadata = outputs.labels.metadata
+        metadata["schism_classes"] = model.class_names
+        colors = model.class_colors or self.session.colors()
+        wanted = [[int(v) for v in c] for c in colors]
+        if metadata.get("schism_colors") != wanted:  # a new colormap redraws the layer: only when it changes
+            color_dict: dict[Any, Any] = {None: "transparent", 0: "transparent"}
+            color_dict.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(wanted)})
+            outputs.labels.colormap = DirectLabelColormap(color_dict=color_dict)
+            metadata["schism_colors"] = wanted
 
     def _update_probability_layers(
-        self, layer: Image, outputs: Outputs, model: TrainedModel, by_class: np.ndarray
+        self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray
     ) -> None:
         existing = outputs.probabilities
         per_class = self.layout_choice.value == PER_CLASS
@@ -311,8 +368,10 @@ class PredictionWidget(Container):
             return
         for old in existing:
             self.viewer.layers.remove(old)
-        scale, translate = layer.scale[-(by_class.ndim - 1) :], layer.translate[-(by_class.ndim - 1) :]
-        style = {"colormap": "magma", "contrast_limits": (0, 1)}
+        spatial = by_class.ndim - 1
+        scale, translate = layer.scale[-spatial:], layer.translate[-spatial:]
+        axes = tuple(layer.axis_labels[-spatial:])
+        # hidden by default: the image stays visible under the labels while the user corrects
         if per_class:
             outputs.probabilities = [
                 self.viewer.add_image(
@@ -320,11 +379,11 @@ class PredictionWidget(Container):
                     name=f"{layer.name} P({name})",
                     scale=scale,
                     translate=translate,
-                    blending="additive",
-                    visible=k > 0,
-                    **style,
+                    axis_labels=axes,
+                    visible=False,
+                    **PROBABILITY_STYLE,
                 )
-                for k, (data, name) in enumerate(zip(by_class, model.class_names, strict=True))
+                for data, name in zip(by_class, model.class_names, strict=True)
             ]
         else:
             outputs.probabilities = [
@@ -333,30 +392,101 @@ class PredictionWidget(Container):
                     name=f"{layer.name} probabilities",
                     scale=(1.0, *scale),
                     translate=(0.0, *translate),
+                    axis_labels=("class", *axes),
                     metadata={"schism_classes": model.class_names},
-                    **style,
+                    visible=False,
+                    **PROBABILITY_STYLE,
                 )
             ]
-        # keep the labels above the probabilities
-        self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
+
+    def _update_uncertainty_layer(self, layer: Image, outputs: Outputs, uncertainty: np.ndarray) -> None:
+        """1 - margin between the two likeliest classes: bright where a correction helps most."""
+        if outputs.uncertainty is not None and outputs.uncertainty.data.shape == uncertainty.shape:
+            outputs.uncertainty.data = uncertainty
+            return
+        if outputs.uncertainty is not None:
+            self.viewer.layers.remove(outputs.uncertainty)
+        outputs.uncertainty = self.viewer.add_image(
+            uncertainty,
+            name=f"{layer.name} uncertainty",
+            scale=layer.scale[-uncertainty.ndim :],
+            translate=layer.translate[-uncertainty.ndim :],
+            axis_labels=tuple(layer.axis_labels[-uncertainty.ndim :]),
+            colormap="inferno",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.6,
+            blending="additive",
+            visible=False,
+        )
 
     def _apply_threshold(self) -> None:
         if self._foreground is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
             return
-        self.labels_layer.data = ((self._foreground > self.threshold.value).astype(np.uint8) + 1).astype(np.uint8)
+        labels = ((self._foreground > self.threshold.value).astype(np.uint8) + 1).astype(np.uint8)
+        self.labels_layer.data = labels
+        outputs = self._latest_outputs()
+        if outputs is not None:  # a new threshold is a new prediction, not a correction
+            outputs.predicted = labels.copy()
+            pair = self.session.pair_of(self.labels_layer)
+            if pair is not None:
+                pair.predicted = outputs.predicted
 
     # ---- correct and retrain -----------------------------------------------------------------
 
+    def _latest_outputs(self) -> Outputs | None:
+        if self.source_layer is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+            return None
+        outputs = self.outputs.get(self.source_layer)
+        return outputs if outputs is not None and outputs.labels is self.labels_layer else None
+
+    def _current_z(self) -> int:
+        return int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3]) if self.viewer.dims.ndim >= 3 else 0
+
+    def mark_reviewed(self) -> None:
+        """The current slice of the latest prediction is right as it stands: all of it becomes labels."""
+        outputs = self._latest_outputs()
+        if outputs is None:
+            show_error("no prediction to review: predict an image first")
+            return
+        z = self._current_z() if outputs.labels.data.ndim == 3 else 0
+        outputs.reviewed.add(z)
+        self.status.value = f"reviewed slices: {', '.join(map(str, sorted(outputs.reviewed)))}"
+        self.session.labels_edited.emit()
+
+    def next_uncertain_slice(self) -> int | None:
+        """Move the viewer to the slice the model is least sure of, skipping reviewed slices."""
+        outputs = self._latest_outputs()
+        if outputs is None or outputs.uncertainty is None:
+            show_error("no prediction yet: predict a stack first")
+            return None
+        z = most_uncertain_slice(np.asarray(outputs.uncertainty.data), outputs.reviewed)
+        if z is None:
+            show_info("nothing left to review" if outputs.uncertainty.data.ndim == 3 else "a 2D image has one slice")
+            return None
+        world = outputs.labels.data_to_world([z, 0, 0])[0]
+        axis = self.viewer.dims.ndim - 3
+        self.viewer.dims.set_point(axis, world)
+        self.status.value = f"slice {z}: the model is least sure here"
+        return z
+
     def add_to_training_set(self) -> None:
-        if self.labels_layer is None or self.source_layer is None or self.labels_layer not in self.viewer.layers:
+        outputs = self._latest_outputs()
+        if outputs is None:
             show_error("no prediction to add: predict an image first, then correct it with the brush")
             return
         try:
-            self.session.add_pair(self.source_layer, self.labels_layer)
+            self.session.add_pair(self.source_layer, self.labels_layer, predicted=outputs.predicted)
         except SchismError as error:
             show_error(str(error))
             return
-        show_info(f"{self.labels_layer.name} joins the training set; train again (fine-tune) to use it")
+        pair = self.session.pair_of(self.labels_layer)
+        if pair is not None:
+            pair.reviewed = outputs.reviewed  # shared: slices reviewed later count too
+        self.session.labels_edited.emit()
+        show_info(
+            f"{self.labels_layer.name} joins the training set: only your corrections and the slices marked "
+            "reviewed count; train again (fine-tune) to use them"
+        )
 
     def save_to_dataset(self, folder: str | Path | None = None) -> Path | None:
         folder = Path(folder or self.datasets_folder.value)
@@ -384,6 +514,23 @@ class PredictionWidget(Container):
             return None
         show_info(f"saved as dataset {written}")
         return written
+
+
+def _predict(model: Any, settings: Any, data: Any, rgb: bool, *, callback: Any, stop: Any) -> tuple[Any, np.ndarray]:
+    """In the worker: tiled prediction and its uncertainty map (torch is imported here, not at dock time)."""
+    from ..inference import Predictor
+
+    predictor = Predictor.from_trained(
+        model, settings=settings, device=model.config.training.device, callback=callback, stop=stop
+    )
+    result = predictor.predict(data, rgb=rgb)
+    probabilities = np.asarray(result.probabilities)
+    return result, margin_uncertainty(probabilities, class_axis=-3)
+
+
+def _report_failure(error: BaseException) -> None:
+    if not isinstance(error, Cancelled):
+        show_error(f"prediction failed: {describe(error)}")
 
 
 def _short(source: str, limit: int = 48) -> str:

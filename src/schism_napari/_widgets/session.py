@@ -1,15 +1,19 @@
 """State shared by the Dataset, Training and Prediction widgets of one viewer.
 
 The widgets never talk to each other directly: they read and change the session, which
-announces changes through psygnal signals (no Qt needed, so it is testable on its own).
+announces changes through psygnal signals. The session also owns the viewer's background jobs
+(:mod:`.jobs`), so they outlive any dock: closing the dock mid-training leaves the run to the
+session, a reopened dock reattaches to it, and closing the viewer stops it.
+
+Nothing here imports torch: the dock must open in well under a second.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -17,9 +21,32 @@ from psygnal import Signal
 from ..config import SchismConfig
 from ..data import labels_to_mask, load_dataset, samples_from_arrays
 from ..data.dataset import SegmentationData, merge_datasets
+from ..data.labels import corrections_to_mask
 from ..errors import DataError
 from ..planning import interactive_config
-from ..runs import TrainedModel, default_class_names
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from ..runs import TrainedModel
+
+# class colours when a dataset brings none (label k + 1 is class k); Labels layers get the same
+DEFAULT_COLORS: list[tuple[int, int, int]] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
+
+
+def default_class_names(class_count: int) -> list[str]:
+    """As :func:`schism_napari.runs.default_class_names`, without importing torch."""
+    return [f"class {k}" for k in range(class_count)]
 
 
 @dataclass
@@ -28,6 +55,15 @@ class LayerPair:
 
     image: Any  # napari.layers.Image
     labels: Any  # napari.layers.Labels
+    predicted: np.ndarray | None = None  # a prediction as the model made it: only edits count
+    reviewed: set[int] = field(default_factory=set)  # slices the user checked whole
+
+    def mask(self, class_count: int) -> np.ndarray:
+        """The training mask: painted pixels, or for a corrected prediction, edits + reviewed slices."""
+        edited = np.asarray(self.labels.data)
+        if self.predicted is None:
+            return labels_to_mask(edited, class_count)
+        return corrections_to_mask(self.predicted, edited, class_count, self.reviewed)
 
     @property
     def name(self) -> str:
@@ -75,18 +111,31 @@ class TrainingSources:
                 )
             )
         data = merge_datasets(parts)
-        if data.class_names is None:
-            data.class_names, data.class_colors = self.class_names, self.class_colors
+        count = data.class_count
+        # names and colours the user set in the dock win over the folder's (they travel into the run)
+        if self.class_names and len(self.class_names) == count:
+            data.class_names = list(self.class_names)
+        if self.class_colors and len(self.class_colors) == count:
+            data.class_colors = [tuple(c) for c in self.class_colors]
         return data
 
 
 class Session:
+    """What the widgets of one viewer share: the configuration, the training sources, the model, the
+    class names and colours, and the background jobs (training, prediction, scan).
+
+    Widgets are views of it and may be closed and recreated at any time; anything that must survive
+    them (a running training, its progress and curves) lives here.
+    """
+
     config_changed = Signal(object)  # SchismConfig: any change (form edits included)
     config_replaced = Signal(object)  # SchismConfig: a whole new config (INI loaded): forms refill
     class_count_requested = Signal(int)  # a scanned dataset says how many classes it has
     data_changed = Signal()
     model_changed = Signal(object)  # TrainedModel | None
-    busy_changed = Signal(bool)
+    busy_changed = Signal(bool)  # the training job started or ended
+    classes_changed = Signal()  # class names or colours edited
+    labels_edited = Signal()  # a training Labels layer was painted
 
     def __init__(self) -> None:
         self.config: SchismConfig = interactive_config()
@@ -95,7 +144,23 @@ class Session:
         self.model: TrainedModel | None = None
         self.class_names: list[str] | None = None
         self.class_colors: list[tuple[int, int, int]] | None = None
-        self.busy = False
+        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan")}
+        self.jobs["training"].state_changed.connect(lambda state: self.busy_changed.emit(state.busy))
+
+    def job(self, kind: str) -> Job:
+        return self.jobs[kind]
+
+    @property
+    def busy(self) -> bool:
+        """Training runs (or is stopping): a second one must not start, Predict waits."""
+        return self.jobs["training"].busy
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """The viewer closes: ask every running job to stop and wait for its worker."""
+        for job in self.jobs.values():
+            job.stop()
+        for job in self.jobs.values():
+            job.wait(timeout)
 
     # ---- configuration ---------------------------------------------------------------------
 
@@ -125,21 +190,34 @@ class Session:
             self.class_names, self.class_colors = class_names, colors
         self.data_changed.emit()
 
-    def add_pair(self, image: Any, labels: Any) -> None:
+    def add_pair(self, image: Any, labels: Any, predicted: np.ndarray | None = None) -> None:
+        """Pair an image with its labels; with ``predicted`` the labels are a corrected prediction
+        and only the user's edits (and slices marked reviewed) will count."""
         if image.data.shape[: labels.data.ndim] != labels.data.shape and not (
             image.rgb and image.data.shape[:-1] == labels.data.shape
         ):
             raise DataError(
                 f"labels {labels.name!r} {labels.data.shape} do not match image {image.name!r} {image.data.shape}"
             )
-        if any(p.image is image and p.labels is labels for p in self.pairs):
+        existing = next((p for p in self.pairs if p.image is image and p.labels is labels), None)
+        if existing is not None:
+            if predicted is not None:
+                existing.predicted = predicted
             return
         names = labels.metadata.get("schism_classes")
         if names and len(names) == self.config.model.class_count and not self.class_names:
             colors = labels.metadata.get("schism_colors")
             self.class_names, self.class_colors = list(names), [tuple(c) for c in colors] if colors else None
-        self.pairs.append(LayerPair(image, labels))
+        self.pairs.append(LayerPair(image, labels, predicted))
+        if not any(p.labels is labels for p in self.pairs[:-1]):
+            labels.events.paint.connect(self._labels_painted)
         self.data_changed.emit()
+
+    def _labels_painted(self, _event: Any = None) -> None:
+        self.labels_edited.emit()
+
+    def pair_of(self, labels: Any) -> LayerPair | None:
+        return next((p for p in self.pairs if p.labels is labels), None)
 
     def remove_pair(self, index: int) -> None:
         del self.pairs[index]
@@ -170,7 +248,7 @@ class Session:
         masks = []
         for pair in self.pairs:
             try:
-                masks.append(labels_to_mask(np.asarray(pair.labels.data), count))
+                masks.append(pair.mask(count))
             except DataError as error:
                 raise DataError(f"labels layer {pair.labels.name!r}: {error}") from None
         return TrainingSources(
@@ -199,26 +277,45 @@ class Session:
 
     def legend_html(self) -> str:
         """'label = class' with colour swatches, for the widgets (label k + 1 is class k)."""
-        colors = (
-            self.class_colors if self.class_colors and len(self.class_colors) == self.config.model.class_count else None
-        )
         items = []
-        for k, name in enumerate(self.names()):
-            swatch = ""
-            if colors:
-                r, g, b = colors[k]
-                swatch = f'<span style="color: rgb({r},{g},{b})">&#9632;</span> '
+        for k, (name, (r, g, b)) in enumerate(zip(self.names(), self.colors(), strict=True)):
+            swatch = f'<span style="color: rgb({r},{g},{b})">&#9632;</span> '
             items.append(f"{swatch}{k + 1} = {name}")
         return "label " + ", ".join(items) + " (0 = not painted)"
+
+    def colors(self) -> list[tuple[int, int, int]]:
+        """One colour per class: the dataset's or the user's, else a fixed palette."""
+        count = self.config.model.class_count
+        if self.class_colors and len(self.class_colors) == count:
+            return [tuple(int(v) for v in c) for c in self.class_colors]
+        return [DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k in range(count)]
+
+    def set_classes(self, names: list[str], colors: list[tuple[int, int, int]] | None = None) -> None:
+        """The user named the classes (and picked colours) in the dock: they go into the next run."""
+        count = self.config.model.class_count
+        if len(names) != count or any(not n.strip() for n in names):
+            raise DataError(f"class names: {len(names)} given for {count} classes ({', '.join(names)})")
+        if colors is not None and len(colors) != count:
+            raise DataError(f"class colours: {len(colors)} given for {count} classes")
+        self.class_names = [n.strip() for n in names]
+        if colors is not None:
+            self.class_colors = [tuple(c) for c in colors]
+        self.classes_changed.emit()
+
+    def paint_colors(self, layer: Any) -> None:
+        """Give a Labels layer the session's class colours and names, so the legend tells the truth."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colors: dict[Any, Any] = {None: "transparent", 0: "transparent"}
+        colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(self.colors())})
+        layer.colormap = DirectLabelColormap(color_dict=colors)
+        layer.metadata["schism_classes"] = self.names()
+        layer.metadata["schism_colors"] = [list(c) for c in self.colors()]
 
     def names(self) -> list[str]:
         count = self.config.model.class_count
         names = self.class_names if self.class_names and len(self.class_names) == count else None
         return names or default_class_names(count)
-
-    def set_busy(self, busy: bool) -> None:
-        self.busy = busy
-        self.busy_changed.emit(busy)
 
 
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
@@ -236,10 +333,12 @@ def layer_choices(viewer: Any, kind: type) -> Any:
     return lambda _widget=None: [layer for layer in viewer.layers if isinstance(layer, kind)]
 
 
-def follow_layers(viewer: Any, widget: Any) -> None:
-    """Refresh a widget's layer choices when layers are added or removed."""
+def follow_layers(viewer: Any, *combos: Any) -> None:
+    """Refresh the layer choices of these combo boxes (only these: other choices, such as the
+    checkpoint, must not reset) when layers are added or removed."""
     for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-        event.connect(lambda _event: widget.reset_choices())
+        for combo in combos:
+            event.connect(lambda _event, combo=combo: combo.reset_choices())
 
 
 def session_for(viewer: Any) -> Session:
@@ -249,7 +348,25 @@ def session_for(viewer: Any) -> Session:
         session = Session()
         _sessions[viewer] = session
         viewer.layers.events.removed.connect(lambda event: session.forget_layer(event.value))
+        _stop_on_close(viewer, session)
     return _sessions[viewer]
+
+
+def _stop_on_close(viewer: Any, session: Session) -> None:
+    """Closing the viewer's window stops the session's jobs cleanly (training ends after its batch)."""
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is None:
+        return
+    from qtpy.QtCore import QEvent, QObject
+
+    class _CloseWatcher(QObject):
+        def eventFilter(self, watched: Any, event: Any) -> bool:
+            if event.type() == QEvent.Type.Close and any(job.busy for job in session.jobs.values()):
+                session.shutdown()
+            return False
+
+    watcher = _CloseWatcher(window)
+    window.installEventFilter(watcher)
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -1,32 +1,36 @@
 """Training widget: the configuration form, Load/Save INI, Train/Stop with progress and live curves.
 
-Training runs in a napari thread worker; the core's events reach the GUI thread through a Qt
-signal, so the viewer stays responsive. Stop asks the core to end after the current batch; the
-best weights are kept and become the session's model.
+Training is the session's "training" job (:mod:`.jobs`): it runs in a napari thread worker and
+belongs to the viewer's session, not to this widget, so closing the dock leaves it running and a
+reopened dock shows its progress and curves again and can stop it. Stop asks the core to end
+after the current batch; the best weights are kept and become the session's model.
+
+Pressing Train first fits a random forest on the painted pixels (seconds, in the worker) and
+shows its prediction of the current slice as a preview layer; the network's prediction of the
+same slice replaces it when training ends. torch is imported only inside the worker.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, ProgressBar, PushButton
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog
 
 from .. import events
 from ..atomic import unique_path
-from ..data.dataset import SegmentationData
+from ..data.labels import labelled_pixels
 from ..errors import SchismError
-from ..events import StopToken
-from ..runs import TrainedModel, default_class_names
-from ..training.trainer import Trainer, TrainingResult
 from .config_form import ConfigForm
 from .curves import CurvesCanvas
+from .jobs import Job, RunState, follow
 from .relay import EventRelay, describe
-from .session import Session, session_for, unwrap_viewer
+from .session import Session, TrainingSources, default_class_names, session_for, unwrap_viewer
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 
@@ -34,8 +38,26 @@ DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 if TYPE_CHECKING:
     import napari
 
+    from ..data.dataset import SegmentationData
+    from ..runs import TrainedModel
+    from ..training.trainer import TrainingResult
+
+
+@dataclass(frozen=True)
+class ForestPreview:
+    """The random forest's prediction of one slice, made before the network trains."""
+
+    probabilities: np.ndarray  # (C, Y, X)
+    z: int | None
+
 
 class TrainingWidget(Container):
+    """The Training tab: the form every INI key lives in, Train/Stop, progress, curves.
+
+    It is a view of the session's training job: all it does is translate clicks into job calls
+    and job events into progress, status and curves, so several copies (a reopened dock) agree.
+    """
+
     def __init__(self, viewer: napari.viewer.Viewer, session: Session | None = None):
         super().__init__(labels=False)
         self.viewer = viewer = unwrap_viewer(viewer)
@@ -48,17 +70,26 @@ class TrainingWidget(Container):
         self.runs_folder = FileEdit(mode="d", value=DEFAULT_RUNS, label="runs folder")
         self.runs_folder.tooltip = "Each training creates a new run folder here (SCHISM files: weights, curves, logs)."
         self.fine_tune = CheckBox(text="continue from current model (fine-tune)", value=False, enabled=False)
+        self.preview = CheckBox(text="instant preview (random forest on the painted pixels)", value=True)
+        self.preview.tooltip = (
+            "Before the network trains, a random forest fitted in seconds predicts the current slice into a "
+            "'preview' layer; the network's prediction of that slice replaces it when training ends."
+        )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="ready")
+        self.label_counts = Label(value="")
+        self.label_counts.tooltip = "Pixels painted per class in the training layers, and on which slices."
         self.curves = CurvesCanvas()
         self.extend(
             [
                 Container(widgets=[self.load_button, self.save_button], layout="horizontal", labels=False),
                 self.data_label,
+                self.label_counts,
                 Container(widgets=[self.runs_folder], labels=True),
                 self.fine_tune,
+                self.preview,
                 Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.status,
@@ -68,11 +99,7 @@ class TrainingWidget(Container):
         layout.insertWidget(0, self.form.tabs)
         layout.addWidget(self.curves)
 
-        self.worker: Any = None
-        self.stop_token: StopToken | None = None
-        self.relay = EventRelay()
-        self.relay.event.connect(self._on_event)
-        self.last_result: TrainingResult | None = None
+        self.job: Job = self.session.job("training")
         self._started_at = 0.0
         self._total_batches = 1
         self._done_batches = 0
@@ -81,13 +108,44 @@ class TrainingWidget(Container):
         self.save_button.changed.connect(self._ask_save_ini)
         self.train_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
-        self.session.data_changed.connect(self._show_data)
-        self.session.model_changed.connect(self._on_model)
-        self.session.config_replaced.connect(self._refill_form)
-        self.session.class_count_requested.connect(self._set_class_count)
+        native = self.native
+        follow(native, self.session.data_changed, self._show_data)
+        follow(native, self.session.labels_edited, self._show_label_counts)
+        follow(native, self.session.classes_changed, self._show_label_counts)
+        follow(native, self.session.model_changed, self._on_model)
+        follow(native, self.session.config_replaced, self._refill_form)
+        follow(native, self.session.class_count_requested, self._set_class_count)
+        follow(native, self.job.event, self._on_event)
+        follow(native, self.job.state_changed, self._show_state)
         self._filling = False
         self.form.on_change(self._form_edited)
         self._show_data()
+        self._on_model(self.session.model)
+        self._reattach()
+
+    # ---- the session's training job ------------------------------------------------------------
+
+    @property
+    def relay(self) -> EventRelay:
+        """The job's Qt bridge: ``relay.finished`` fires when a run has been taken in."""
+        return self.job.relay
+
+    @property
+    def worker(self) -> Any:
+        return self.job.worker
+
+    @property
+    def last_result(self) -> TrainingResult | None:
+        return self.job.result[0] if self.job.result else None
+
+    def _reattach(self) -> None:
+        """A dock opened while training runs: replay the run's events, then follow it live."""
+        if not self.job.history and not self.job.busy:
+            return
+        self.curves.reset(self.job.info.get("metrics", []))
+        for arrived, event in self.job.history:
+            self._on_event(event, arrived)
+        self._show_state(self.job.state)
 
     # ---- INI ---------------------------------------------------------------------------------
 
@@ -128,10 +186,12 @@ class TrainingWidget(Container):
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.job.busy
 
     def start(self) -> None:
-        if self.running:
+        """Train on the session's data; one training at a time per viewer."""
+        if self.job.busy:
+            show_warning("a training is already running in this viewer: stop it first")
             return
         try:
             config = self.form.config()
@@ -145,49 +205,60 @@ class TrainingWidget(Container):
         except SchismError as error:
             show_error(str(error))
             return
-        self.stop_token = stop = StopToken()
-
-        def train() -> tuple[TrainingResult, SegmentationData]:
-            """In the worker: read the data (a folder can take a while), then train."""
-            data = sources.load()
-            trainer = Trainer(
-                config,
-                data,
-                run_dir,
-                initial_weights=initial,
-                callback=self.relay.emit,
-                stop=stop,
-                curves_each_epoch=False,  # the dock draws them live
-            )
-            return trainer.run(), data
-
-        self.curves.reset(config.training.score_metrics())
+        preview = self._preview_target() if self.preview.value else None
+        self._show_label_counts(sources)
+        metrics = config.training.score_metrics()
+        self.curves.reset(metrics)
         self.progress.value = 0
+        job, session, viewer = self.job, self.session, self.viewer
+        job.start(
+            _train,
+            sources,
+            run_dir,
+            initial,
+            _preview_slice(preview),  # copied here: the worker never touches a layer
+            control=True,
+            on_returned=lambda returned: _take_model(viewer, session, returned),
+            on_errored=_report_failure,
+            on_event=lambda event: _on_preview(viewer, session, preview, event),
+            info={"metrics": metrics, "preview": preview},
+        )
         self.status.value = "reading the training data…"
-        self.worker = create_worker(train, _start_thread=False, _ignore_errors=True)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self._set_running(True)
-        self.worker.start()
 
     def stop(self) -> None:
-        if self.stop_token is not None:
-            self.stop_token.request()
+        if self.job.busy:
+            self.job.stop()
             self.status.value = "stopping after this batch…"
 
-    def _set_running(self, running: bool) -> None:
-        self.train_button.enabled = not running
-        self.stop_button.enabled = running
-        self.load_button.enabled = not running
-        self.session.set_busy(running)
+    def _preview_target(self) -> tuple[Any, int | None] | None:
+        """The painted image the forest preview shows: the first layer pair, at the current slice."""
+        if not self.session.pairs:
+            return None
+        image = self.session.pairs[0].image
+        spatial = image.data.ndim - (1 if image.rgb else 0)
+        if spatial != 3:
+            return image, None
+        z = int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3])
+        return image, min(max(z, 0), image.data.shape[0] - 1)
 
-    def _on_event(self, event: Any) -> None:
+    def _show_state(self, state: RunState) -> None:
+        running = state.busy
+        self.train_button.enabled = not running
+        self.stop_button.enabled = state is RunState.RUNNING
+        self.load_button.enabled = not running
+        self.train_button.tooltip = "a training is running: Stop it first" if running else ""
+        if state is RunState.STOPPING:
+            self.status.value = "stopping after this batch…"
+        elif state is RunState.FAILED:
+            self.status.value = "training failed"
+
+    def _on_event(self, event: Any, arrived: float | None = None) -> None:
+        now = time.perf_counter() if arrived is None else arrived
         if isinstance(event, events.TrainingStarted):
             epochs = event.epochs - event.first_epoch + 1
             self._total_batches = max(1, epochs * event.batches_per_epoch)
             self._done_batches = 0
-            self._started_at = time.perf_counter()
+            self._started_at = now
             self.progress.max = self._total_batches
             self.status.value = (
                 f"training on {event.device}: {event.train_samples} training / {event.val_samples} validation images"
@@ -195,7 +266,7 @@ class TrainingWidget(Container):
         elif isinstance(event, events.BatchEnded):
             self._done_batches += 1
             self.progress.value = min(self._done_batches, self._total_batches)
-            elapsed = time.perf_counter() - self._started_at
+            elapsed = now - self._started_at
             left = elapsed / self._done_batches * (self._total_batches - self._done_batches)
             self.status.value = (
                 f"epoch {event.epoch} · batch {event.batch}/{event.batches} · loss {event.loss:.4f} · "
@@ -209,33 +280,8 @@ class TrainingWidget(Container):
             (show_warning if event.level == "warning" else show_info)(event.text)
         elif isinstance(event, events.TrainingFinished):
             best = ", ".join(f"{k} {v:.4f}" for k, v in event.best.items())
-            self.status.value = f"{event.reason} after {event.epochs_completed} epochs · best: {best}"
-
-    def _on_returned(self, returned: tuple[TrainingResult, SegmentationData]) -> None:
-        result, data = returned
-        self.last_result = result
-        names = data.class_names or default_class_names(data.class_count)
-        model = TrainedModel(
-            result.config,
-            result.model,
-            data.stats["default"],
-            data.in_channels,
-            list(names),
-            data.class_colors,
-            f"{result.run_dir} (model_best_loss.pth)",
-        )
-        self.session.set_model(model)
-        show_info(f"training {result.reason}; run folder {result.run_dir}")
-
-    def _on_errored(self, error: Exception) -> None:
-        message = describe(error)
-        self.status.value = "training failed"
-        show_error(f"training failed: {message}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._set_running(False)
-        self.relay.finished.emit()
+            epochs = event.epochs_completed
+            self.status.value = f"{event.reason} after {epochs} epoch{'s' if epochs != 1 else ''} · best: {best}"
 
     def _refill_form(self, config: Any) -> None:
         self._filling = True
@@ -259,11 +305,178 @@ class TrainingWidget(Container):
 
     def _show_data(self) -> None:
         self.data_label.value = "training data: " + self.session.describe_data()
+        self._show_label_counts()
+
+    def _show_label_counts(self, sources: TrainingSources | None = None) -> None:
+        """How many pixels are labelled per class, and on which slices (layer pairs only)."""
+        count = self.session.config.model.class_count
+        try:
+            masks = sources.masks if sources is not None else [p.mask(count) for p in self.session.pairs]
+        except SchismError:
+            return  # labels beyond the classes: Train says so
+        if not masks:
+            self.label_counts.value = ""
+            return
+        parts = []
+        for name, (pixels, slices) in zip(self.session.names(), labelled_pixels(masks, count), strict=True):
+            where = f" on slice{'s' if len(slices) != 1 else ''} {_ranges(slices)}" if pixels else ""
+            parts.append(f"{name}: {pixels} px{where}")
+        self.label_counts.value = "labelled: " + "; ".join(parts)
 
     def _on_model(self, model: TrainedModel | None) -> None:
         self.fine_tune.enabled = model is not None
         if model is None:
             self.fine_tune.value = False
+
+
+def _train(
+    sources: TrainingSources,
+    run_dir: Path,
+    initial: dict[str, Any] | None,
+    preview: tuple[np.ndarray, bool, int | None] | None,
+    *,
+    callback: Any,
+    stop: Any,
+) -> tuple[TrainingResult, SegmentationData, np.ndarray | None]:
+    """In the worker: read the data, show the forest's preview, train, predict the preview slice."""
+    from ..training.trainer import Trainer
+
+    data = sources.load()
+    image, rgb, z = preview if preview is not None else (None, False, None)
+    if image is not None:
+        _forest_preview(sources, image, z, callback)
+    trainer = Trainer(
+        sources.config,
+        data,
+        run_dir,
+        initial_weights=initial,
+        callback=callback,
+        stop=stop,
+        curves_each_epoch=False,  # the dock draws them live
+    )
+    result = trainer.run()
+    network = None
+    if image is not None:
+        from ..inference import Predictor
+
+        model = _trained_model(result, data)
+        network = Predictor.from_trained(model, device=result.config.training.device).predict(
+            image, rgb=rgb
+        )
+        network = np.asarray(network.probabilities)
+    return result, data, network
+
+
+def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] | None, event: Any) -> None:
+    if isinstance(event, ForestPreview) and preview is not None:
+        show_preview(viewer, session, preview[0], event.probabilities, event.z, source="forest")
+
+
+def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, bool, int | None] | None:
+    """(image layer, z) -> (a copy of that slice, rgb, z), taken in the GUI thread."""
+    if preview is None:
+        return None
+    layer, z = preview
+    data = layer.data if z is None else layer.data[z]
+    return np.array(data, copy=True), bool(layer.rgb), z
+
+
+def _forest_preview(sources: TrainingSources, image: np.ndarray, z: int | None, callback: Any) -> None:
+    """Fit a random forest on the painted slices and send its prediction of the preview slice."""
+    from ..baseline import PixelClassifier
+    from ..data.io import IGNORE
+
+    images, masks = [], []
+    for layer_image, mask, rgb in zip(sources.images, sources.masks, sources.rgb, strict=True):
+        stack_i = layer_image if (layer_image.ndim - rgb) == 3 else layer_image[None]
+        stack_m = mask if mask.ndim == 3 else mask[None]
+        for plane, plane_mask in zip(stack_i, stack_m, strict=True):
+            if (plane_mask != IGNORE).any():
+                images.append(plane if rgb else plane[..., None])
+                masks.append(plane_mask)
+    if not masks:
+        return
+    try:
+        classifier = PixelClassifier("forest", class_count=sources.config.model.class_count, trees=24)
+        classifier.fit(images, masks)
+        probabilities = classifier.predict_proba(image if image.ndim == 3 else image[..., None])
+    except (SchismError, ValueError):
+        return  # a preview is a courtesy: training goes on without it
+    callback(ForestPreview(np.asarray(probabilities, dtype=np.float32), z))
+
+
+def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedModel:
+    from ..runs import TrainedModel
+
+    names = data.class_names or default_class_names(data.class_count)
+    return TrainedModel(
+        result.config,
+        result.model,
+        data.stats["default"],
+        data.in_channels,
+        list(names),
+        data.class_colors,
+        f"{result.run_dir} (model_best_loss.pth)",
+    )
+
+
+def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None]) -> None:
+    """In the GUI thread, whether or not a dock is open: the new model joins the session, and the
+    network's prediction of the preview slice replaces the forest's."""
+    result, data, network = returned
+    session.set_model(_trained_model(result, data))
+    preview = session.job("training").info.get("preview")
+    if network is not None and preview is not None:
+        show_preview(viewer, session, preview[0], network, preview[1], source="network")
+    show_info(f"training {result.reason}; run folder {result.run_dir}")
+
+
+def _report_failure(error: BaseException) -> None:
+    show_error(f"training failed: {describe(error)}")
+
+
+def show_preview(
+    viewer: Any, session: Session, image: Any, probabilities: np.ndarray, z: int | None, source: str
+) -> Any:
+    """The preview layer of an image: labels of one slice (class k as k + 1), the rest unpainted."""
+    from ..data.labels import mask_to_labels
+
+    if image not in viewer.layers:
+        return None
+    spatial = image.data.shape[:-1] if image.rgb else image.data.shape
+    labels = mask_to_labels(np.argmax(probabilities, axis=0).astype(np.uint8))
+    name = f"{image.name} preview"
+    layer = next((candidate for candidate in viewer.layers if candidate.name == name), None)
+    if layer is None or layer.data.shape != spatial:
+        camera = (viewer.camera.center, viewer.camera.zoom)
+        layer = viewer.add_labels(
+            np.zeros(spatial, np.uint8),
+            name=name,
+            scale=image.scale[-len(spatial) :],
+            translate=image.translate[-len(spatial) :],
+            opacity=0.5,
+        )
+        viewer.camera.center, viewer.camera.zoom = camera
+        session.paint_colors(layer)
+    full = np.zeros(spatial, np.uint8)
+    if z is None:
+        full[:] = labels
+    else:
+        full[z] = labels
+    layer.data = full
+    layer.metadata["schism_preview"] = source
+    return layer
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts: list[str] = []
+    for v in values:
+        if parts and parts[-1][1] == v - 1:
+            parts[-1] = (parts[-1][0], v)
+        else:
+            parts.append((v, v))
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
 
 
 def _clock(seconds: float) -> str:

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from .._torchvision_compat import ensure_torchvision_importable
 from ..errors import ConfigError, SchismError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a network is built: the configuration imports this registry
+    import torch
+    from torch import nn
+
     from ..config import ModelConfig
 
 # (config, input channels, output channels, INI file name for errors) -> network
-Builder = Callable[["ModelConfig", int, int, "str | None"], nn.Module]
+Builder = Callable[["ModelConfig", int, int, "str | None"], "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,9 @@ def _nearest_encoders(names: list[str], given: str) -> str:
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     """Load local encoder weights without executing code (safetensors or weights_only torch.load)."""
+    import torch
+    from torch import nn
+
     if not path.is_file():
         raise SchismError(f"{path}: encoder weights file not found ([Model] encoder_weights)")
     if path.suffix == ".safetensors":

@@ -1,0 +1,170 @@
+"""Background actions of a viewer's session: one evented run state and one way to start a worker.
+
+Training, prediction and folder scans all run in a napari thread worker. Before, each widget made
+its own worker, connected its own callbacks and inferred "busy" from ``worker is not None``; a
+widget closed mid-run lost the run. A :class:`Job` belongs to the per-viewer session instead: it
+holds the worker, the stop token, the state (idle / running / stopping / done / failed /
+cancelled, as careamics-napari's ``TrainingStatus``) and the events of the current run, so a dock
+opened again later shows the same progress and curves and can still stop it. A new action
+(evaluate, export) is one more ``Job``, not one more copy of the lifecycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from psygnal import Signal
+
+from ..errors import Cancelled
+from ..events import StopToken
+from .relay import EventRelay
+
+
+class RunState(str, Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def busy(self) -> bool:
+        return self in (RunState.RUNNING, RunState.STOPPING)
+
+
+class Job:
+    """One kind of background action of a session (training, prediction, scan), one run at a time.
+
+    ``state_changed`` and ``event`` are psygnal signals emitted in the GUI thread; ``relay`` is the
+    Qt bridge the worker's core callback goes through (``relay.finished`` fires once the run's
+    result or error has been taken in: what tests and scripts wait for). ``history`` keeps
+    ``(arrival time, event)`` of the current run so a widget created mid-run can replay it.
+    """
+
+    state_changed = Signal(object)  # RunState
+    event = Signal(object)  # a core event, in the GUI thread
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.state = RunState.IDLE
+        self.worker: Any = None
+        self.stop_token: StopToken | None = None
+        self.history: list[tuple[float, Any]] = []
+        self.info: dict[str, Any] = {}  # what the starting widget wants to remember (metrics, layers)
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._run_handler: Callable[[Any], None] | None = None
+        self._pending = RunState.DONE
+        self.relay = EventRelay()
+        self.relay.event.connect(self._on_event)
+
+    @property
+    def busy(self) -> bool:
+        return self.state.busy
+
+    def start(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        on_returned: Callable[[Any], None] | None = None,
+        on_errored: Callable[[BaseException], None] | None = None,
+        on_event: Callable[[Any], None] | None = None,
+        info: dict[str, Any] | None = None,
+        control: bool = False,
+        **kwargs: Any,
+    ) -> bool:
+        """Run ``function(*args, **kwargs)`` in a worker; False (and nothing started) while busy.
+
+        With ``control`` the function also gets ``callback=`` (core events, thread-safe) and
+        ``stop=`` (this run's :class:`StopToken`). ``on_returned``/``on_errored`` run in the GUI
+        thread before the state settles, so code following the state sees their effects (the
+        session's new model, say); ``on_event`` sees this run's events, with or without a widget.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.busy:
+            return False
+        self.stop_token = StopToken()
+        self.history = []
+        self.info = dict(info or {})
+        self.result = self.error = None
+        if control:
+            kwargs.update(callback=self.relay.emit, stop=self.stop_token)
+        self._run_handler = on_event
+        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        worker.returned.connect(lambda value: self._returned(value, on_returned))
+        worker.errored.connect(lambda error: self._errored(error, on_errored))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self._set_state(RunState.RUNNING)
+        worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Ask the run to end at its next check (after the current batch or tile)."""
+        if self.busy and self.stop_token is not None:
+            self.stop_token.request()
+            self._set_state(RunState.STOPPING)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until the worker thread has ended (closing the viewer), pumping no events."""
+        if self.worker is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self.worker is not None and time.monotonic() < deadline:
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    # ---- in the GUI thread -----------------------------------------------------------------
+
+    def _on_event(self, value: Any) -> None:
+        self.history.append((time.perf_counter(), value))
+        if self._run_handler is not None:
+            self._run_handler(value)
+        self.event.emit(value)
+
+    def _returned(self, value: Any, handler: Callable[[Any], None] | None) -> None:
+        self.result = value
+        stopped = self.stop_token is not None and self.stop_token.requested
+        self._pending = RunState.CANCELLED if stopped else RunState.DONE
+        if handler is not None:
+            handler(value)
+
+    def _errored(self, error: BaseException, handler: Callable[[BaseException], None] | None) -> None:
+        self.error = error
+        self._pending = RunState.CANCELLED if isinstance(error, Cancelled) else RunState.FAILED
+        if handler is not None:
+            handler(error)
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._run_handler = None
+        self._set_state(self._pending)
+        self._pending = RunState.DONE
+        self.relay.finished.emit()
+
+    def _set_state(self, state: RunState) -> None:
+        self.state = state
+        self.state_changed.emit(state)
+
+
+def follow(native: Any, signal: Any, slot: Callable[..., Any]) -> None:
+    """Connect ``slot`` to a session signal for as long as the Qt widget ``native`` exists.
+
+    Widgets come and go (a closed dock, a reopened one) while the session and its jobs stay; a
+    destroyed widget must not be called again.
+    """
+    signal.connect(slot)
+
+    def _disconnect(*_: Any) -> None:
+        with contextlib.suppress(ValueError, RuntimeError):
+            signal.disconnect(slot)
+
+    native.destroyed.connect(_disconnect)

@@ -1,0 +1,264 @@
+"""The napari loop as a new user meets it: a dock closed mid-training, the viewer closed, the weights
+choice, result layers, class names, corrections that count, the next slice to correct, stalls.
+
+Driven as a user would, under Xvfb (pytest-xvfb); trainings are tiny.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from schism_napari import events
+from schism_napari._widgets.jobs import RunState
+from schism_napari.data.io import IGNORE
+from schism_napari.sample import make_rock, scribbles
+from test_widgets import WAIT_MS, add_scribble_pair, click_and_wait, errors, notifications, small_training
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+__all__ = ["notifications"]  # the fixture, shared with test_widgets
+
+
+@pytest.fixture
+def rock():
+    volume, truth = make_rock((4, 96, 96), seed=5)
+    return volume, truth, scribbles(truth, slices=(0, 2), strokes_per_class=5)
+
+
+def open_dock(viewer, tmp_path):
+    dock_widget, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    dock.training.runs_folder.value = tmp_path / "runs"
+    return dock_widget, dock
+
+
+def start_and_wait_for_epoch(qtbot, training) -> None:
+    with qtbot.waitSignal(
+        training.relay.event, timeout=WAIT_MS, check_params_cb=lambda e: isinstance(e, events.EpochEnded)
+    ):
+        training.train_button.clicked.emit()
+
+
+def ticking():
+    """A 10 ms QTimer recording when it fires: gaps are event-loop stalls."""
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = [time.perf_counter()]
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    return timer, ticks
+
+
+def test_closing_the_dock_mid_training_and_reopening_it_reattaches(qtbot, make_napari_viewer, tmp_path, rock):
+    viewer = make_napari_viewer()
+    dock_widget, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    add_scribble_pair(viewer, dock, viewer.add_image(volume, name="scan"), viewer.add_labels(painted))
+    small_training(dock.training, epochs=60)
+    dock.training.preview.value = False
+    start_and_wait_for_epoch(qtbot, dock.training)
+    viewer.window.remove_dock_widget(dock_widget)  # the user closes the dock; training goes on
+    job = dock.training.session.job("training")
+    assert job.state is RunState.RUNNING and job.worker is not None
+
+    _, reopened = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    training = reopened.training
+    assert training is not dock.training and training.job is job
+    assert not training.train_button.enabled and training.stop_button.enabled  # Stop works, Train waits
+    assert "a training is running" in training.train_button.tooltip
+    assert len(training.curves.history) >= 1  # the curves so far, replayed
+    assert 0 < training.progress.value < training.progress.max
+    assert "epoch" in training.status.value and "left" in training.status.value
+    assert not reopened.prediction.predict_button.enabled
+    assert "no model yet" in reopened.prediction.predict_button.tooltip
+
+    worker = job.worker
+    training.train_button.clicked.emit()  # a second training in the same viewer is refused
+    assert job.worker is worker
+
+    with qtbot.waitSignal(training.relay.finished, timeout=WAIT_MS):
+        training.stop_button.clicked.emit()
+    assert job.state is RunState.CANCELLED
+    assert training.last_result.stopped and training.last_result.epochs_completed < 60
+    assert training.train_button.enabled and not training.stop_button.enabled
+    assert "stopped" in training.status.value
+    assert training.session.model is not None and reopened.prediction.predict_button.enabled
+
+
+def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, tmp_path, rock):
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    add_scribble_pair(viewer, dock, viewer.add_image(volume), viewer.add_labels(painted))
+    small_training(dock.training, epochs=60)
+    dock.training.preview.value = False
+    start_and_wait_for_epoch(qtbot, dock.training)
+    job = dock.training.session.job("training")
+    viewer.close()
+    assert job.worker is None  # the worker ended before the window went
+    assert job.state is RunState.CANCELLED
+    assert job.result[0].stopped and job.result[0].epochs_completed < 60
+
+
+def test_class_names_colours_preview_and_label_counts(qtbot, make_napari_viewer, tmp_path, rock):
+    """Name the classes and pick colours in the dock; they reach the legend, the layers and the run folder.
+    Train shows the forest's preview of the current slice first, then the network's."""
+    from schism_napari.runs import load_trained_model
+
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    image = viewer.add_image(volume, name="scan")
+    scribble_layer = viewer.add_labels(painted, name="strokes")
+    add_scribble_pair(viewer, dock, image, scribble_layer)
+    assert "&#9632;" in dock.dataset.legend.value  # swatches even without a class_dict.csv
+    dock.dataset.class_names.value = "pore, rock, ore"
+    dock.dataset.class_colors.value = "#ff0000, #00ff00, #0000ff"
+    dock.dataset.apply_classes_button.clicked.emit()
+    legend = dock.dataset.legend.value
+    assert "2 = rock" in legend and "rgb(255,0,0)" in legend and "rgb(0,0,255)" in legend
+    np.testing.assert_allclose(scribble_layer.colormap.map(np.array([1]))[0][:3], [1, 0, 0])
+    counts = dock.training.label_counts.value
+    assert "pore:" in counts and "on slices 0, 2" in counts
+
+    small_training(dock.training, epochs=1)
+    viewer.dims.set_current_step(0, 2)
+    previews: list = []
+    dock.training.relay.event.connect(lambda e: previews.append(e) if type(e).__name__ == "ForestPreview" else None)
+    click_and_wait(qtbot, dock.training, dock.training.train_button)
+    assert len(previews) == 1 and previews[0].z == 2 and previews[0].probabilities.shape == (3, 96, 96)
+    preview = viewer.layers["scan preview"]
+    assert preview.metadata["schism_preview"] == "network"  # the network replaced the forest
+    assert np.count_nonzero(preview.data[2]) == 96 * 96 and np.count_nonzero(preview.data[[0, 1, 3]]) == 0
+    assert dock.training.status.value.startswith("completed after 1 epoch ")  # not "1 epochs"
+
+    run_dir = dock.training.last_result.run_dir
+    reloaded = load_trained_model(run_dir)
+    assert reloaded.class_names == ["pore", "rock", "ore"]
+    assert [tuple(c) for c in reloaded.class_colors] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    prediction = dock.prediction
+    prediction.reset_choices()
+    prediction.image.value = image
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    labels = viewer.layers["scan prediction"]
+    assert labels.metadata["schism_classes"] == ["pore", "rock", "ore"]
+    np.testing.assert_allclose(labels.colormap.map(np.array([3]))[0][:3], [0, 0, 1])
+
+
+def test_weights_choice_survives_new_layers_and_results_keep_the_view(
+    qtbot, make_napari_viewer, tmp_path, trained_run, rock
+):
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    prediction = dock.prediction
+    assert not prediction.predict_button.enabled and "no model" in prediction.predict_button.tooltip
+    prediction.run_folder.value = trained_run
+    prediction.metric.value = "Jaccard"
+    volume, _, _ = rock
+    image = viewer.add_image(volume, name="scan")  # adding a layer must not reset the choice
+    assert prediction.metric.value == "Jaccard"
+    prediction.load_button.clicked.emit()
+    assert "Jaccard" in prediction.model_label.tooltip
+    prediction.reset_choices()
+    prediction.image.value = image
+    viewer.camera.zoom = 3.3
+    viewer.camera.center = (0, 30, 40)
+    viewer.dims.set_current_step(0, 1)
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    assert prediction.metric.value == "Jaccard"  # Predict added layers; the choice stayed
+    assert viewer.camera.zoom == pytest.approx(3.3) and tuple(viewer.camera.center)[1:] == pytest.approx((30, 40))
+    assert viewer.dims.current_step[viewer.dims.ndim - 3] == 1
+    probabilities = viewer.layers["scan probabilities"]
+    assert not probabilities.visible and probabilities.opacity < 1  # the image stays visible under the labels
+    assert "class" in viewer.dims.axis_labels and "-4" not in viewer.dims.axis_labels
+    uncertainty = viewer.layers["scan uncertainty"]
+    assert not uncertainty.visible and uncertainty.data.shape == volume.shape
+    assert viewer.layers[-1] is viewer.layers["scan prediction"]  # the labels on top, to correct
+
+    means = uncertainty.data.reshape(4, -1).mean(axis=1)
+    first = prediction.next_uncertain_slice()
+    assert first == int(np.argmax(means)) and viewer.dims.current_step[viewer.dims.ndim - 3] == first
+    prediction.review_button.clicked.emit()  # this slice is fine: next time go elsewhere
+    second = prediction.next_uncertain_slice()
+    assert second != first and second == int(np.argsort(-means)[1])
+
+
+def test_corrections_count_not_the_uncorrected_prediction(
+    qtbot, make_napari_viewer, tmp_path, trained_run, rock, monkeypatch, notifications
+):
+    """Correct a block on one slice, mark another reviewed, Add to training set, press Train: what the
+    worker trains on is the scribbles plus exactly those pixels, IGNORE elsewhere."""
+    from schism_napari._widgets import session as session_module
+
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    image = viewer.add_image(volume, name="scan")
+    add_scribble_pair(viewer, dock, image, viewer.add_labels(painted, name="strokes"))
+    prediction = dock.prediction
+    prediction.run_folder.value = trained_run
+    prediction.load_button.clicked.emit()
+    prediction.reset_choices()
+    prediction.image.value = image
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    labels = viewer.layers["scan prediction"]
+    predicted = labels.data.copy()
+    corrected = predicted.copy()
+    corrected[1, 10:20, 10:20] = np.where(predicted[1, 10:20, 10:20] == 2, 3, 2)  # every pixel changed
+    labels.data = corrected  # "painted" with the brush
+    viewer.dims.set_current_step(viewer.dims.ndim - 3, 3)  # z (the probabilities add a class axis first)
+    prediction.review_button.clicked.emit()
+    prediction.add_button.clicked.emit()
+
+    trained_on: list = []
+
+    def capture(sources):
+        trained_on.append(sources)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(session_module.TrainingSources, "load", capture)
+    click_and_wait(qtbot, dock.training, dock.training.train_button)
+    (sources,) = trained_on
+    mask = sources.masks[sources.names.index("scan (2)")] if "scan (2)" in sources.names else sources.masks[1]
+    labelled = mask != IGNORE
+    assert labelled[1, 10:20, 10:20].all() and labelled[1].sum() == 100  # the corrections on slice 1
+    assert labelled[3].all()  # the reviewed slice, whole
+    assert not labelled[[0, 2]].any()  # the uncorrected prediction is not ground truth
+    np.testing.assert_array_equal(mask[1, 10:20, 10:20], corrected[1, 10:20, 10:20] - 1)
+    np.testing.assert_array_equal(mask[3], predicted[3] - 1)
+    assert any("captured" in m for m in errors(notifications))
+
+
+def test_updated_results_do_not_stall_the_event_loop(qtbot, make_napari_viewer, tmp_path, trained_run, rock):
+    """Predicting again updates the layers in place: no event-loop gap over 100 ms (10 ms QTimer)."""
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    prediction = dock.prediction
+    prediction.run_folder.value = trained_run
+    prediction.load_button.clicked.emit()
+    volume, _, _ = rock
+    prediction.reset_choices()
+    prediction.image.value = viewer.add_image(volume, name="scan")
+    timer, ticks = ticking()
+    click_and_wait(qtbot, prediction, prediction.predict_button)  # first: napari creates 3 layers
+    first = max(np.diff(ticks))
+    ticks[:] = [time.perf_counter()]
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    timer.stop()
+    again = max(np.diff(ticks))
+    print(f"longest gap: first prediction {first * 1000:.0f} ms (new layers), again {again * 1000:.0f} ms")
+    assert again < 0.1, f"the event loop stalled for {again * 1000:.0f} ms"
+
+
+def test_the_dock_fits_its_panel(make_napari_viewer):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer()
+    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    scrolls = [dock.widget(i) for i in range(dock.count())]
+    assert all(isinstance(s, QScrollArea) for s in scrolls)
+    assert all(s.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff for s in scrolls)
