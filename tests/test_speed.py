@@ -84,7 +84,7 @@ def test_halo_tiling_matches_whole_image_on_the_trained_model(trained_run, sampl
 def test_default_inference_settings_use_an_automatic_halo_and_tile():
     predictor = pointwise_predictor(tile_size=None, overlap=None)
     assert predictor.halo == auto_halo(8) == 32
-    assert predictor.tile_size % 8 == 0 and 128 <= predictor.tile_size <= 512
+    assert predictor.tile_size % 8 == 0 and 128 <= predictor.tile_size <= 1024
     assert auto_tile_size("cpu", batch_size=4, divisor=32, free_bytes=64 << 20) == 128  # little memory: small tiles
     assert auto_tile_size("cuda", batch_size=4, divisor=32, free_bytes=80 << 30) == 2048
 
