@@ -201,7 +201,7 @@ def test_train_without_num_classes_plans_and_writes_plan_json(sample_files, tmp_
     assert code == 0
     saved = SchismConfig.from_ini(run / "hyperparameters.ini")
     assert saved.model.num_classes == 3 and saved.training.time_budget == 0.05
-    assert saved.model.model_type == "UnetSegmentor" and saved.data.crop_size == 64  # the INI's keys
+    assert saved.model.model_type == "UnetConcat" and saved.data.crop_size == 64  # the INI's keys
     plan = json.loads((run / PLAN_FILE).read_text(encoding="utf-8"))
     assert "masks" in plan["planned"]["Model.num_classes"]["reason"]
     assert "Model.model_type" in plan["given"]

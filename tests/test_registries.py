@@ -25,7 +25,7 @@ def registry_tables():
 def test_config_names_come_from_the_registries():
     assert tuple(ARCHITECTURES) == config.ARCHITECTURES
     assert tuple(LOSS_TERMS) == config.LOSSES
-    assert set(config.SCHISM_ARCHITECTURES) | set(config.SMP_ARCHITECTURES) == set(ARCHITECTURES)
+    assert set(config.SCHISM_ARCHITECTURES) | set(config.SMP_ARCHITECTURES) | {config.UNET_CONCAT} == set(ARCHITECTURES)
 
 
 def test_smp_entries_name_smp_classes():

@@ -8,6 +8,7 @@ fault, no traceback, and no output folder left behind.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -138,7 +139,7 @@ def _binary_ini(tmp: Path, env: dict) -> list[str]:
 
 
 def _unknown_encoder(tmp: Path, env: dict) -> list[str]:
-    text = TINY_INI.replace("model_type = UnetSegmentor", "model_type = Unet\nencoder = resnet343")
+    text = re.sub(r"model_type = \w+", "model_type = Unet\nencoder = resnet343", TINY_INI)
     return _train(tmp, env, ini=_ini(tmp, text))
 
 

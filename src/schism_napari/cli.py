@@ -282,7 +282,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         )
         if resume and data.stats_path is None:
             data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
-        plan = None if resume else _plan(config, data, classes_from_masks, progress)
+        plan = None if resume else _plan(config, data, classes_from_masks)
         if plan is not None:
             config = plan.config
         stop = StopToken()
@@ -293,7 +293,7 @@ def command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(config: Any, data: Any, classes_from_masks: bool, progress: TqdmProgress) -> Any:
+def _plan(config: Any, data: Any, classes_from_masks: bool) -> Any:
     """Fill the keys the INI left out from the data (see :mod:`schism_napari.planning`) and say why."""
     from .devices import select_device
     from .planning import plan_config
@@ -304,7 +304,8 @@ def _plan(config: Any, data: Any, classes_from_masks: bool, progress: TqdmProgre
     for key, reason in plan.reasons.items():
         if "." in key:
             section, name = key.split(".", 1)
-            progress.write(f"plan: [{section}] {name} = {getattr(plan.config.section(section), name)}  ({reason})")
+            # a report, not progress: stdout, so stderr keeps one line when something then fails
+            print(f"plan: [{section}] {name} = {getattr(plan.config.section(section), name)}  ({reason})")
     return plan
 
 
