@@ -176,6 +176,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
     state = load_weights(path)
     if name == "last":
         state = state["model"]
+    model: nn.Module
     if info.get("kind") == "per_class":  # one-vs-rest members + stacker (training/per_class.py)
         from .models.per_class import build_per_class_model
 
