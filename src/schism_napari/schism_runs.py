@@ -60,9 +60,8 @@ def is_schism_run(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
     if (run_dir / RUN_INFO).is_file() or (run_dir / "last_checkpoint.pth").is_file() or not has_ini(run_dir):
         return False
-    from .runs import read_run_config
-
-    return read_run_config(run_dir).model.model_type in SCHISM_ARCHITECTURES
+    ini = next(run_dir / name for name in INI_NAMES if (run_dir / name).is_file())
+    return SchismConfig.from_ini(ini).model.model_type in SCHISM_ARCHITECTURES
 
 
 def run_normalization(run_dir: Path, dataset: str | None = None) -> Normalization:
@@ -102,39 +101,6 @@ class SchismInput(nn.Module):
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="nearest-exact")
         return logits
-
-
-def load_schism_run(run_dir: Path, metric: str = "loss", dataset: str | None = None):  # -> runs.TrainedModel
-    """A SCHISM run folder as a TrainedModel whose predictor reproduces SCHISM's inference."""
-    from .models import build_model
-    from .runs import TrainedModel, default_class_names, load_weights, read_run_config, resolve_weights
-
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    _, path = resolve_weights(run_dir, metric)
-    state = load_weights(path)
-    network = build_model(config.model, 3, source=config.source)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise SchismError(
-            f"{path}: weights do not fit SCHISM's {config.model.model_type} described in "
-            f"{Path(config.source or run_dir).name} ({str(error).splitlines()[0]})"
-        ) from None
-    network.eval()
-    crop, res = config.data.crop_size, config.data.img_res
-    model = SchismInput(network, crop, res).eval()
-    run_config = schism_inference_config(config)
-    return TrainedModel(
-        run_config,
-        model,
-        run_normalization(run_dir, dataset),
-        3,
-        default_class_names(config.model.class_count),
-        None,
-        f"{run_dir} ({path.name}, SCHISM run)",
-        run_dir,
-    )
 
 
 def schism_inference_config(config: SchismConfig) -> SchismConfig:
