@@ -151,6 +151,18 @@ def test_16bit_png(tmp_path):
     np.testing.assert_array_equal(image[0, ..., 0], array)
 
 
+def test_16bit_png_memory_check_counts_two_bytes_a_pixel(tmp_path, monkeypatch):
+    from schism_napari import inputs
+
+    path = write_png(tmp_path / "gray16.png", np.full((100, 100), 1000, np.uint16))
+    # reading holds about twice the decoded pixels: 40 000 bytes at 2 bytes a pixel, 20 000 at one
+    monkeypatch.setattr(inputs, "available_memory", lambda: 30_000)
+    with pytest.raises(DataError, match=r"gray16\.png: reading its 100x100x1 pixels needs about"):
+        read_image(path)
+    monkeypatch.setattr(inputs, "available_memory", lambda: 50_000)
+    assert read_image(path).dtype == np.uint16
+
+
 @pytest.mark.parametrize("name", ["broken.tif", "broken.png"])
 def test_corrupt_file_gives_data_error_naming_it(tmp_path, name):
     path = tmp_path / name

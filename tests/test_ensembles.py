@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import TINY_INI
-from schism_napari.cli import main
+from schism_napari.cli import build_parser, main
 from schism_napari.config import InferenceConfig
 from schism_napari.data.normalization import Normalization
 from schism_napari.errors import SchismError
@@ -131,6 +131,10 @@ def test_cli_evaluate_reports_each_member_and_the_ensemble(trained_run, second_r
     mean_single = float(next(line for line in single if line.startswith("mean")).split()[2])
     mean_row = next(r for r in rows if r.startswith(f"{trained_run},mean,"))
     assert float(mean_row.split(",")[3]) == pytest.approx(mean_single, abs=1e-4)
+    # the ensemble handler returns its exit status itself (main's `or 0` hid the None it returned)
+    arguments = build_parser().parse_args(["evaluate", "--weights", str(trained_run), str(second_run),
+                                           "--data", str(sample_files.datasets), "--split", "all"])  # fmt: skip
+    assert arguments.handler(arguments) == 0
 
 
 def test_compare_members_times_and_scores(trained_run, sample_files):

@@ -157,6 +157,31 @@ def test_voxel_ratio_read_from_an_imagej_tiff(tmp_path):
     assert voxel_ratio_from_file(plain) is None
 
 
+def _ome_scale(z: object, x: float = 0.5) -> dict:
+    return {"multiscales": [{"datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [z, x, x]}]}]}]}  # fmt: skip
+
+
+def test_voxel_ratio_read_from_an_ome_zarr_and_malformed_metadata_is_none(tmp_path):
+    import zarr
+
+    store = tmp_path / "stack.zarr"
+    group = zarr.open_group(str(store), mode="w")
+    group.attrs.update(_ome_scale(2.0))
+    array = group.create_array("0", shape=(3, 8, 8), dtype="uint8")
+    assert voxel_ratio_from_file(store) == pytest.approx(4.0)
+    # the array's own attributes are malformed (no dataset): the parent group's scale still counts
+    array.attrs.update({"multiscales": [{"datasets": []}]})
+    assert voxel_ratio_from_file(store / "0") == pytest.approx(4.0)
+    for broken in (_ome_scale(0.0), _ome_scale("2"), {"multiscales": "xyz"}, {"ome": {"multiscales": [3]}}):
+        group.attrs.clear()
+        group.attrs.update(broken)
+        assert voxel_ratio_from_file(store) is None
+    group.attrs.clear()
+    group.attrs.update({"ome": _ome_scale(1.5)})  # OME-Zarr 0.5 keeps multiscales under "ome"
+    assert voxel_ratio_from_file(store) == pytest.approx(3.0)
+
+
 def test_cli_predict_with_planes(trained_run, sample_files, tmp_path):
     from schism_napari.cli import main
     from schism_napari.runs import load_trained_model

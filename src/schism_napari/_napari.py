@@ -48,7 +48,8 @@ def read_dataset_folder(path: str | list[str]) -> list[tuple]:
         data, rgb = image_layer_data(images)
         layers.append((data, {"name": dataset.name, "rgb": rgb, "metadata": {"schism_dataset": str(folder)}}, "image"))
         if raws and count is not None:
-            labels = labels_layer_data(raws, dataset.masks, count, source=dataset.name, class_colors=colors)
+            masks = dataset.masks or []  # raws were read from these paths
+            labels = labels_layer_data(raws, masks, count, source=dataset.name, class_colors=colors)
             layers.append((labels, {"name": f"{dataset.name} masks", "metadata": {"schism_classes": names}}, "labels"))
     return layers
 

@@ -575,8 +575,8 @@ def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Any) -
 
     from .data.video import write_overlay
 
-    labels = tifffile.memmap(labels_path, mode="r")
-    labels = labels if labels.ndim == 3 else labels[None]
+    mapped = tifffile.memmap(labels_path, mode="r")
+    labels = mapped if mapped.ndim == 3 else mapped[None]  # one frame was written as (Y, X)
     target.parent.mkdir(parents=True, exist_ok=True)
     return write_overlay(frames, labels, target, colors=trained.class_colors)
 
@@ -731,6 +731,7 @@ def _evaluate_ensemble(arguments: argparse.Namespace, members: Any, predictors: 
     if arguments.csv is not None:
         atomic_write_text(arguments.csv, table.csv())
         print(f"wrote {arguments.csv}")
+    return 0
 
 
 def command_export(arguments: argparse.Namespace) -> int:

@@ -88,7 +88,8 @@ def exportable(trained: TrainedModel) -> Exportable:
 
     network, scale = trained.model, trained.config.scale
     if isinstance(network, SchismInput):
-        network, scale = network.network, network.img_res / network.crop_size
+        scale = network.img_res / network.crop_size  # the wrapper's sizes, read before unwrapping
+        network = network.network
     network = network.cpu().eval()
     module = Probabilities(network, trained.config.model.binary).eval()
     dtype = "uint8" if isinstance(trained.model, SchismInput) else _input_dtype(trained)  # SCHISM reads 8-bit
@@ -363,7 +364,8 @@ def _bioimageio_description(item: Exportable, folder: Path) -> Any:
         authors=[spec.Author(name="schism-napari user")],
         cite=[
             spec.CiteEntry(
-                text="SCHISM: semantic segmentation of scanned materials", url="https://github.com/FloFive/SCHISM"
+                text="SCHISM: semantic segmentation of scanned materials",
+                url="https://github.com/FloFive/SCHISM",  # type: ignore[arg-type]  # pydantic validates str to HttpUrl
             )
         ],
         license=spec.LicenseId("MIT"),
@@ -373,7 +375,8 @@ def _bioimageio_description(item: Exportable, folder: Path) -> Any:
         inputs=[inputs],
         outputs=[outputs],
         weights=weights,
-        config={"schism_napari": {"architecture": config.model_type, "resize_factor": item.scale}},
+        # pydantic validates the dict to Config (which allows extra keys); the stubs only know Config
+        config={"schism_napari": {"architecture": config.model_type, "resize_factor": item.scale}},  # type: ignore[arg-type]
     )
 
 
@@ -392,7 +395,7 @@ def _write_cover(path: Path, raw: np.ndarray, probabilities: np.ndarray) -> None
     palette = np.array([(50, 90, 220), (90, 190, 110), (240, 190, 40), (200, 60, 60), (150, 80, 200)], np.uint8)
     colored = palette[classes % len(palette)]
     both = np.concatenate([np.repeat(gray[..., None], 3, axis=2), colored], axis=1)
-    Image.fromarray(both).resize((both.shape[1] * 2, both.shape[0] * 2), Image.NEAREST).save(path)
+    Image.fromarray(both).resize((both.shape[1] * 2, both.shape[0] * 2), Image.Resampling.NEAREST).save(path)
 
 
 def _documentation(item: Exportable) -> str:

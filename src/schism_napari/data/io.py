@@ -15,6 +15,15 @@ from ..errors import DataError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 IGNORE = 255  # in-memory mask value for unlabeled pixels (classes are 0..254)
+# PIL modes whose pixels are wider than a byte per band (16-bit PNGs, 32-bit TIFFs read by PIL)
+_PIL_DTYPES: dict[str, type[np.generic]] = {
+    "I;16": np.uint16,
+    "I;16L": np.uint16,
+    "I;16B": np.uint16,
+    "I;16N": np.uint16,
+    "I": np.int32,
+    "F": np.float32,
+}
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -50,7 +59,8 @@ def _read_with_axes(path: Path) -> tuple[np.ndarray, str]:
         from PIL import Image
 
         with Image.open(path) as image:
-            _check_declared_size((image.height, image.width, len(image.getbands())), np.uint8, path)
+            dtype = np.dtype(_PIL_DTYPES.get(image.mode, np.uint8))
+            _check_declared_size((image.height, image.width, len(image.getbands())), dtype, path)
             array = np.asarray(image)
         return array, "YXS" if array.ndim == 3 else "YX"
     except DataError:

@@ -7,7 +7,9 @@ pixels are square, as the XY slices' are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +52,34 @@ def _zarr_ratio(path: Path) -> float | None:
             node = zarr.open(str(candidate), mode="r")
         except Exception:
             continue
-        multiscales = dict(node.attrs).get("multiscales") or dict(node.attrs).get("ome", {}).get("multiscales")
-        if not multiscales:
+        ratio = _multiscales_ratio(dict(node.attrs))
+        if ratio is not None:
+            return ratio
+    return None
+
+
+def _multiscales_ratio(attrs: Mapping[str, Any]) -> float | None:
+    """Z / X scale of the first dataset of OME-Zarr ``multiscales`` (0.4, or 0.5's ``ome`` key).
+
+    The attributes are whatever JSON the file holds: anything malformed, or a non-positive
+    scale, is no voxel size (None) rather than an error.
+    """
+    ome = attrs.get("ome")
+    multiscales = attrs.get("multiscales") or (ome.get("multiscales") if isinstance(ome, Mapping) else None)
+    if not isinstance(multiscales, Sequence) or not multiscales or not isinstance(multiscales[0], Mapping):
+        return None
+    datasets = multiscales[0].get("datasets")
+    if not isinstance(datasets, Sequence) or not datasets or not isinstance(datasets[0], Mapping):
+        return None
+    transforms = datasets[0].get("coordinateTransformations")
+    for transform in transforms if isinstance(transforms, Sequence) else []:
+        if not isinstance(transform, Mapping) or transform.get("type") != "scale":
             continue
-        for transform in multiscales[0]["datasets"][0].get("coordinateTransformations", []):
-            if transform.get("type") == "scale" and len(transform["scale"]) >= 3:
-                scale = transform["scale"]
-                return float(scale[-3]) / float(scale[-1])
+        scale = transform.get("scale")
+        if isinstance(scale, Sequence) and len(scale) >= 3:
+            z, x = scale[-3], scale[-1]
+            if isinstance(z, int | float) and isinstance(x, int | float) and z > 0 and x > 0:
+                return float(z) / float(x)
     return None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .._torchvision_compat import ensure_torchvision_importable
 from ..errors import ConfigError, SchismError
@@ -44,8 +44,11 @@ class Architecture:
 HUB_WEIGHTS = ("imagenet", "ssl", "swsl", "advprop", "noisy-student", "instagram", "imagenet+background")
 
 
-def is_hub_weights(name: str | None) -> bool:
-    """``encoder_weights`` names smp's downloadable weights (imagenet, ssl, ...) rather than a file."""
+def is_hub_weights(name: str | None) -> TypeGuard[str]:
+    """``encoder_weights`` names smp's downloadable weights (imagenet, ssl, ...) rather than a file.
+
+    A TypeGuard: where it holds, ``name`` is a string (type checkers narrow it).
+    """
     return name is not None and name.lower() in HUB_WEIGHTS
 
 

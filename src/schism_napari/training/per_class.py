@@ -149,7 +149,8 @@ def fit_stacker(
     for _ in range(steps):
         optimizer.zero_grad()
         crops = [_random_crop(x, y, STACKER_CROP, generator) for x, y in pairs]
-        loss = sum(F.cross_entropy(stacker(x), y, ignore_index=IGNORE) for x, y in crops) / len(crops)
+        # a window of unlabeled pixels only has a NaN loss but zero gradients (torch), so it does no harm
+        loss = torch.stack([F.cross_entropy(stacker(x), y, ignore_index=IGNORE) for x, y in crops]).mean()
         loss.backward()
         optimizer.step()
     stacked, naive = ConfusionMatrix(data.class_count), ConfusionMatrix(data.class_count)

@@ -92,7 +92,7 @@ class TrainingState:
     cuda_rng: list[torch.Tensor] | None = None
 
     def capture_rng(self, parts: _Parts) -> None:
-        self.numpy_rng = parts.rng.bit_generator.state
+        self.numpy_rng = dict(parts.rng.bit_generator.state)
         self.torch_rng = parts.generator.get_state()
         self.global_torch_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -448,8 +448,9 @@ class Trainer:
             split=split,
             channels_last=channels_last,
         )
-        if cfg.training.time_budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
-            self._plan_steps(parts)
+        budget = cfg.training.time_budget
+        if budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
+            self._plan_steps(parts, budget)
         parts.crops = TrainingCrops(
             self.data,
             split.train,
@@ -649,8 +650,9 @@ class Trainer:
         late = time.perf_counter() - self._started > budget * 60
         return late if self.dist is None else self.dist.any(late, self.device)
 
-    def _plan_steps(self, parts: _Parts) -> None:
-        """Measure a training step and a validation pass on this device, then size epochs to the budget.
+    def _plan_steps(self, parts: _Parts, budget: float) -> None:
+        """Measure a training step and a validation pass on this device, then size epochs to ``budget``
+        (minutes).
 
         The probe steps are kept as a short warm-up at a low learning rate.
         """
@@ -660,7 +662,7 @@ class Trainer:
         self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
         val_seconds = time.perf_counter() - started
         used = time.perf_counter() - self._started
-        left = cfg.training.time_budget * 60 * (1 - BUDGET_RESERVE) - used - FINISH_SECONDS
+        left = budget * 60 * (1 - BUDGET_RESERVE) - used - FINISH_SECONDS
         epochs = cfg.training.epochs
         per_epoch = left / epochs - val_seconds - EPOCH_OVERHEAD_SECONDS
         if per_epoch < MIN_STEPS_PER_EPOCH * step_seconds:  # too short for that many epochs: fewer, longer ones
@@ -672,7 +674,7 @@ class Trainer:
         cfg.training.epochs, cfg.training.steps_per_epoch = epochs, steps
         note = (
             f"measured {step_seconds:.3g} s per step and {val_seconds:.3g} s per validation on {self.device}: "
-            f"{epochs} epochs of {steps} steps fit {cfg.training.time_budget:g} minutes"
+            f"{epochs} epochs of {steps} steps fit {budget:g} minutes"
         )
         if self.plan is not None:
             self.plan.reasons["Training.steps_per_epoch"] = note
