@@ -249,36 +249,3 @@ def load_schism_run(run_dir: Path, metric: str = "loss", dataset: str | None = N
 
 def default_class_names(class_count: int) -> list[str]:
     return [f"class {k}" for k in range(class_count)]
-
-
-def load_schism_run(run_dir: Path, metric: str = BEST_LOSS, dataset: str | None = None) -> TrainedModel:
-    """A SCHISM run folder as a TrainedModel whose predictor reproduces SCHISM's inference."""
-    from .models import build_model
-    from .schism_runs import SchismInput, run_normalization, schism_inference_config
-
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    _, path = resolve_weights(run_dir, metric)
-    state = load_weights(path)
-    network = build_model(config.model, 3, source=config.source)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise SchismError(
-            f"{path}: weights do not fit SCHISM's {config.model.model_type} described in "
-            f"{Path(config.source or run_dir).name} ({str(error).splitlines()[0]})"
-        ) from None
-    network.eval()
-    crop, res = config.data.crop_size, config.data.img_res
-    model = SchismInput(network, crop, res).eval()
-    run_config = schism_inference_config(config)
-    return TrainedModel(
-        run_config,
-        model,
-        run_normalization(run_dir, dataset),
-        3,
-        default_class_names(config.model.class_count),
-        None,
-        f"{run_dir} ({path.name}, SCHISM run)",
-        run_dir,
-    )
