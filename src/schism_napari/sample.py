@@ -143,7 +143,7 @@ def write_sample(
 SAMPLE_INI = """\
 # A small configuration that trains in about a minute on a laptop CPU.
 [Model]
-model_type = UnetSegmentor
+model_type = UnetConcat
 num_classes = 3
 n_block = 3
 channels = 8
