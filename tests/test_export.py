@@ -96,6 +96,28 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path):
     assert check_bioimageio(broken).status != "passed"
 
 
+def test_bioimageio_package_of_an_smp_network_ships_torchscript_and_passes(tmp_path):
+    """smp's code cannot travel in a package: the smp U-Net (the planned default) leaves as TorchScript."""
+    import zipfile
+
+    from schism_napari.export import check_bioimageio
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = SchismConfig()
+    config.model = ModelConfig(model_type="Unet", encoder="resnet18", num_classes=3)
+    torch.manual_seed(0)
+    save_weights(run / "model_best_loss.pth", build_model(config.model, 1).state_dict())
+    config.to_ini(run / HYPERPARAMETERS)
+    (run / "data_stats.json").write_text('{"default": [[0.4], [0.1]]}')
+    (run / "run_info.json").write_text(json.dumps({"in_channels": 1, "input_dtypes": ["uint8"]}))
+    package = tmp_path / "unet.zip"
+    assert main(["export", "--weights", str(run), "--format", "bioimageio", "--out", str(package)]) == 0
+    names = zipfile.ZipFile(package).namelist()
+    assert "weights_torchscript.pt" in names and "weights.pt" not in names and "architecture.py" not in names
+    assert check_bioimageio(package).status == "passed"
+
+
 def test_unknown_format_and_missing_package_are_one_line_errors(tmp_path, monkeypatch):
     import sys
 

@@ -252,8 +252,9 @@ class SchismNapariModel(nn.Module):
 '''
 
 
-def _architecture(item: Exportable) -> tuple[str, str, dict[str, Any]]:
-    """(source code, class name, kwargs) of the network, self-contained (torch only)."""
+def _architecture(item: Exportable) -> tuple[str, str, dict[str, Any]] | None:
+    """(source code, class name, kwargs) of the network, self-contained (torch only); None when the
+    network comes from a library (smp), whose code a package cannot carry."""
     from .models import output_channels, schism, unet
 
     config = item.trained.config.model
@@ -267,10 +268,7 @@ def _architecture(item: Exportable) -> tuple[str, str, dict[str, Any]]:
     if config.model_type == "UnetConcat":
         kwargs = {"in_channels": item.trained.in_channels, "out_channels": out, **common}
         return inspect.getsource(unet), "UNet", {**kwargs, "activation": config.activation, "p": config.p}
-    raise SchismError(
-        f"bioimage.io export supports UnetSegmentor, UnetVanilla and UnetConcat, not {config.model_type}; "
-        "use --format onnx or torchscript"
-    )
+    return None  # smp architectures: their source is a library, so the package ships TorchScript alone
 
 
 def export_bioimageio(item: Exportable, out: Path) -> Path:
@@ -290,9 +288,11 @@ def export_bioimageio(item: Exportable, out: Path) -> Path:
 def _bioimageio_description(item: Exportable, folder: Path) -> Any:
     from bioimageio.spec.model import v0_5 as spec
 
-    source, callable_name, kwargs = _architecture(item)
-    (folder / "architecture.py").write_text(source + _ARCHITECTURE_TAIL, encoding="utf-8")
-    torch.save(item.module.state_dict(), folder / "weights.pt")
+    architecture = _architecture(item)
+    if architecture is not None:
+        source, callable_name, kwargs = architecture
+        (folder / "architecture.py").write_text(source + _ARCHITECTURE_TAIL, encoding="utf-8")
+        torch.save(item.module.state_dict(), folder / "weights.pt")
     raw = item.example()
     with torch.no_grad():
         expected = item.module(torch.from_numpy(item.normalise(raw))).numpy()
@@ -342,20 +342,26 @@ def _bioimageio_description(item: Exportable, folder: Path) -> Any:
         data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
     )
     version = spec.Version(torch.__version__.split("+")[0])
-    weights = spec.WeightsDescr(
-        pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
-            source=folder / "weights.pt",
-            architecture=spec.ArchitectureFromFileDescr(
-                source=folder / "architecture.py",
-                callable=spec.Identifier("SchismNapariModel"),
-                kwargs={"architecture": callable_name, "binary": item.module.binary, **kwargs},
+    torchscript = folder / "weights_torchscript.pt"
+    if architecture is None:  # an smp network: TorchScript carries the whole graph
+        weights = spec.WeightsDescr(
+            torchscript=spec.TorchscriptWeightsDescr(source=torchscript, pytorch_version=version)
+        )
+    else:
+        weights = spec.WeightsDescr(
+            pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+                source=folder / "weights.pt",
+                architecture=spec.ArchitectureFromFileDescr(
+                    source=folder / "architecture.py",
+                    callable=spec.Identifier("SchismNapariModel"),
+                    kwargs={"architecture": callable_name, "binary": item.module.binary, **kwargs},
+                ),
+                pytorch_version=version,
             ),
-            pytorch_version=version,
-        ),
-        torchscript=spec.TorchscriptWeightsDescr(
-            source=folder / "weights_torchscript.pt", pytorch_version=version, parent="pytorch_state_dict"
-        ),
-    )
+            torchscript=spec.TorchscriptWeightsDescr(
+                source=torchscript, pytorch_version=version, parent="pytorch_state_dict"
+            ),
+        )
     config = item.trained.config.model
     return spec.ModelDescr(
         name=f"schism-napari {config.model_type} {len(item.trained.class_names)} classes",
@@ -414,7 +420,8 @@ Semantic segmentation of scanned materials (rock CT, EM, SEM), trained with
   resize the input by this factor first when it is not 1.
 - **Output** `probabilities`: {", ".join(item.channel_names)}
   ({"sigmoid of the foreground" if item.module.binary else "softmax over the classes"}); the class is the argmax.
-- **Weights**: PyTorch state dict (architecture in `architecture.py`) and TorchScript.
+- **Weights**: {"TorchScript (the smp network's code comes with the graph)" if _architecture(item) is None
+    else "PyTorch state dict (architecture in `architecture.py`) and TorchScript"}.
 
 Validate with `bioimageio test <package.zip>`.
 """
