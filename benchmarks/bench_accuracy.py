@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from schism_napari.baseline import PixelClassifier
-from schism_napari.config import SchismConfig, interactive_config
+from schism_napari.config import SchismConfig
 from schism_napari.data import SegmentationData, load_dataset
 from schism_napari.data.io import IGNORE
 from schism_napari.inference import Predictor
-from schism_napari.planning import infer_class_count, plan_config
+from schism_napari.planning import infer_class_count, interactive_config, plan_config
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import scribbles, write_sample
 from schism_napari.training.trainer import Trainer
