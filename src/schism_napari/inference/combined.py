@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .predictor import PredictionResult, Predictor, Slices
+from .predictor import PredictionResult, Predictor, Slices, collect_prediction
 
 
 class CombinedPredictor:
@@ -43,18 +43,4 @@ class CombinedPredictor:
     ) -> PredictionResult:
         """Same contract as :meth:`Predictor.predict` (2D image or stack, optional streaming outputs)."""
         slices = image if isinstance(image, Slices) else Slices(image, rgb=rgb)
-        labels = labels_out
-        if labels is None:
-            dtype = np.uint8 if self.class_count <= 256 else np.uint16
-            labels = np.zeros((slices.count, slices.height, slices.width), dtype)
-        probabilities = probabilities_out
-        if probabilities is None and keep_probabilities:
-            probabilities = np.zeros((slices.count, self.class_count, slices.height, slices.width), np.float32)
-        for z, slice_probabilities in self.iter_probabilities(slices):
-            labels[z] = self.labels_from_probabilities(slice_probabilities)
-            if probabilities is not None:
-                probabilities[z] = slice_probabilities
-        if not slices.is_stack and isinstance(labels, np.ndarray):
-            labels = labels[0]
-            probabilities = None if probabilities is None else probabilities[0]
-        return PredictionResult(probabilities, labels)
+        return collect_prediction(self, slices, keep_probabilities, probabilities_out, labels_out)

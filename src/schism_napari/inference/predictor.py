@@ -152,24 +152,7 @@ class Predictor:
         assignment) of shape ``(Z, C, Y, X)`` / ``(Z, Y, X)`` to stream results to disk.
         """
         slices = image if isinstance(image, Slices) else Slices(image, rgb=rgb)
-        shape = (slices.count, self.class_count, slices.height, slices.width)
-        labels_dtype = np.uint8 if self.class_count <= 256 else np.uint16
-        labels = (
-            labels_out
-            if labels_out is not None
-            else np.zeros((slices.count, slices.height, slices.width), labels_dtype)
-        )
-        probabilities = probabilities_out
-        if probabilities is None and keep_probabilities:
-            probabilities = np.zeros(shape, dtype=np.float32)
-        for z, slice_probabilities in self.iter_probabilities(slices):
-            labels[z] = self.labels_from_probabilities(slice_probabilities)
-            if probabilities is not None:
-                probabilities[z] = slice_probabilities
-        if not slices.is_stack and isinstance(labels, np.ndarray):
-            labels = labels[0]
-            probabilities = None if probabilities is None else probabilities[0]
-        return PredictionResult(probabilities, labels)
+        return collect_prediction(self, slices, keep_probabilities, probabilities_out, labels_out)
 
     def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
         """(C, Y, X) -> classes; binary models use the configured threshold."""
@@ -305,6 +288,29 @@ class Predictor:
 
     def _report(self, done: int, total: int, slices_done: int, slices: int) -> None:
         self.callback(PredictionProgress(done, total, slices_done, slices))
+
+
+def collect_prediction(
+    source: Any, slices: Slices, keep_probabilities: bool, probabilities_out: Any, labels_out: Any
+) -> PredictionResult:
+    """Labels (and probabilities) of every slice that ``source.iter_probabilities`` yields, into the
+    given outputs or new arrays; a 2D image gives 2D results. Shared by :class:`Predictor` and the
+    predictors built on it (tri-planar consensus, ensembles)."""
+    labels_dtype = np.uint8 if source.class_count <= 256 else np.uint16
+    labels = labels_out
+    if labels is None:
+        labels = np.zeros((slices.count, slices.height, slices.width), labels_dtype)
+    probabilities = probabilities_out
+    if probabilities is None and keep_probabilities:
+        probabilities = np.zeros((slices.count, source.class_count, slices.height, slices.width), dtype=np.float32)
+    for z, slice_probabilities in source.iter_probabilities(slices):
+        labels[z] = source.labels_from_probabilities(slice_probabilities)
+        if probabilities is not None:
+            probabilities[z] = slice_probabilities
+    if not slices.is_stack and isinstance(labels, np.ndarray):
+        labels = labels[0]
+        probabilities = None if probabilities is None else probabilities[0]
+    return PredictionResult(probabilities, labels)
 
 
 def _round_up(value: int, divisor: int) -> int:
