@@ -94,7 +94,7 @@ class PredictionWidget(Container):
         self._weight_names: list[str] = [BEST_LOSS]
         # a choices callable: napari resets every dock widget's choices when layers change, and the
         # user's checkpoint must survive that (it used to fall back to "loss" silently)
-        self.metric = ComboBox(choices=lambda _widget=None: self._weight_names, value=BEST_LOSS, label="weights")
+        self.metric = ComboBox(choices=self._weight_choices, value=BEST_LOSS, label="weights")
         self.load_button = PushButton(text="Load run folder")
         self.image = ComboBox(choices=layer_choices(viewer, Image), label="image")
         self.inference_form = ConfigForm(("Inference",))
@@ -174,6 +174,9 @@ class PredictionWidget(Container):
         return self.job.worker
 
     # ---- model -------------------------------------------------------------------------------
+
+    def _weight_choices(self, _widget: Any = None) -> list[str]:
+        return self._weight_names
 
     def _list_weights(self) -> None:
         from ..runs import available_weights
@@ -317,22 +320,22 @@ class PredictionWidget(Container):
             full_uncertainty[z] = uncertainty
             uncertainty = full_uncertainty
         by_class = np.moveaxis(probabilities, -3, 0)  # (C, [Z,] Y, X)
-        self._update_labels_layer(layer, outputs, model, labels)
+        labels_layer = self._update_labels_layer(layer, outputs, model, labels)
         self._update_probability_layers(layer, outputs, model, by_class)
         self._update_uncertainty_layer(layer, outputs, uncertainty)
         # keep the labels on top: they are what the user corrects
-        if self.viewer.layers[-1] is not outputs.labels:
-            self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
-        outputs.predicted = np.array(outputs.labels.data, copy=True)
-        pair = self.session.pair_of(outputs.labels)
+        if self.viewer.layers[-1] is not labels_layer:
+            self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
+        outputs.predicted = np.array(labels_layer.data, copy=True)
+        pair = self.session.pair_of(labels_layer)
         if pair is not None:  # predicted again after "Add to training set": edits count from here
             pair.predicted, pair.reviewed = outputs.predicted, outputs.reviewed
-        self.source_layer, self.labels_layer = layer, outputs.labels
+        self.source_layer, self.labels_layer = layer, labels_layer
         self._foreground = by_class[1] if model.class_count == 2 else None
         if (tuple(camera.center), camera.zoom, tuple(camera.angles)) != kept:
             camera.center, camera.zoom, camera.angles = kept
 
-    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> None:
+    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> Labels:
         from napari.utils.colormaps import DirectLabelColormap
 
         if outputs.labels is not None:
@@ -353,6 +356,7 @@ class PredictionWidget(Container):
             color_dict.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(wanted)})
             outputs.labels.colormap = DirectLabelColormap(color_dict=color_dict)
             metadata["schism_colors"] = wanted
+        return outputs.labels
 
     def _update_probability_layers(
         self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray
@@ -434,57 +438,67 @@ class PredictionWidget(Container):
     # ---- correct and retrain -----------------------------------------------------------------
 
     def _latest_outputs(self) -> Outputs | None:
-        if self.source_layer is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+        latest = self._latest()
+        return None if latest is None else latest[0]
+
+    def _latest(self) -> tuple[Outputs, Labels] | None:
+        """The outputs of the latest prediction and its Labels layer, while that layer is in the viewer."""
+        labels = self.labels_layer
+        if self.source_layer is None or labels is None or labels not in self.viewer.layers:
             return None
         outputs = self.outputs.get(self.source_layer)
-        return outputs if outputs is not None and outputs.labels is self.labels_layer else None
+        return (outputs, labels) if outputs is not None and outputs.labels is labels else None
 
     def _current_z(self) -> int:
         return int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3]) if self.viewer.dims.ndim >= 3 else 0
 
     def mark_reviewed(self) -> None:
         """The current slice of the latest prediction is right as it stands: all of it becomes labels."""
-        outputs = self._latest_outputs()
-        if outputs is None:
+        latest = self._latest()
+        if latest is None:
             show_error("no prediction to review: predict an image first")
             return
-        z = self._current_z() if outputs.labels.data.ndim == 3 else 0
+        outputs, labels = latest
+        z = self._current_z() if labels.data.ndim == 3 else 0
         outputs.reviewed.add(z)
         self.status.value = f"reviewed slices: {', '.join(map(str, sorted(outputs.reviewed)))}"
         self.session.labels_edited.emit()
 
     def next_uncertain_slice(self) -> int | None:
         """Move the viewer to the slice the model is least sure of, skipping reviewed slices."""
-        outputs = self._latest_outputs()
-        if outputs is None or outputs.uncertainty is None:
+        latest = self._latest()
+        if latest is None or latest[0].uncertainty is None:
             show_error("no prediction yet: predict a stack first")
             return None
+        outputs, labels = latest
+        assert outputs.uncertainty is not None
         z = most_uncertain_slice(np.asarray(outputs.uncertainty.data), outputs.reviewed)
         if z is None:
             show_info("nothing left to review" if outputs.uncertainty.data.ndim == 3 else "a 2D image has one slice")
             return None
-        world = outputs.labels.data_to_world([z, 0, 0])[0]
+        world = labels.data_to_world([z, 0, 0])[0]
         axis = self.viewer.dims.ndim - 3
         self.viewer.dims.set_point(axis, world)
         self.status.value = f"slice {z}: the model is least sure here"
         return z
 
     def add_to_training_set(self) -> None:
-        outputs = self._latest_outputs()
-        if outputs is None:
+        latest = self._latest()
+        if latest is None or self.source_layer is None:
             show_error("no prediction to add: predict an image first, then correct it with the brush")
             return
+        outputs, labels = latest
         try:
-            self.session.add_pair(self.source_layer, self.labels_layer, predicted=outputs.predicted)
+            self.session.add_pair(self.source_layer, labels, predicted=outputs.predicted)
         except SchismError as error:
             show_error(str(error))
             return
-        pair = self.session.pair_of(self.labels_layer)
+        pair = self.session.pair_of(labels)
         if pair is not None:
             pair.reviewed = outputs.reviewed  # shared: slices reviewed later count too
         self.session.labels_edited.emit()
         show_info(
-            f"{self.labels_layer.name} joins the training set: only your corrections and the slices marked "
+            f"{labels.name} joins the training set: only your corrections and the slices marked "
             "reviewed count; train again (fine-tune) to use them"
         )
 

@@ -360,10 +360,8 @@ def _train(
         from ..inference import Predictor
 
         model = _trained_model(result, data)
-        network = Predictor.from_trained(model, device=result.config.training.device).predict(
-            image, rgb=rgb
-        )
-        network = np.asarray(network.probabilities)
+        predicted = Predictor.from_trained(model, device=result.config.training.device).predict(image, rgb=rgb)
+        network = np.asarray(predicted.probabilities)
     return result, data, network
 
 
@@ -470,7 +468,7 @@ def show_preview(
 
 def _ranges(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
-    parts: list[str] = []
+    parts: list[tuple[int, int]] = []
     for v in values:
         if parts and parts[-1][1] == v - 1:
             parts[-1] = (parts[-1][0], v)
