@@ -27,6 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog
 
 from .. import events
 from ..data import labels_to_mask, mask_to_labels
@@ -38,8 +39,17 @@ from .jobs import Job, RunState, follow
 from .relay import EventRelay, describe
 from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
+PLANES_HELP = (
+    "xy predicts slice by slice; xyz (volumes only: a Z, Y, X stack, not RGB images or videos) also predicts "
+    "the XZ and YZ planes and averages the three, for smoother 3D labels (about 3x slower)."
+)
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
 BEST_LOSS = "loss"  # as schism_napari.runs.BEST_LOSS, without importing torch
+EXPORT_FORMATS = {  # format -> (file suffix, save dialog filter)
+    "onnx": (".onnx", "ONNX model (*.onnx)"),
+    "torchscript": (".pt", "TorchScript model (*.pt)"),
+    "bioimageio": (".zip", "bioimage.io package (*.zip)"),
+}
 PROBABILITY_STYLE = {"colormap": "magma", "contrast_limits": (0.0, 1.0), "opacity": 0.6, "blending": "additive"}
 
 
@@ -104,6 +114,20 @@ class PredictionWidget(Container):
         self.batch_size = self.inference_form.widget("Inference", "batch_size")
         self.tta = self.inference_form.widget("Inference", "tta")
         self.inference_form.widget("Inference", "threshold").visible = False  # the live slider below
+        self.planes = self.inference_form.widget("Inference", "planes")
+        self.voxel_ratio = self.inference_form.widget("Inference", "voxel_ratio")
+        self.planes.tooltip = PLANES_HELP
+        self.voxel_ratio.tooltip = (
+            "Z voxel size / XY pixel size for planes = xyz; empty: from the image layer's scale (scale[0] / scale[-1])."
+        )
+        self.ensemble_folder = FileEdit(mode="d", label="+ run folder", value="")
+        self.ensemble_folder.tooltip = (
+            "Another run folder (its best-loss weights) whose probabilities are averaged with the current model's."
+        )
+        self.add_run_button = PushButton(text="Add run")
+        self.clear_runs_button = PushButton(text="Clear runs")
+        self.ensemble_label = Label(value="one run (the current model)", label="ensemble")
+        self.ensemble_runs: list[Path] = []
         self.layout_choice = ComboBox(choices=[ONE_LAYER, PER_CLASS], value=ONE_LAYER, label="probabilities")
         self.current_slice = CheckBox(text="current slice only (preview)", value=False)
         self.predict_button = PushButton(text="Predict")
@@ -118,6 +142,13 @@ class PredictionWidget(Container):
         self.add_button.tooltip = "Train on the pixels you corrected and on the slices marked reviewed."
         self.datasets_folder = FileEdit(mode="d", label="datasets folder", value="")
         self.save_button = PushButton(text="Save to dataset")
+        self.export_format = ComboBox(choices=list(EXPORT_FORMATS), value="onnx", label="export as")
+        self.export_format.tooltip = (
+            "onnx / torchscript: one file plus a .json describing inputs and classes; bioimageio: a bioimage.io "
+            "package (.zip), tested with bioimageio.core (slower)."
+        )
+        self.export_button = PushButton(text="Export model…")
+        self.export_button.tooltip = "Save the current model for other tools; its output is checked against torch."
         self.status = Label(value="", label="status")
         self.extend(
             [
@@ -127,6 +158,9 @@ class PredictionWidget(Container):
                 self.load_button,
                 self.image,
                 *self.inference_form.widgets.values(),  # the generated [Inference] fields, in this form
+                self.ensemble_folder,
+                Container(widgets=[self.add_run_button, self.clear_runs_button], layout="horizontal", labels=False),
+                self.ensemble_label,
                 self.layout_choice,
                 self.current_slice,
                 Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
@@ -138,6 +172,7 @@ class PredictionWidget(Container):
                 self.add_button,
                 self.datasets_folder,
                 self.save_button,
+                Container(widgets=[self.export_format, self.export_button], layout="horizontal", labels=False),
                 self.status,
             ]
         )
@@ -156,13 +191,20 @@ class PredictionWidget(Container):
         self.next_uncertain_button.changed.connect(self.next_uncertain_slice)
         self.add_button.changed.connect(self.add_to_training_set)
         self.save_button.changed.connect(lambda: self.save_to_dataset())
+        self.export_button.changed.connect(self._ask_export)
+        self.add_run_button.changed.connect(lambda: self.add_run(self.ensemble_folder.value))
+        self.clear_runs_button.changed.connect(self.clear_runs)
+        self.image.changed.connect(self._offer_planes)
+        self.export_job: Job = self.session.job("export")
         native = self.native
         follow(native, self.session.model_changed, self._on_model)
         follow(native, self.session.busy_changed, lambda _busy: self._update_enabled())
         follow(native, self.job.state_changed, self._on_state)
         follow(native, self.job.event, self._on_event)
+        follow(native, self.export_job.state_changed, lambda _state: self._update_enabled())
         follow_layers(viewer, self.image)  # only the layer list: the weights choice stays
         self._on_model(self.session.model)
+        self._offer_planes()
 
     @property
     def relay(self) -> EventRelay:
@@ -207,6 +249,7 @@ class PredictionWidget(Container):
             self.inference_form.set_config(model.config)
             self.threshold.value = model.config.inference.threshold
             self.threshold.visible = model.class_count == 2
+            self._offer_planes()  # the run's planes = xyz only where the chosen image is a volume
         self._update_enabled()
 
     def _update_enabled(self) -> None:
@@ -220,6 +263,7 @@ class PredictionWidget(Container):
         self.predict_button.enabled = not why
         self.predict_button.tooltip = why or "Predict the chosen image layer with the current model."
         self.cancel_button.enabled = self.job.state is RunState.RUNNING
+        self.export_button.enabled = self.session.model is not None and not self.export_job.busy
 
     def _on_state(self, state: RunState) -> None:
         if state is RunState.CANCELLED:
@@ -227,6 +271,82 @@ class PredictionWidget(Container):
         elif state is RunState.FAILED:
             self.status.value = "prediction failed"
         self._update_enabled()
+
+    # ---- tri-planar prediction and ensembles -------------------------------------------------
+
+    def _offer_planes(self, *_: Any) -> None:
+        """xyz only for volumes: a (Z, Y, X) stack; 2D and RGB images are predicted in their own plane."""
+        layer = self.image.value
+        volume = layer is not None and not layer.rgb and layer.data.ndim == 3
+        if not volume:
+            self.planes.value = "xy"
+        self.planes.enabled = volume
+        self.voxel_ratio.enabled = volume
+        self.planes.tooltip = PLANES_HELP if volume else PLANES_HELP + " The chosen image is not a volume."
+
+    def add_run(self, folder: str | Path) -> bool:
+        """Average another run folder's predictions with the current model's (an ensemble)."""
+        from ..runs import available_weights
+
+        path = Path(folder)
+        if not str(folder) or not path.is_dir() or not available_weights(path):
+            show_error(f"{path}: not a run folder with weights (model_best_*.pth)")
+            return False
+        self.ensemble_runs.append(path)
+        self._show_ensemble()
+        return True
+
+    def clear_runs(self) -> None:
+        self.ensemble_runs = []
+        self._show_ensemble()
+
+    def _show_ensemble(self) -> None:
+        count = len(self.ensemble_runs)
+        if not count:
+            self.ensemble_label.value = "one run (the current model)"
+            self.ensemble_label.tooltip = ""
+            return
+        self.ensemble_label.value = f"the current model + {count} run{'s' if count > 1 else ''} (mean probabilities)"
+        self.ensemble_label.tooltip = "\n".join(str(run) for run in self.ensemble_runs)
+
+    # ---- export ------------------------------------------------------------------------------
+
+    def _ask_export(self) -> None:
+        fmt = str(self.export_format.value)
+        suffix, filter_ = EXPORT_FORMATS[fmt]
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export model", f"model{suffix}", filter_)
+        if path:
+            self.export_model(path, fmt)
+
+    def export_model(self, path: str | Path, fmt: str) -> bool:
+        """Export the session's model to a new file in a worker; a notification names the written path."""
+        model = self.session.model
+        if model is None:
+            show_error("no model to export: train one or load a run folder first")
+            return False
+        out = Path(path)
+        if not out.suffix:
+            out = out.with_suffix(EXPORT_FORMATS[fmt][0])
+        if out.exists():  # the file dialog asked, but exports never replace a file
+            show_error(f"{out} already exists; not overwriting it (choose another name)")
+            return False
+        started = self.export_job.start(
+            _export, model, fmt, out, on_returned=self._exported, on_errored=_report_export_failure
+        )
+        if started:
+            self.status.value = f"exporting to {out.name}…"
+        return started
+
+    def _exported(self, value: tuple[Path, str | None]) -> None:
+        path, test = value
+        note = "" if test is None else f"; bioimageio.core model test: {test}"
+        self.status.value = f"exported {path.name}"
+        (show_info if test in (None, "passed") else show_error)(f"exported the model to {path}{note}")
+
+    @property
+    def export_relay(self) -> EventRelay:
+        """``export_relay.finished`` fires when an export has ended (written or failed)."""
+        return self.export_job.relay
 
     # ---- prediction --------------------------------------------------------------------------
 
@@ -253,6 +373,10 @@ class PredictionWidget(Container):
             z = int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3])
             z = min(max(z, 0), data.shape[0] - 1)
             data = data[z]
+        if layer.rgb or spatial_ndim != 3 or z is not None:
+            settings.planes = "xy"  # one plane (a slice preview, a 2D or RGB image): nothing to combine
+        if settings.planes == "xyz" and settings.voxel_ratio is None:
+            settings.voxel_ratio = float(layer.scale[-3] / layer.scale[-1])  # Z voxel / XY pixel, from the layer
         self.progress.value = 0
         self.status.value = "predicting…"
         viewer, widget = self.viewer, weakref.ref(self)
@@ -268,6 +392,7 @@ class PredictionWidget(Container):
             settings,
             data,
             bool(layer.rgb),
+            list(self.ensemble_runs),
             control=True,
             on_returned=returned,
             on_errored=_report_failure,
@@ -530,16 +655,45 @@ class PredictionWidget(Container):
         return written
 
 
-def _predict(model: Any, settings: Any, data: Any, rgb: bool, *, callback: Any, stop: Any) -> tuple[Any, np.ndarray]:
-    """In the worker: tiled prediction and its uncertainty map (torch is imported here, not at dock time)."""
+def _predict(
+    model: Any, settings: Any, data: Any, rgb: bool, runs: list[Path], *, callback: Any, stop: Any
+) -> tuple[Any, np.ndarray]:
+    """In the worker: tiled prediction (of the model, or the mean of it and ``runs``; tri-planar for
+    ``settings.planes = xyz``) and its uncertainty map (torch is imported here, not at dock time)."""
     from ..inference import Predictor
+    from ..inference.ensemble import EnsemblePredictor, load_members
+    from ..inference.planes import planar_predictor
+    from ..resources import apply_threads
 
-    predictor = Predictor.from_trained(
-        model, settings=settings, device=model.config.training.device, callback=callback, stop=stop
-    )
+    apply_threads(model.config.training.threads, leave_for_gui=True)  # one core stays with the GUI
+    device = model.config.training.device
+    predictor: Any = Predictor.from_trained(model, settings=settings, device=device, callback=callback, stop=stop)
+    if runs:  # members predict in lockstep: the first one's progress stands for all
+        others = [
+            Predictor.from_trained(member, settings=settings, device=device, stop=stop)
+            for member in load_members(runs, BEST_LOSS)
+        ]
+        predictor = EnsemblePredictor([predictor, *others], names=[model.source, *map(str, runs)])
+    predictor = planar_predictor(predictor, settings.planes, voxel_ratio=settings.voxel_ratio)
     result = predictor.predict(data, rgb=rgb)
     probabilities = np.asarray(result.probabilities)
     return result, margin_uncertainty(probabilities, class_axis=-3)
+
+
+def _export(model: Any, fmt: str, out: Path) -> tuple[Path, str | None]:
+    """In the worker: export and check the model (bioimage.io packages also get bioimageio.core's test)."""
+    from ..export import check_bioimageio, export_bioimageio, export_onnx, export_torchscript, exportable
+
+    write = {"onnx": export_onnx, "torchscript": export_torchscript, "bioimageio": export_bioimageio}[fmt]
+    try:
+        path = write(exportable(model), out)
+    except ImportError as error:
+        raise SchismError(f"exporting as {fmt} needs {error.name}: pip install 'schism-napari[export]'") from None
+    return path, (str(check_bioimageio(path).status) if fmt == "bioimageio" else None)
+
+
+def _report_export_failure(error: BaseException) -> None:
+    show_error(f"export failed: {describe(error)}")
 
 
 def _report_failure(error: BaseException) -> None:

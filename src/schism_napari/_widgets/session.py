@@ -144,7 +144,7 @@ class Session:
         self.model: TrainedModel | None = None
         self.class_names: list[str] | None = None
         self.class_colors: list[tuple[int, int, int]] | None = None
-        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan")}
+        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan", "export")}
         self.jobs["training"].state_changed.connect(lambda state: self.busy_changed.emit(state.busy))
 
     def job(self, kind: str) -> Job:
