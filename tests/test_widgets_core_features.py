@@ -215,3 +215,10 @@ def test_several_runs_average_their_probabilities(qtbot, dock, trained_run, rock
     prediction.clear_runs_button.clicked.emit()
     assert prediction.ensemble_runs == [] and "one run" in prediction.ensemble_label.value
     assert np.allclose(predict(qtbot, viewer, prediction, image), first, atol=1e-6)  # the current model alone
+
+
+def test_labelled_slices_are_written_as_ranges():
+    from schism_napari._widgets.training import _ranges
+
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert _ranges([3]) == "3" and _ranges([]) == ""
