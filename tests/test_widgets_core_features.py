@@ -111,6 +111,19 @@ def test_train_plans_untouched_keys_from_the_data_and_leaves_a_core_to_the_gui(q
     config = training.session.config
     assert config.is_given("Training", "epochs") and not config.is_given("Data", "crop_size")
     assert training.session.model.config.data.crop_size == 96
+    _, reopened = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")  # a second dock, same session
+    assert "Planned:" in reopened.training.form.widget("Data", "crop_size").tooltip
+
+    # the model trained in this session exports too (ONNX, checked in onnxruntime by the export)
+    import onnxruntime
+
+    out = dock.training.runs_folder.value.parent / "session_model.onnx"
+    with qtbot.waitSignal(dock.prediction.export_relay.finished, timeout=180_000):
+        assert dock.prediction.export_model(out, "onnx")
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    (probabilities,) = session.run(None, {name: np.random.default_rng(0).random((1, 1, 96, 96), np.float32)})
+    assert probabilities.shape == (1, 3, 96, 96)
 
 
 # ---- Export model… ------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ class TrainingWidget(Container):
         layout.addWidget(self.curves)
 
         self.job: Job = self.session.job("training")
+        self._refill_form(self.session.config)  # a reopened dock: the latest plan's reasons too
         self._started_at = 0.0
         self._total_batches = 1
         self._done_batches = 0
