@@ -176,7 +176,7 @@ def test_xyz_is_offered_for_volumes_only_and_predicts_as_the_core(qtbot, dock, t
     image = viewer.add_image(volume, name="scan", scale=(2.0, 1.0, 1.0))
     prediction.reset_choices()
     prediction.image.value = image
-    assert prediction.planes.enabled
+    assert prediction.planes.enabled and "layer's scale" in prediction.voxel_ratio.tooltip
     slice_by_slice = predict(qtbot, viewer, prediction, image)
     prediction.planes.value = "xyz"
     triplanar = predict(qtbot, viewer, prediction, image)

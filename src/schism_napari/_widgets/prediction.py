@@ -43,6 +43,9 @@ PLANES_HELP = (
     "xy predicts slice by slice; xyz (volumes only: a Z, Y, X stack, not RGB images or videos) also predicts "
     "the XZ and YZ planes and averages the three, for smoother 3D labels (about 3x slower)."
 )
+VOXEL_RATIO_HELP = (
+    "Z voxel size / XY pixel size for planes = xyz; empty: from the image layer's scale (scale[0] / scale[-1])."
+)
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
 BEST_LOSS = "loss"  # as schism_napari.runs.BEST_LOSS, without importing torch
 EXPORT_FORMATS = {  # format -> (file suffix, save dialog filter)
@@ -116,10 +119,6 @@ class PredictionWidget(Container):
         self.inference_form.widget("Inference", "threshold").visible = False  # the live slider below
         self.planes = self.inference_form.widget("Inference", "planes")
         self.voxel_ratio = self.inference_form.widget("Inference", "voxel_ratio")
-        self.planes.tooltip = PLANES_HELP
-        self.voxel_ratio.tooltip = (
-            "Z voxel size / XY pixel size for planes = xyz; empty: from the image layer's scale (scale[0] / scale[-1])."
-        )
         self.ensemble_folder = FileEdit(mode="d", label="+ run folder", value="")
         self.ensemble_folder.tooltip = (
             "Another run folder (its best-loss weights) whose probabilities are averaged with the current model's."
@@ -283,6 +282,7 @@ class PredictionWidget(Container):
         self.planes.enabled = volume
         self.voxel_ratio.enabled = volume
         self.planes.tooltip = PLANES_HELP if volume else PLANES_HELP + " The chosen image is not a volume."
+        self.voxel_ratio.tooltip = VOXEL_RATIO_HELP  # (set_config restores the INI's wording: reading from a file)
 
     def add_run(self, folder: str | Path) -> bool:
         """Average another run folder's predictions with the current model's (an ensemble)."""
