@@ -3,6 +3,10 @@
 Widget types, ranges and tooltips come from the dataclass fields. The form turns its values
 into INI text and parses it with :meth:`SchismConfig.from_ini_string`, so the widget, the INI
 file and the command line share one parser and one set of error messages.
+
+A form shows every key, but only the keys the user edited (plus those the shown config had as
+given, e.g. from an INI file) count as given: the planner may still choose the others from the
+data at Train time, and :meth:`ConfigForm.set_config` shows why in the fields' tooltips.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from qtpy.QtWidgets import QScrollArea, QTabWidget
 from ..config import SECTIONS, SchismConfig, field_types, format_value, scheduler_names
 
 _TEXT_FLOATS = {"lr", "grad_clip"}  # values spanning decades: typed, not spun
+_FIELD_KEYS = {(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 _STEPS = {"val_split": 0.05, "overlap": 0.05, "p": 0.05, "threshold": 0.05, "intensity_jitter": 0.05}
 
 
@@ -33,6 +38,9 @@ class ConfigForm:
     def __init__(self, sections: tuple[str, ...] = tuple(SECTIONS)):
         self.sections = sections
         self.widgets: dict[tuple[str, str], ValueWidget] = {}
+        self._help: dict[tuple[str, str], str] = {}  # the fields' own tooltips, before any plan reason
+        self._shown: dict[tuple[str, str], Any] | None = None  # widget values as set_config left them
+        self._given: set[str] = set()  # "Section.key" the shown config had as given
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
         for section in sections:
@@ -42,14 +50,21 @@ class ConfigForm:
             for f in dataclasses.fields(section_class):
                 widget = _make_widget(section, f, types[f.name])
                 self.widgets[(section, f.name)] = widget
+                self._help[(section, f.name)] = widget.tooltip or ""
                 container.append(widget)
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(container.native)
             self.tabs.addTab(scroll, section)
 
-    def set_config(self, config: SchismConfig) -> None:
+    def set_config(self, config: SchismConfig, reasons: dict[str, str] | None = None) -> None:
+        """Show ``config``; its given keys stay given, the others until the user edits them are the
+        planner's to choose. ``reasons`` (a Plan's, "Section.key" -> why) go into the tooltips."""
+        reasons = reasons or {}
         for (section, key), widget in self.widgets.items():
+            why = reasons.get(f"{section}.{key}")
+            help_text = self._help[(section, key)]
+            widget.tooltip = f"{help_text}\nPlanned: {why}".strip() if why else help_text
             value = getattr(config.section(section), key)
             if key == "kwargs":
                 widget.value = ", ".join(f"{k}={format_value(v)}" for k, v in value.items())
@@ -57,6 +72,14 @@ class ConfigForm:
                 widget.value = "" if value is None and isinstance(widget, LineEdit) else format_value(value)
             else:
                 widget.value = value
+        self._shown = {key: widget.value for key, widget in self.widgets.items()}
+        self._given = set(config.given)
+
+    def edited(self) -> set[tuple[str, str]]:
+        """The fields whose value differs from what :meth:`set_config` showed (all before it is called)."""
+        if self._shown is None:
+            return set(self.widgets)
+        return {key for key, widget in self.widgets.items() if widget.value != self._shown[key]}
 
     def ini_text(self) -> str:
         lines = []
@@ -77,7 +100,11 @@ class ConfigForm:
 
     def config(self) -> SchismConfig:
         """The form's values as a validated config; raises ConfigError naming the field at fault."""
-        return SchismConfig.from_ini_string(self.ini_text(), source="form")
+        config = SchismConfig.from_ini_string(self.ini_text(), source="form")
+        edited = self.edited()
+        sections = {section for section, key in edited if key == "kwargs"}  # its keys come as their own
+        config.given = {name for name in config.given if name in self._given or _edited(name, edited, sections)}
+        return config
 
     def on_change(self, callback: Any) -> None:
         """Call ``callback()`` whenever the user edits any field."""
@@ -86,6 +113,12 @@ class ConfigForm:
 
     def widget(self, section: str, key: str) -> ValueWidget:
         return self.widgets[(section, key)]
+
+
+def _edited(name: str, edited: set[tuple[str, str]], kwargs_sections: set[str]) -> bool:
+    """Whether the given key ``Section.key`` was edited: its own field, or the section's kwargs field."""
+    section, key = name.split(".", 1)
+    return (section, key) in edited or (section in kwargs_sections and (section, key) not in _FIELD_KEYS)
 
 
 def split_keywords(text: str) -> list[tuple[str, str]]:

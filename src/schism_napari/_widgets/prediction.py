@@ -27,6 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog
 
 from .. import events
 from ..data import labels_to_mask, mask_to_labels
@@ -38,8 +39,20 @@ from .jobs import Job, RunState, follow
 from .relay import EventRelay, describe
 from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
+PLANES_HELP = (
+    "xy predicts slice by slice; xyz (volumes only: a Z, Y, X stack, not RGB images or videos) also predicts "
+    "the XZ and YZ planes and averages the three, for smoother 3D labels (about 3x slower)."
+)
+VOXEL_RATIO_HELP = (
+    "Z voxel size / XY pixel size for planes = xyz; empty: from the image layer's scale (scale[0] / scale[-1])."
+)
 ONE_LAYER, PER_CLASS = "one layer (class axis)", "one layer per class"
 BEST_LOSS = "loss"  # as schism_napari.runs.BEST_LOSS, without importing torch
+EXPORT_FORMATS = {  # format -> (file suffix, save dialog filter)
+    "onnx": (".onnx", "ONNX model (*.onnx)"),
+    "torchscript": (".pt", "TorchScript model (*.pt)"),
+    "bioimageio": (".zip", "bioimage.io package (*.zip)"),
+}
 PROBABILITY_STYLE = {"colormap": "magma", "contrast_limits": (0.0, 1.0), "opacity": 0.6, "blending": "additive"}
 
 
@@ -94,7 +107,7 @@ class PredictionWidget(Container):
         self._weight_names: list[str] = [BEST_LOSS]
         # a choices callable: napari resets every dock widget's choices when layers change, and the
         # user's checkpoint must survive that (it used to fall back to "loss" silently)
-        self.metric = ComboBox(choices=lambda _widget=None: self._weight_names, value=BEST_LOSS, label="weights")
+        self.metric = ComboBox(choices=self._weight_choices, value=BEST_LOSS, label="weights")
         self.load_button = PushButton(text="Load run folder")
         self.image = ComboBox(choices=layer_choices(viewer, Image), label="image")
         self.inference_form = ConfigForm(("Inference",))
@@ -104,6 +117,16 @@ class PredictionWidget(Container):
         self.batch_size = self.inference_form.widget("Inference", "batch_size")
         self.tta = self.inference_form.widget("Inference", "tta")
         self.inference_form.widget("Inference", "threshold").visible = False  # the live slider below
+        self.planes = self.inference_form.widget("Inference", "planes")
+        self.voxel_ratio = self.inference_form.widget("Inference", "voxel_ratio")
+        self.ensemble_folder = FileEdit(mode="d", label="+ run folder", value="")
+        self.ensemble_folder.tooltip = (
+            "Another run folder (its best-loss weights) whose probabilities are averaged with the current model's."
+        )
+        self.add_run_button = PushButton(text="Add run")
+        self.clear_runs_button = PushButton(text="Clear runs")
+        self.ensemble_label = Label(value="one run (the current model)", label="ensemble")
+        self.ensemble_runs: list[Path] = []
         self.layout_choice = ComboBox(choices=[ONE_LAYER, PER_CLASS], value=ONE_LAYER, label="probabilities")
         self.current_slice = CheckBox(text="current slice only (preview)", value=False)
         self.predict_button = PushButton(text="Predict")
@@ -118,6 +141,13 @@ class PredictionWidget(Container):
         self.add_button.tooltip = "Train on the pixels you corrected and on the slices marked reviewed."
         self.datasets_folder = FileEdit(mode="d", label="datasets folder", value="")
         self.save_button = PushButton(text="Save to dataset")
+        self.export_format = ComboBox(choices=list(EXPORT_FORMATS), value="onnx", label="export as")
+        self.export_format.tooltip = (
+            "onnx / torchscript: one file plus a .json describing inputs and classes; bioimageio: a bioimage.io "
+            "package (.zip), tested with bioimageio.core (slower)."
+        )
+        self.export_button = PushButton(text="Export model…")
+        self.export_button.tooltip = "Save the current model for other tools; its output is checked against torch."
         self.status = Label(value="", label="status")
         self.extend(
             [
@@ -127,6 +157,9 @@ class PredictionWidget(Container):
                 self.load_button,
                 self.image,
                 *self.inference_form.widgets.values(),  # the generated [Inference] fields, in this form
+                self.ensemble_folder,
+                Container(widgets=[self.add_run_button, self.clear_runs_button], layout="horizontal", labels=False),
+                self.ensemble_label,
                 self.layout_choice,
                 self.current_slice,
                 Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
@@ -138,6 +171,7 @@ class PredictionWidget(Container):
                 self.add_button,
                 self.datasets_folder,
                 self.save_button,
+                Container(widgets=[self.export_format, self.export_button], layout="horizontal", labels=False),
                 self.status,
             ]
         )
@@ -156,13 +190,20 @@ class PredictionWidget(Container):
         self.next_uncertain_button.changed.connect(self.next_uncertain_slice)
         self.add_button.changed.connect(self.add_to_training_set)
         self.save_button.changed.connect(lambda: self.save_to_dataset())
+        self.export_button.changed.connect(self._ask_export)
+        self.add_run_button.changed.connect(lambda: self.add_run(self.ensemble_folder.value))
+        self.clear_runs_button.changed.connect(self.clear_runs)
+        self.image.changed.connect(self._offer_planes)
+        self.export_job: Job = self.session.job("export")
         native = self.native
         follow(native, self.session.model_changed, self._on_model)
         follow(native, self.session.busy_changed, lambda _busy: self._update_enabled())
         follow(native, self.job.state_changed, self._on_state)
         follow(native, self.job.event, self._on_event)
+        follow(native, self.export_job.state_changed, lambda _state: self._update_enabled())
         follow_layers(viewer, self.image)  # only the layer list: the weights choice stays
         self._on_model(self.session.model)
+        self._offer_planes()
 
     @property
     def relay(self) -> EventRelay:
@@ -174,6 +215,9 @@ class PredictionWidget(Container):
         return self.job.worker
 
     # ---- model -------------------------------------------------------------------------------
+
+    def _weight_choices(self, _widget: Any = None) -> list[str]:
+        return self._weight_names
 
     def _list_weights(self) -> None:
         from ..runs import available_weights
@@ -204,6 +248,7 @@ class PredictionWidget(Container):
             self.inference_form.set_config(model.config)
             self.threshold.value = model.config.inference.threshold
             self.threshold.visible = model.class_count == 2
+            self._offer_planes()  # the run's planes = xyz only where the chosen image is a volume
         self._update_enabled()
 
     def _update_enabled(self) -> None:
@@ -217,6 +262,7 @@ class PredictionWidget(Container):
         self.predict_button.enabled = not why
         self.predict_button.tooltip = why or "Predict the chosen image layer with the current model."
         self.cancel_button.enabled = self.job.state is RunState.RUNNING
+        self.export_button.enabled = self.session.model is not None and not self.export_job.busy
 
     def _on_state(self, state: RunState) -> None:
         if state is RunState.CANCELLED:
@@ -224,6 +270,83 @@ class PredictionWidget(Container):
         elif state is RunState.FAILED:
             self.status.value = "prediction failed"
         self._update_enabled()
+
+    # ---- tri-planar prediction and ensembles -------------------------------------------------
+
+    def _offer_planes(self, *_: Any) -> None:
+        """xyz only for volumes: a (Z, Y, X) stack; 2D and RGB images are predicted in their own plane."""
+        layer = self.image.value
+        volume = layer is not None and not layer.rgb and layer.data.ndim == 3
+        if not volume:
+            self.planes.value = "xy"
+        self.planes.enabled = volume
+        self.voxel_ratio.enabled = volume
+        self.planes.tooltip = PLANES_HELP if volume else PLANES_HELP + " The chosen image is not a volume."
+        self.voxel_ratio.tooltip = VOXEL_RATIO_HELP  # (set_config restores the INI's wording: reading from a file)
+
+    def add_run(self, folder: str | Path) -> bool:
+        """Average another run folder's predictions with the current model's (an ensemble)."""
+        from ..runs import available_weights
+
+        path = Path(folder)
+        if not str(folder) or not path.is_dir() or not available_weights(path):
+            show_error(f"{path}: not a run folder with weights (model_best_*.pth)")
+            return False
+        self.ensemble_runs.append(path)
+        self._show_ensemble()
+        return True
+
+    def clear_runs(self) -> None:
+        self.ensemble_runs = []
+        self._show_ensemble()
+
+    def _show_ensemble(self) -> None:
+        count = len(self.ensemble_runs)
+        if not count:
+            self.ensemble_label.value = "one run (the current model)"
+            self.ensemble_label.tooltip = ""
+            return
+        self.ensemble_label.value = f"the current model + {count} run{'s' if count > 1 else ''} (mean probabilities)"
+        self.ensemble_label.tooltip = "\n".join(str(run) for run in self.ensemble_runs)
+
+    # ---- export ------------------------------------------------------------------------------
+
+    def _ask_export(self) -> None:
+        fmt = str(self.export_format.value)
+        suffix, filter_ = EXPORT_FORMATS[fmt]
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export model", f"model{suffix}", filter_)
+        if path:
+            self.export_model(path, fmt)
+
+    def export_model(self, path: str | Path, fmt: str) -> bool:
+        """Export the session's model to a new file in a worker; a notification names the written path."""
+        model = self.session.model
+        if model is None:
+            show_error("no model to export: train one or load a run folder first")
+            return False
+        out = Path(path)
+        if not out.suffix:
+            out = out.with_suffix(EXPORT_FORMATS[fmt][0])
+        if out.exists():  # the file dialog asked, but exports never replace a file
+            show_error(f"{out} already exists; not overwriting it (choose another name)")
+            return False
+        started = self.export_job.start(
+            _export, model, fmt, out, on_returned=self._exported, on_errored=_report_export_failure
+        )
+        if started:
+            self.status.value = f"exporting to {out.name}…"
+        return started
+
+    def _exported(self, value: tuple[Path, str | None]) -> None:
+        path, test = value
+        note = "" if test is None else f"; bioimageio.core model test: {test}"
+        self.status.value = f"exported {path.name}"
+        (show_info if test in (None, "passed") else show_error)(f"exported the model to {path}{note}")
+
+    @property
+    def export_relay(self) -> EventRelay:
+        """``export_relay.finished`` fires when an export has ended (written or failed)."""
+        return self.export_job.relay
 
     # ---- prediction --------------------------------------------------------------------------
 
@@ -250,6 +373,10 @@ class PredictionWidget(Container):
             z = int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3])
             z = min(max(z, 0), data.shape[0] - 1)
             data = data[z]
+        if layer.rgb or spatial_ndim != 3 or z is not None:
+            settings.planes = "xy"  # one plane (a slice preview, a 2D or RGB image): nothing to combine
+        if settings.planes == "xyz" and settings.voxel_ratio is None:
+            settings.voxel_ratio = float(layer.scale[-3] / layer.scale[-1])  # Z voxel / XY pixel, from the layer
         self.progress.value = 0
         self.status.value = "predicting…"
         viewer, widget = self.viewer, weakref.ref(self)
@@ -265,6 +392,7 @@ class PredictionWidget(Container):
             settings,
             data,
             bool(layer.rgb),
+            list(self.ensemble_runs),
             control=True,
             on_returned=returned,
             on_errored=_report_failure,
@@ -317,22 +445,22 @@ class PredictionWidget(Container):
             full_uncertainty[z] = uncertainty
             uncertainty = full_uncertainty
         by_class = np.moveaxis(probabilities, -3, 0)  # (C, [Z,] Y, X)
-        self._update_labels_layer(layer, outputs, model, labels)
+        labels_layer = self._update_labels_layer(layer, outputs, model, labels)
         self._update_probability_layers(layer, outputs, model, by_class)
         self._update_uncertainty_layer(layer, outputs, uncertainty)
         # keep the labels on top: they are what the user corrects
-        if self.viewer.layers[-1] is not outputs.labels:
-            self.viewer.layers.move(self.viewer.layers.index(outputs.labels), len(self.viewer.layers))
-        outputs.predicted = np.array(outputs.labels.data, copy=True)
-        pair = self.session.pair_of(outputs.labels)
+        if self.viewer.layers[-1] is not labels_layer:
+            self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
+        outputs.predicted = np.array(labels_layer.data, copy=True)
+        pair = self.session.pair_of(labels_layer)
         if pair is not None:  # predicted again after "Add to training set": edits count from here
             pair.predicted, pair.reviewed = outputs.predicted, outputs.reviewed
-        self.source_layer, self.labels_layer = layer, outputs.labels
+        self.source_layer, self.labels_layer = layer, labels_layer
         self._foreground = by_class[1] if model.class_count == 2 else None
         if (tuple(camera.center), camera.zoom, tuple(camera.angles)) != kept:
             camera.center, camera.zoom, camera.angles = kept
 
-    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> None:
+    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> Labels:
         from napari.utils.colormaps import DirectLabelColormap
 
         if outputs.labels is not None:
@@ -353,6 +481,7 @@ class PredictionWidget(Container):
             color_dict.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(wanted)})
             outputs.labels.colormap = DirectLabelColormap(color_dict=color_dict)
             metadata["schism_colors"] = wanted
+        return outputs.labels
 
     def _update_probability_layers(
         self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray
@@ -434,57 +563,67 @@ class PredictionWidget(Container):
     # ---- correct and retrain -----------------------------------------------------------------
 
     def _latest_outputs(self) -> Outputs | None:
-        if self.source_layer is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+        latest = self._latest()
+        return None if latest is None else latest[0]
+
+    def _latest(self) -> tuple[Outputs, Labels] | None:
+        """The outputs of the latest prediction and its Labels layer, while that layer is in the viewer."""
+        labels = self.labels_layer
+        if self.source_layer is None or labels is None or labels not in self.viewer.layers:
             return None
         outputs = self.outputs.get(self.source_layer)
-        return outputs if outputs is not None and outputs.labels is self.labels_layer else None
+        return (outputs, labels) if outputs is not None and outputs.labels is labels else None
 
     def _current_z(self) -> int:
         return int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3]) if self.viewer.dims.ndim >= 3 else 0
 
     def mark_reviewed(self) -> None:
         """The current slice of the latest prediction is right as it stands: all of it becomes labels."""
-        outputs = self._latest_outputs()
-        if outputs is None:
+        latest = self._latest()
+        if latest is None:
             show_error("no prediction to review: predict an image first")
             return
-        z = self._current_z() if outputs.labels.data.ndim == 3 else 0
+        outputs, labels = latest
+        z = self._current_z() if labels.data.ndim == 3 else 0
         outputs.reviewed.add(z)
         self.status.value = f"reviewed slices: {', '.join(map(str, sorted(outputs.reviewed)))}"
         self.session.labels_edited.emit()
 
     def next_uncertain_slice(self) -> int | None:
         """Move the viewer to the slice the model is least sure of, skipping reviewed slices."""
-        outputs = self._latest_outputs()
-        if outputs is None or outputs.uncertainty is None:
+        latest = self._latest()
+        if latest is None or latest[0].uncertainty is None:
             show_error("no prediction yet: predict a stack first")
             return None
+        outputs, labels = latest
+        assert outputs.uncertainty is not None
         z = most_uncertain_slice(np.asarray(outputs.uncertainty.data), outputs.reviewed)
         if z is None:
             show_info("nothing left to review" if outputs.uncertainty.data.ndim == 3 else "a 2D image has one slice")
             return None
-        world = outputs.labels.data_to_world([z, 0, 0])[0]
+        world = labels.data_to_world([z, 0, 0])[0]
         axis = self.viewer.dims.ndim - 3
         self.viewer.dims.set_point(axis, world)
         self.status.value = f"slice {z}: the model is least sure here"
         return z
 
     def add_to_training_set(self) -> None:
-        outputs = self._latest_outputs()
-        if outputs is None:
+        latest = self._latest()
+        if latest is None or self.source_layer is None:
             show_error("no prediction to add: predict an image first, then correct it with the brush")
             return
+        outputs, labels = latest
         try:
-            self.session.add_pair(self.source_layer, self.labels_layer, predicted=outputs.predicted)
+            self.session.add_pair(self.source_layer, labels, predicted=outputs.predicted)
         except SchismError as error:
             show_error(str(error))
             return
-        pair = self.session.pair_of(self.labels_layer)
+        pair = self.session.pair_of(labels)
         if pair is not None:
             pair.reviewed = outputs.reviewed  # shared: slices reviewed later count too
         self.session.labels_edited.emit()
         show_info(
-            f"{self.labels_layer.name} joins the training set: only your corrections and the slices marked "
+            f"{labels.name} joins the training set: only your corrections and the slices marked "
             "reviewed count; train again (fine-tune) to use them"
         )
 
@@ -516,16 +655,45 @@ class PredictionWidget(Container):
         return written
 
 
-def _predict(model: Any, settings: Any, data: Any, rgb: bool, *, callback: Any, stop: Any) -> tuple[Any, np.ndarray]:
-    """In the worker: tiled prediction and its uncertainty map (torch is imported here, not at dock time)."""
+def _predict(
+    model: Any, settings: Any, data: Any, rgb: bool, runs: list[Path], *, callback: Any, stop: Any
+) -> tuple[Any, np.ndarray]:
+    """In the worker: tiled prediction (of the model, or the mean of it and ``runs``; tri-planar for
+    ``settings.planes = xyz``) and its uncertainty map (torch is imported here, not at dock time)."""
     from ..inference import Predictor
+    from ..inference.ensemble import EnsemblePredictor, load_members
+    from ..inference.planes import planar_predictor
+    from ..resources import apply_threads
 
-    predictor = Predictor.from_trained(
-        model, settings=settings, device=model.config.training.device, callback=callback, stop=stop
-    )
+    apply_threads(model.config.training.threads, leave_for_gui=True)  # one core stays with the GUI
+    device = model.config.training.device
+    predictor: Any = Predictor.from_trained(model, settings=settings, device=device, callback=callback, stop=stop)
+    if runs:  # members predict in lockstep: the first one's progress stands for all
+        others = [
+            Predictor.from_trained(member, settings=settings, device=device, stop=stop)
+            for member in load_members(runs, BEST_LOSS)
+        ]
+        predictor = EnsemblePredictor([predictor, *others], names=[model.source, *map(str, runs)])
+    predictor = planar_predictor(predictor, settings.planes, voxel_ratio=settings.voxel_ratio)
     result = predictor.predict(data, rgb=rgb)
     probabilities = np.asarray(result.probabilities)
     return result, margin_uncertainty(probabilities, class_axis=-3)
+
+
+def _export(model: Any, fmt: str, out: Path) -> tuple[Path, str | None]:
+    """In the worker: export and check the model (bioimage.io packages also get bioimageio.core's test)."""
+    from ..export import check_bioimageio, export_bioimageio, export_onnx, export_torchscript, exportable
+
+    write = {"onnx": export_onnx, "torchscript": export_torchscript, "bioimageio": export_bioimageio}[fmt]
+    try:
+        path = write(exportable(model), out)
+    except ImportError as error:
+        raise SchismError(f"exporting as {fmt} needs {error.name}: pip install 'schism-napari[export]'") from None
+    return path, (str(check_bioimageio(path).status) if fmt == "bioimageio" else None)
+
+
+def _report_export_failure(error: BaseException) -> None:
+    show_error(f"export failed: {describe(error)}")
 
 
 def _report_failure(error: BaseException) -> None:

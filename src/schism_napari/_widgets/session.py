@@ -116,7 +116,7 @@ class TrainingSources:
         if self.class_names and len(self.class_names) == count:
             data.class_names = list(self.class_names)
         if self.class_colors and len(self.class_colors) == count:
-            data.class_colors = [tuple(c) for c in self.class_colors]
+            data.class_colors = [_rgb(c) for c in self.class_colors]
         return data
 
 
@@ -144,7 +144,7 @@ class Session:
         self.model: TrainedModel | None = None
         self.class_names: list[str] | None = None
         self.class_colors: list[tuple[int, int, int]] | None = None
-        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan")}
+        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan", "export")}
         self.jobs["training"].state_changed.connect(lambda state: self.busy_changed.emit(state.busy))
 
     def job(self, kind: str) -> Job:
@@ -287,7 +287,7 @@ class Session:
         """One colour per class: the dataset's or the user's, else a fixed palette."""
         count = self.config.model.class_count
         if self.class_colors and len(self.class_colors) == count:
-            return [tuple(int(v) for v in c) for c in self.class_colors]
+            return [_rgb(c) for c in self.class_colors]
         return [DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k in range(count)]
 
     def set_classes(self, names: list[str], colors: list[tuple[int, int, int]] | None = None) -> None:
@@ -299,7 +299,7 @@ class Session:
             raise DataError(f"class colours: {len(colors)} given for {count} classes")
         self.class_names = [n.strip() for n in names]
         if colors is not None:
-            self.class_colors = [tuple(c) for c in colors]
+            self.class_colors = [_rgb(c) for c in colors]
         self.classes_changed.emit()
 
     def paint_colors(self, layer: Any) -> None:
@@ -376,3 +376,8 @@ def _unique_names(names: list[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
     return unique
+
+
+def _rgb(color: Any) -> tuple[int, int, int]:
+    """A colour as three ints (lists, numpy values and tuples alike)."""
+    return int(color[0]), int(color[1]), int(color[2])

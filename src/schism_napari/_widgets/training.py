@@ -12,6 +12,7 @@ same slice replaces it when training ends. torch is imported only inside the wor
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 if TYPE_CHECKING:
     import napari
 
+    from ..config import SchismConfig
     from ..data.dataset import SegmentationData
+    from ..planning import Plan
     from ..runs import TrainedModel
     from ..training.trainer import TrainingResult
 
@@ -100,6 +103,7 @@ class TrainingWidget(Container):
         layout.addWidget(self.curves)
 
         self.job: Job = self.session.job("training")
+        self._refill_form(self.session.config)  # a reopened dock: the latest plan's reasons too
         self._started_at = 0.0
         self._total_batches = 1
         self._done_batches = 0
@@ -195,11 +199,12 @@ class TrainingWidget(Container):
             return
         try:
             config = self.form.config()
-            self.session.set_config(config)
-            sources = self.session.snapshot()
             initial = None
             if self.fine_tune.value and self.session.model is not None:
                 initial = {k: v.detach().clone() for k, v in self.session.model.model.state_dict().items()}
+                _keep_architecture(config, self.session.model.config)
+            self.session.set_config(config)
+            sources = self.session.snapshot()
             folder = Path(self.runs_folder.value).expanduser()
             run_dir = unique_path(folder / time.strftime("run_%Y%m%d_%H%M%S"))
         except SchismError as error:
@@ -284,9 +289,10 @@ class TrainingWidget(Container):
             self.status.value = f"{event.reason} after {epochs} epoch{'s' if epochs != 1 else ''} · best: {best}"
 
     def _refill_form(self, config: Any) -> None:
+        plan = self.job.result[3] if self.job.result else None
         self._filling = True
-        try:
-            self.form.set_config(config)
+        try:  # the planned values of the latest run: their reasons become the fields' tooltips
+            self.form.set_config(config, plan.reasons if plan is not None and plan.config is config else None)
         finally:
             self._filling = False
 
@@ -337,16 +343,21 @@ def _train(
     *,
     callback: Any,
     stop: Any,
-) -> tuple[TrainingResult, SegmentationData, np.ndarray | None]:
-    """In the worker: read the data, show the forest's preview, train, predict the preview slice."""
+) -> tuple[TrainingResult, SegmentationData, np.ndarray | None, Plan]:
+    """In the worker: read the data, plan the keys the user left alone, show the forest's preview,
+    train, predict the preview slice. One core is left to the GUI."""
+    from ..planning import plan_config
+    from ..resources import apply_threads
     from ..training.trainer import Trainer
 
+    apply_threads(sources.config.training.threads, leave_for_gui=True)
     data = sources.load()
+    plan = plan_config(sources.config, data, interactive=True)
     image, rgb, z = preview if preview is not None else (None, False, None)
     if image is not None:
         _forest_preview(sources, image, z, callback)
     trainer = Trainer(
-        sources.config,
+        plan.config,
         data,
         run_dir,
         initial_weights=initial,
@@ -360,11 +371,9 @@ def _train(
         from ..inference import Predictor
 
         model = _trained_model(result, data)
-        network = Predictor.from_trained(model, device=result.config.training.device).predict(
-            image, rgb=rgb
-        )
-        network = np.asarray(network.probabilities)
-    return result, data, network
+        predicted = Predictor.from_trained(model, device=result.config.training.device).predict(image, rgb=rgb)
+        network = np.asarray(predicted.probabilities)
+    return result, data, network, plan
 
 
 def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] | None, event: Any) -> None:
@@ -417,18 +426,29 @@ def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedMod
         list(names),
         data.class_colors,
         f"{result.run_dir} (model_best_loss.pth)",
+        run_dir=result.run_dir,  # its run_info.json tells an export the input dtype
     )
 
 
-def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None]) -> None:
-    """In the GUI thread, whether or not a dock is open: the new model joins the session, and the
-    network's prediction of the preview slice replaces the forest's."""
-    result, data, network = returned
+def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None, Plan]) -> None:
+    """In the GUI thread, whether or not a dock is open: the new model joins the session, the form
+    shows the planned values, and the network's prediction of the preview slice replaces the forest's."""
+    result, data, network, plan = returned
     session.set_model(_trained_model(result, data))
+    session.replace_config(plan.config)  # the keys the user left alone now show what was planned
     preview = session.job("training").info.get("preview")
     if network is not None and preview is not None:
         show_preview(viewer, session, preview[0], network, preview[1], source="network")
-    show_info(f"training {result.reason}; run folder {result.run_dir}")
+    planned = sum("." in key for key in plan.reasons)
+    note = f"; {planned} settings planned from the data (their tooltips say why)" if planned else ""
+    show_info(f"training {result.reason}; run folder {result.run_dir}{note}")
+
+
+def _keep_architecture(config: SchismConfig, model: SchismConfig) -> None:
+    """Fine-tuning continues the session's network: its [Model] keys are fixed, not planned again."""
+    for f in dataclasses.fields(model.model):
+        if not config.is_given("Model", f.name):
+            config.set_given("Model", f.name, getattr(model.model, f.name))
 
 
 def _report_failure(error: BaseException) -> None:
@@ -470,7 +490,7 @@ def show_preview(
 
 def _ranges(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
-    parts: list[str] = []
+    parts: list[tuple[int, int]] = []
     for v in values:
         if parts and parts[-1][1] == v - 1:
             parts[-1] = (parts[-1][0], v)
