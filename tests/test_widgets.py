@@ -557,3 +557,26 @@ def test_training_on_a_scanned_folder_reads_it_in_the_worker(qtbot, dock, sample
     click_and_wait(qtbot, dock.training, dock.training.train_button)
     assert any("training failed" in m and "masks for 6 images" in m for m in errors(notifications))
     assert dock.training.train_button.enabled
+
+
+def test_prediction_tab_loads_a_schism_run_folder_and_predicts_what_schism_predicts(qtbot, dock):
+    """A SCHISM user points the Prediction tab at the folder SCHISM was given (issue 10): the labels
+    equal SCHISM's own inference output, written once by SCHISM's code (tests/data/schism)."""
+    from PIL import Image
+
+    data = Path(__file__).parent / "data" / "schism"
+    expected = np.load(data / "schism_expected.npz")["UnetSegmentor_prediction"]  # gray levels 0/128/255
+    viewer, dock = dock
+    prediction = dock.prediction
+    prediction.run_folder.value = data / "runs" / "UnetSegmentor"
+    assert "Jaccard" in prediction.metric.choices
+    prediction.metric.value = "Jaccard"
+    prediction.load_button.clicked.emit()
+    assert "SCHISM run" in prediction.model_label.tooltip
+    image = viewer.add_image(np.asarray(Image.open(data / "data" / "rock" / "images" / "slice_000.tif")), name="rock")
+    prediction.reset_choices()
+    prediction.image.value = image
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    classes = viewer.layers["rock prediction"].data.astype(np.int64) - 1  # label k + 1 is class k
+    levels = np.round(np.linspace(0, 255, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(levels[classes], expected)
