@@ -664,6 +664,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     from .data import load_dataset
     from .data.splits import read_split
     from .evaluation import evaluate
+    from .schism_runs import locate_run
 
     members, predictors = _member_predictors(arguments)
     trained = members[0]
@@ -677,9 +678,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         write_stats=False,
         ignore_background=config.loss.ignore_background,
     )
-    from .schism_runs import locate_run
-
-    runs = [locate_run(run) for run in _weights(arguments)]
+    runs = [locate_run(run) for run in _weights(arguments)]  # a SCHISM run: the folder it was given holds it
     positions = read_split(runs[0], data).part(arguments.split)
     if not positions:
         raise SchismError(
@@ -687,7 +686,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             "(num_samples covers every image); try --split val or --split all"
         )
     if len(runs) > 1:
-        return _evaluate_ensemble(arguments, members, predictors, data, positions)
+        return _evaluate_ensemble(arguments, runs, members, predictors, data, positions)
     result = evaluate(predictors[0], data, positions, trained.class_names)  # the background is unlabeled already
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
@@ -708,13 +707,14 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_ensemble(arguments: argparse.Namespace, members: Any, predictors: Any, data: Any, positions: Any) -> int:
+def _evaluate_ensemble(
+    arguments: argparse.Namespace, runs: list[Path], members: Any, predictors: Any, data: Any, positions: Any
+) -> int:
     """Each member, then the ensemble, on the same images (the first run's split); one CSV for all."""
     from .atomic import atomic_write_text
     from .data.splits import read_split
     from .inference.ensemble import compare_members
 
-    runs = _weights(arguments)
     for run in runs[1:]:
         other = read_split(run, data)
         if set(other.train + other.val) & set(positions):
