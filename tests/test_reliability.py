@@ -446,3 +446,23 @@ def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
     opened, rgb = open_lazy(image)
     assert not rgb and opened.shape == volume.shape
     np.testing.assert_array_equal(opened[1], volume[1])
+
+
+def test_lazy_inputs_name_the_file_when_reading_fails_or_axes_are_too_many(tmp_path):
+    from schism_napari.errors import DataError
+    from schism_napari.inference.files import open_lazy
+    from schism_napari.inputs import CheckedSlices
+
+    class Broken:
+        shape, dtype = (4, 8, 8), np.dtype(np.uint16)
+
+        def __getitem__(self, index):
+            raise OSError("unexpected end of data")
+
+    with pytest.raises(DataError, match=r"scan\.tif: cannot read image data \(OSError: unexpected end of data\)"):
+        CheckedSlices(Broken(), tmp_path / "scan.tif")[2]
+
+    store = tmp_path / "series.zarr"
+    zarr.open_array(str(store), mode="w", shape=(2, 3, 8, 8), dtype="uint8")
+    with pytest.raises(DataError, match=r"series\.zarr: 4D data of shape \(2, 3, 8, 8\)"):
+        open_lazy(store)
