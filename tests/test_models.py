@@ -193,8 +193,10 @@ def test_unusable_encoder_weights_files_raise_schism_error(tmp_path) -> None:
         build_model(_encoder_config(unrelated), 1)
 
 
-def test_encoder_weights_that_would_need_a_download_are_refused() -> None:
-    config = ModelConfig(model_type="Unet", encoder="resnet18", encoder_weights="imagenet")
+def test_encoder_weights_names_smp_does_not_know_are_refused() -> None:
+    # issue 7 point 7: imagenet is now accepted (smp's download cache); other non-file names are not
+    ModelConfig(model_type="Unet", encoder="resnet18", encoder_weights="imagenet").validate(None)
+    config = ModelConfig(model_type="Unet", encoder="resnet18", encoder_weights="imagenet21k")
     with pytest.raises(ConfigError, match="encoder_weights"):
         config.validate(None)
 
