@@ -264,10 +264,10 @@ def test_bad_form_value_is_a_notification_not_a_crash(dock, notifications, rock)
     viewer, dock = dock
     volume, _, painted = rock
     add_scribble_pair(viewer, dock, viewer.add_image(volume), viewer.add_labels(painted))
-    dock.training.form.widget("Model", "encoder_weights").value = "imagenet"
+    dock.training.form.widget("Model", "encoder_weights").value = "weights.bin"  # imagenet is valid (issue 7)
     dock.training.train_button.clicked.emit()
     assert dock.training.worker is None
-    assert any("[Model] encoder_weights" in m and "downloaded" in m for m in errors(notifications))
+    assert any("[Model] encoder_weights" in m and "download" in m for m in errors(notifications))
 
 
 def test_training_without_data_is_a_notification(dock, notifications):
