@@ -127,7 +127,7 @@ def test_the_time_budget_plans_the_steps_and_ends_in_time(data, tmp_path) -> Non
     assert elapsed < budget * 60 + 5  # ends near its budget (a few seconds for the last validation)
     assert elapsed > budget * 60 * 0.4  # and uses it: the steps were sized to the measured step time
     steps = result.config.training.steps_per_epoch
-    assert steps is not None and steps > 1 and result.epochs_completed >= 1
+    assert steps is not None and steps >= 1 and result.epochs_completed >= 1
     saved = SchismConfig.from_ini(tmp_path / "run" / "hyperparameters.ini")
     assert saved.training.steps_per_epoch == steps  # the run can be repeated
     written = json.loads((tmp_path / "run" / PLAN_FILE).read_text(encoding="utf-8"))

