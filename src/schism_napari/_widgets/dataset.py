@@ -20,15 +20,15 @@ from ..data.io import choose_encoding
 from ..data.layers import read_pair
 from ..data.summary import FolderSummary, summarize_folder
 from ..errors import DataError, SchismError
-from .jobs import Job, follow
-from .relay import EventRelay, describe
+from .jobs import FollowsJob, Job, follow
+from .relay import describe
 from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
 if TYPE_CHECKING:
     import napari
 
 
-class DatasetWidget(Container):
+class DatasetWidget(FollowsJob, Container):
     """The Dataset tab: what to train on (a folder, layer pairs) and what the classes are called.
 
     Reading is done by the core (:mod:`schism_napari.data.layers`, shared with the reader); a
@@ -110,14 +110,6 @@ class DatasetWidget(Container):
         self._show_legend()
         self._show_pairs()
         follow_layers(viewer, self.image_layer, self.labels_layer)
-
-    @property
-    def relay(self) -> EventRelay:
-        return self.job.relay
-
-    @property
-    def worker(self) -> Any:
-        return self.job.worker
 
     # ---- folder ------------------------------------------------------------------------------
 

@@ -168,3 +168,19 @@ def follow(native: Any, signal: Any, slot: Callable[..., Any]) -> None:
             signal.disconnect(slot)
 
     native.destroyed.connect(_disconnect)
+
+
+class FollowsJob:
+    """A widget whose work runs in one of the session's jobs (``self.job``): ``relay`` and ``worker``
+    point at that job, so tests and scripts wait on ``widget.relay.finished`` whichever widget it is."""
+
+    job: Job
+
+    @property
+    def relay(self) -> EventRelay:
+        """The job's Qt bridge: ``relay.finished`` fires once the job's result has been taken in."""
+        return self.job.relay
+
+    @property
+    def worker(self) -> Any:
+        return self.job.worker

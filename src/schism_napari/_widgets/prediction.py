@@ -35,7 +35,7 @@ from ..data.export import write_training_pair
 from ..data.uncertainty import margin_uncertainty, most_uncertain_slice
 from ..errors import Cancelled, SchismError
 from .config_form import ConfigForm
-from .jobs import Job, RunState, follow
+from .jobs import FollowsJob, Job, RunState, follow
 from .relay import EventRelay, describe
 from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
 
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     from ..runs import TrainedModel
 
 
-class PredictionWidget(Container):
+class PredictionWidget(FollowsJob, Container):
     """The Prediction tab: model choice, the [Inference] form, Predict/Cancel, and the correction loop.
 
     The [Inference] settings are the same generated, validated form as the Training tab's; the
@@ -204,15 +204,6 @@ class PredictionWidget(Container):
         follow_layers(viewer, self.image)  # only the layer list: the weights choice stays
         self._on_model(self.session.model)
         self._offer_planes()
-
-    @property
-    def relay(self) -> EventRelay:
-        """The job's Qt bridge: ``relay.finished`` fires when a prediction has been taken in."""
-        return self.job.relay
-
-    @property
-    def worker(self) -> Any:
-        return self.job.worker
 
     # ---- model -------------------------------------------------------------------------------
 

@@ -29,8 +29,8 @@ from ..data.labels import labelled_pixels
 from ..errors import SchismError
 from .config_form import ConfigForm
 from .curves import CurvesCanvas
-from .jobs import Job, RunState, follow
-from .relay import EventRelay, describe
+from .jobs import FollowsJob, Job, RunState, follow
+from .relay import describe
 from .session import Session, TrainingSources, default_class_names, session_for, unwrap_viewer
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
@@ -54,7 +54,7 @@ class ForestPreview:
     z: int | None
 
 
-class TrainingWidget(Container):
+class TrainingWidget(FollowsJob, Container):
     """The Training tab: the form every INI key lives in, Train/Stop, progress, curves.
 
     It is a view of the session's training job: all it does is translate clicks into job calls
@@ -128,15 +128,6 @@ class TrainingWidget(Container):
         self._reattach()
 
     # ---- the session's training job ------------------------------------------------------------
-
-    @property
-    def relay(self) -> EventRelay:
-        """The job's Qt bridge: ``relay.finished`` fires when a run has been taken in."""
-        return self.job.relay
-
-    @property
-    def worker(self) -> Any:
-        return self.job.worker
 
     @property
     def last_result(self) -> TrainingResult | None:
