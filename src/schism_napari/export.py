@@ -202,34 +202,23 @@ def export_onnx(item: Exportable, out: Path) -> Path:
 
 
 def _onnx_export(module: nn.Module, x: torch.Tensor, path: Path) -> None:
+    """TorchScript-based exporter first; torch.export (dynamo) where a newer torch has dropped it."""
     axes = {0: "batch", 2: "y", 3: "x"}
+    common: dict[str, Any] = {"input_names": ["input"], "output_names": ["probabilities"]}
+    legacy: dict[str, Any] = {
+        "dynamic_axes": {"input": axes, "probabilities": axes},
+        "opset_version": 17,
+        "dynamo": False,
+    }
+    dims = {axis: torch.export.Dim(name) for axis, name in axes.items()}
+    dynamo: dict[str, Any] = {"dynamic_shapes": (dims,), "dynamo": True, "external_data": False}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         try:
-            torch.onnx.export(
-                module,
-                (x,),
-                str(path),
-                input_names=["input"],
-                output_names=["probabilities"],
-                dynamic_axes={"input": axes, "probabilities": axes},
-                opset_version=17,
-                dynamo=False,
-            )
-        except Exception as error:  # the legacy exporter may be gone from newer torch
+            torch.onnx.export(module, (x,), str(path), **common, **legacy)
+        except Exception as error:
             try:
-                torch.onnx.export(
-                    module,
-                    (x,),
-                    str(path),
-                    input_names=["input"],
-                    output_names=["probabilities"],
-                    dynamic_shapes=(
-                        {0: torch.export.Dim("batch"), 2: torch.export.Dim("y"), 3: torch.export.Dim("x")},
-                    ),
-                    dynamo=True,
-                    external_data=False,
-                )
+                torch.onnx.export(module, (x,), str(path), **common, **dynamo)
             except Exception as second:
                 raise SchismError(f"{path.name}: ONNX export failed ({error}; then {second})") from None
 
