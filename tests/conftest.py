@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -118,3 +120,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class PointwiseModel(nn.Module):
+    """Logits that depend on each pixel alone (1x1 convolutions): any tiling must reproduce them exactly."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 3, divisor: int = 8, seed: int = 0):
+        super().__init__()
+        self.first = nn.Conv2d(in_channels, 6, 1)
+        self.second = nn.Conv2d(6, classes, 1)
+        self.size_divisor = divisor
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.tanh(self.first(x))) * 2

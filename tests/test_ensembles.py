@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
-from torch import nn
 
-from conftest import TINY_INI
+from conftest import TINY_INI, PointwiseModel
 from schism_napari.cli import build_parser, main
 from schism_napari.config import InferenceConfig
 from schism_napari.data.normalization import Normalization
@@ -23,23 +21,9 @@ from schism_napari.runs import load_trained_model, load_weights
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class PointwiseModel(nn.Module):
-    def __init__(self, classes: int = 3, seed: int = 0):
-        super().__init__()
-        self.first, self.second = nn.Conv2d(1, 6, 1), nn.Conv2d(6, classes, 1)
-        self.size_divisor = 8
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(torch.tanh(self.first(x))) * 2
-
-
 def predictor(seed: int, classes: int = 3, tile_size: int = 32) -> Predictor:
     return Predictor(
-        PointwiseModel(classes, seed), class_count=max(2, classes), in_channels=1,
+        PointwiseModel(classes=classes, seed=seed), class_count=max(2, classes), in_channels=1,
         normalization=Normalization((0.4,), (0.2,)), settings=InferenceConfig(tile_size=tile_size), device="cpu",
     )  # fmt: skip
 

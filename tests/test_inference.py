@@ -14,6 +14,7 @@ import torch
 import zarr
 from torch import nn
 
+from conftest import PointwiseModel
 from schism_napari.atomic import OutputExistsError
 from schism_napari.config import InferenceConfig
 from schism_napari.data.io import gray_levels
@@ -25,23 +26,6 @@ from schism_napari.inference.files import open_lazy, predict_to_files
 from schism_napari.runs import load_trained_model
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-class PointwiseModel(nn.Module):
-    """Logits that depend on each pixel alone (1x1 convolutions): any tiling must reproduce them exactly."""
-
-    def __init__(self, in_channels: int = 1, classes: int = 3, divisor: int = 8, seed: int = 0):
-        super().__init__()
-        self.first = nn.Conv2d(in_channels, 6, 1)
-        self.second = nn.Conv2d(6, classes, 1)
-        self.size_divisor = divisor
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(torch.tanh(self.first(x))) * 2
 
 
 def pointwise_predictor(

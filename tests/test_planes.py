@@ -8,27 +8,12 @@ import tifffile
 import torch
 from torch import nn
 
+from conftest import PointwiseModel
 from schism_napari.config import InferenceConfig, SchismConfig
 from schism_napari.data.normalization import Normalization
 from schism_napari.errors import ConfigError, DataError
 from schism_napari.inference import Predictor, Slices
 from schism_napari.inference.planes import TriPlanarPredictor, planar_predictor, voxel_ratio_from_file
-
-
-class PointwiseModel(nn.Module):
-    """1x1 convolutions: every pixel's logits depend on that pixel alone, in any orientation."""
-
-    def __init__(self, classes: int = 3, seed: int = 0):
-        super().__init__()
-        self.first, self.second = nn.Conv2d(1, 6, 1), nn.Conv2d(6, classes, 1)
-        self.size_divisor = 8
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(torch.tanh(self.first(x))) * 2
 
 
 class RowMeanModel(nn.Module):
