@@ -234,19 +234,12 @@ def command_train(arguments: argparse.Namespace) -> int:
             raise SchismError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         config = SchismConfig.from_ini(arguments.config) if arguments.config is not None else SchismConfig()
         run_dir = None
-    overrides = {}
-    if arguments.epochs is not None:
-        config.set_given("Training", "epochs", arguments.epochs)
-        overrides["epochs"] = "--epochs"
-    if arguments.device is not None:
-        config.set_given("Training", "device", arguments.device)
-        overrides["device"] = "--device"
-    if arguments.threads is not None:
-        config.set_given("Training", "threads", arguments.threads)
-        overrides["threads"] = "--threads"
-    if arguments.minutes is not None:
-        config.set_given("Training", "time_budget", arguments.minutes)
-        overrides["time_budget"] = "--minutes"
+    overrides = {}  # [Training] key -> the option that set it, for messages
+    for option, key in (("epochs", "epochs"), ("device", "device"), ("threads", "threads"), ("minutes", "time_budget")):
+        value = getattr(arguments, option)
+        if value is not None:
+            config.set_given("Training", key, value)
+            overrides[key] = f"--{option}"
     classes_from_masks = not resume and not config.is_given("Model", "num_classes")
     if classes_from_masks:
         config.model.num_classes = _classes_from_masks(arguments.data, arguments.mask)
