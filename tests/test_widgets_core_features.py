@@ -11,25 +11,10 @@ import pytest
 
 from schism_napari import resources
 from schism_napari._widgets import prediction as prediction_module
-from schism_napari.sample import make_rock, scribbles
-from test_widgets import add_scribble_pair, click_and_wait, errors, notifications, small_training
+from test_widgets import add_scribble_pair, click_and_wait, dock, errors, notifications, rock, small_training
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-__all__ = ["notifications"]  # the fixture, shared with test_widgets
-
-
-@pytest.fixture
-def rock():
-    volume, truth = make_rock((4, 96, 96), seed=5)
-    return volume, truth, scribbles(truth, slices=(0, 2), strokes_per_class=5)
-
-
-@pytest.fixture
-def dock(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
-    dock.training.runs_folder.value = tmp_path / "runs"
-    return viewer, dock
+__all__ = ["dock", "notifications", "rock"]  # the fixtures, shared with test_widgets
 
 
 def load_run(prediction, run_dir, metric: str = "loss") -> None:
