@@ -251,3 +251,15 @@ def test_imagenet_weights_offline_is_one_clear_error(monkeypatch) -> None:
     with pytest.raises(SchismError, match=r"\[Model\] encoder_weights = imagenet: .*local"):
         build_model(config, 1)
     assert asked["encoder_weights"] == "imagenet"  # smp's own download cache, not ours
+
+
+def test_slow_epoch_ends_mean_fewer_epochs_not_fewer_steps(data, tmp_path, monkeypatch) -> None:
+    """Validation and saving the weights take seconds on a CPU: a short budget spends at most a tenth
+    of its time on epoch ends, so it plans fewer epochs (validation points) and keeps its steps."""
+    monkeypatch.setattr(Trainer, "_measure_save", lambda self, parts: 0.5)  # a slow disk
+    config = _tiny(epochs=3, time_budget=0.1)
+    plan = plan_config(config, data, "cpu")
+    result = Trainer(plan.config, data, tmp_path / "run", plan=plan).run()
+    assert result.config.training.epochs == 1 and result.epochs_completed == 1
+    assert "per epoch end" in plan.reasons["Training.steps_per_epoch"]
+    assert not (tmp_path / "run" / ".save_probe.pth").exists()

@@ -63,11 +63,18 @@ from .metrics import ConfusionMatrix
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
 # Time budget: share kept in reserve for a machine that slows down, seconds for the final steps
-# (best weights, plots), for each epoch's bookkeeping, and the fewest steps an epoch is worth.
+# (best weights, plots), for each epoch's bookkeeping besides validation and saving, and the fewest
+# steps an epoch is worth.
 BUDGET_RESERVE = 0.05
 FINISH_SECONDS = 2.0
 EPOCH_OVERHEAD_SECONDS = 0.3
 MIN_STEPS_PER_EPOCH = 4
+# An epoch ends with a validation pass and writes up to ~5 copies of the weights (best loss, best
+# metrics, the checkpoint with the optimizer's two moments). On a CPU that is seconds: a budgeted run
+# spends at most this share of its time on epoch ends, so short runs validate less often and the
+# steps, not the bookkeeping, fill the budget.
+EPOCH_END_SHARE = 0.1
+WEIGHT_COPIES_PER_EPOCH = 5
 PROBE_STEPS = 2  # timed steps after one warm-up step (on a CPU, the last one with a single thread)
 PROBE_LR_DIVISOR = 25  # the probe steps run at OneCycleLR's starting rate
 
@@ -661,19 +668,24 @@ class Trainer:
         started = time.perf_counter()
         self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
         val_seconds = time.perf_counter() - started
+        epoch_end = val_seconds + WEIGHT_COPIES_PER_EPOCH * self._measure_save(parts) + EPOCH_OVERHEAD_SECONDS
         used = time.perf_counter() - self._started
         left = budget * 60 * (1 - BUDGET_RESERVE) - used - FINISH_SECONDS
-        epochs = cfg.training.epochs
-        per_epoch = left / epochs - val_seconds - EPOCH_OVERHEAD_SECONDS
+        epochs = min(cfg.training.epochs, max(1, int(EPOCH_END_SHARE * left // epoch_end)))
+        per_epoch = left / epochs - epoch_end
         if per_epoch < MIN_STEPS_PER_EPOCH * step_seconds:  # too short for that many epochs: fewer, longer ones
-            epochs = max(1, int(left // (val_seconds + EPOCH_OVERHEAD_SECONDS + MIN_STEPS_PER_EPOCH * step_seconds)))
-            per_epoch = left / epochs - val_seconds - EPOCH_OVERHEAD_SECONDS
+            epochs = max(1, int(left // (epoch_end + MIN_STEPS_PER_EPOCH * step_seconds)))
+            per_epoch = left / epochs - epoch_end
+        if self.dist is not None:  # every process must run the same epochs (their timings differ)
+            epochs = self.dist.minimum(epochs, self.device)
+            per_epoch = left / epochs - epoch_end
         steps = max(1, int(per_epoch // step_seconds))
         if self.dist is not None:
             steps = self.dist.minimum(steps, self.device)
         cfg.training.epochs, cfg.training.steps_per_epoch = epochs, steps
         note = (
-            f"measured {step_seconds:.3g} s per step and {val_seconds:.3g} s per validation on {self.device}: "
+            f"measured {step_seconds:.3g} s per step and {epoch_end:.3g} s per epoch end (validation "
+            f"{val_seconds:.3g} s) on {self.device}: "
             f"{epochs} epochs of {steps} steps fit {budget:g} minutes"
         )
         if self.plan is not None:
@@ -681,6 +693,18 @@ class Trainer:
             if epochs != self.plan.config.training.epochs:
                 self.plan.reasons["Training.epochs"] = note
         self.callback(Message("time budget: " + note))
+
+    def _measure_save(self, parts: _Parts) -> float:
+        """Seconds to write the model's weights once into the run folder (a probe file, removed)."""
+        if not self.main:
+            return 0.0
+        probe = self.run_dir / ".save_probe.pth"
+        started = time.perf_counter()
+        try:
+            save_weights(probe, parts.model.state_dict())
+        finally:
+            probe.unlink(missing_ok=True)
+        return time.perf_counter() - started
 
     def _measure_step(self, parts: _Parts) -> float:
         """Seconds per training step, from a few real steps at a low learning rate (a warm-up that is
