@@ -9,7 +9,9 @@ exactly the zarr 3 calls.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
 def _zarr_3() -> bool:
@@ -18,7 +20,7 @@ def _zarr_3() -> bool:
     return int(zarr.__version__.split(".")[0]) >= 3
 
 
-def open_v2_group(path: str | Path, mode: str = "w-") -> Any:
+def open_v2_group(path: str | Path, mode: Mode = "w-") -> Any:
     """``zarr.open_group(path, mode=mode, zarr_format=2)``; zarr 2 writes format 2 without being asked."""
     import zarr
 
