@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import PointwiseModel
+from schism_napari._zarr_compat import create_array
 from schism_napari.config import InferenceConfig, SchismConfig
 from schism_napari.data.normalization import Normalization
 from schism_napari.errors import ConfigError, DataError
@@ -153,7 +154,7 @@ def test_voxel_ratio_read_from_an_ome_zarr_and_malformed_metadata_is_none(tmp_pa
     store = tmp_path / "stack.zarr"
     group = zarr.open_group(str(store), mode="w")
     group.attrs.update(_ome_scale(2.0))
-    array = group.create_array("0", shape=(3, 8, 8), dtype="uint8")
+    array = create_array(group, "0", shape=(3, 8, 8), dtype="uint8")
     assert voxel_ratio_from_file(store) == pytest.approx(4.0)
     # the array's own attributes are malformed (no dataset): the parent group's scale still counts
     array.attrs.update({"multiscales": [{"datasets": []}]})

@@ -414,6 +414,7 @@ def test_training_writes_stats_to_the_run_folder_only(sample_files, tmp_path):
 
 
 def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
+    from schism_napari._zarr_compat import create_array, open_v2_group
     from schism_napari.inference.files import open_lazy
     from schism_napari.inputs import VoxelSize, ngff_multiscales
 
@@ -439,8 +440,8 @@ def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
     assert read_voxel_size(attributes) == VoxelSize(0.5, 0.5, 2.0, None)
 
     image = tmp_path / "image.zarr"  # an OME-Zarr image opens at full resolution, with its scale
-    group = zarr.open_group(str(image), mode="w", zarr_format=2)
-    group.create_array("0", shape=volume.shape, dtype="uint16")[:] = volume
+    group = open_v2_group(image, mode="w")
+    create_array(group, "0", shape=volume.shape, dtype="uint16")[:] = volume
     group.attrs["multiscales"] = ngff_multiscales("image", "zyx", VoxelSize(0.7, 0.7, 3.0, "nanometer"))
     assert read_voxel_size(image) == VoxelSize(0.7, 0.7, 3.0, "nanometer")
     opened, rgb = open_lazy(image)

@@ -439,6 +439,7 @@ class PredictionWidget(FollowsJob, Container):
         labels_layer = self._update_labels_layer(layer, outputs, model, labels)
         self._update_probability_layers(layer, outputs, model, by_class)
         self._update_uncertainty_layer(layer, outputs, uncertainty)
+        _name_viewer_axes(self.viewer)
         # keep the labels on top: they are what the user corrects
         if self.viewer.layers[-1] is not labels_layer:
             self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
@@ -681,6 +682,25 @@ def _export(model: Any, fmt: str, out: Path) -> tuple[Path, str | None]:
     except ImportError as error:
         raise SchismError(f"exporting as {fmt} needs {error.name}: pip install 'schism-napari[export]'") from None
     return path, (str(check_bioimageio(path).status) if fmt == "bioimageio" else None)
+
+
+def _name_viewer_axes(viewer: Any) -> None:
+    """Name the viewer's axes after the layers' ``axis_labels`` ("class" on the probabilities), as
+    napari 0.8 and newer do by themselves. napari 0.7, the newest release for Python 3.10, keeps
+    -4, -3, ...; this does what later napari does: a label a layer sets replaces the viewer's at
+    its (right-aligned) position. Where napari does it itself (its LayerList has axis_labels), nothing."""
+    if hasattr(viewer.layers, "axis_labels"):
+        return
+    dims = viewer.dims
+    names = list(dims.axis_labels)
+    for layer in viewer.layers:
+        labels = tuple(layer.axis_labels)
+        offset = dims.ndim - len(labels)
+        for index, label in enumerate(labels):
+            if label != str(index - len(labels)) and offset + index >= 0:  # a layer's defaults are -n..-1
+                names[offset + index] = label
+    if tuple(names) != tuple(dims.axis_labels):
+        dims.axis_labels = tuple(names)
 
 
 def _report_export_failure(error: BaseException) -> None:

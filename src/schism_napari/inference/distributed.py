@@ -57,11 +57,11 @@ class ChunkJob:
 def create_ome_zarr(path: Path, shape: tuple[int, ...], dtype: Any, axes: str) -> Path:
     """Create an OME-Zarr (NGFF 0.4) image group at ``path``: one array ``0`` of ``shape``, one zarr
     chunk per slice (plane), ``axes`` such as "zyx" or "zcyx". Returns the path of the array."""
-    import zarr
+    from .._zarr_compat import create_array, open_v2_group
 
-    group = zarr.open_group(str(path), mode="w-", zarr_format=2)
+    group = open_v2_group(path, mode="w-")
     chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
-    group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    create_array(group, "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     kinds = {"z": "space", "y": "space", "x": "space", "c": "channel"}
     group.attrs["multiscales"] = [
         {

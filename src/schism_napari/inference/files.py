@@ -240,8 +240,7 @@ def ome_zarr_output(
     """An OME-Zarr image (NGFF 0.4, zarr format 2) of probabilities (C, [Z,] Y, X) in a temporary
     folder, renamed to ``path`` when the block succeeds. Returns what the predictor writes
     (Z, C, Y, X) slices into."""
-    import zarr
-
+    from .._zarr_compat import create_array, open_v2_group
     from ..atomic import OutputExistsError
 
     if path.exists():
@@ -252,8 +251,8 @@ def ome_zarr_output(
     plane = (slices.height, slices.width)
     shape = (classes, slices.count, *plane) if slices.is_stack else (classes, *plane)
     chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
-    group = zarr.open_group(str(temporary), mode="w-", zarr_format=2)
-    array = group.create_array("0", shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
+    group = open_v2_group(temporary, mode="w-")
+    array = create_array(group, "0", shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
     group.attrs["multiscales"] = ngff_multiscales(path.stem, "czyx" if slices.is_stack else "cyx", voxel_size)
 
     def finish(exc_type: Any, exc: Any, traceback: Any) -> bool:
