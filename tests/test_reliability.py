@@ -24,7 +24,7 @@ import zarr
 from conftest import TINY_INI
 from schism_napari.atomic import atomic_write_text, current_umask
 from schism_napari.cli import main
-from schism_napari.inputs import read_voxel_size
+from schism_napari.data.voxels import read_voxel_size
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -415,8 +415,9 @@ def test_training_writes_stats_to_the_run_folder_only(sample_files, tmp_path):
 
 def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
     from schism_napari._zarr_compat import create_array, open_v2_group
+    from schism_napari.data.voxels import VoxelSize
     from schism_napari.inference.files import open_lazy
-    from schism_napari.inputs import VoxelSize, ngff_multiscales
+    from schism_napari.inputs import ngff_multiscales
 
     volume = np.arange(3 * 8 * 10, dtype=np.uint16).reshape(3, 8, 10)
     ome = tmp_path / "scan.ome.tif"

@@ -524,9 +524,10 @@ def _open_checked(arguments: argparse.Namespace, path: Path, trained: Any, out: 
     """Open one input lazily (a video frame by frame) and check it (channels, size against memory
     and disk) before any work."""
     from .data.video import VideoFrames, is_video
+    from .data.voxels import read_voxel_size
     from .inference import Slices
     from .inference.files import check_channels, open_lazy, output_bytes
-    from .inputs import check_prediction_resources, read_voxel_size
+    from .inputs import check_prediction_resources
 
     probabilities = arguments.probabilities
     if is_video(path):

@@ -2,21 +2,20 @@
 
 Every check ends in a :class:`DataError` naming the file and the value at fault: pixels that are
 not finite, more axes than a 3D stack, a declared size that cannot fit in memory or on disk. The
-voxel size is read here too, so outputs can carry the input's scale (Fiji, Avizo, napari).
+outputs' OME-NGFF metadata is written from here too; the input's voxel size, which it carries
+(Fiji, Avizo, napari), is read in :mod:`.data.voxels`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .data.voxels import VoxelSize
 from .errors import DataError
 
 GB = 1024**3
@@ -167,149 +166,7 @@ class CheckedSlices:
         )
 
 
-# ---- voxel size -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VoxelSize:
-    """Physical pixel size of an image (x, y and, for stacks, z) in ``unit`` (UDUNITS name)."""
-
-    x: float
-    y: float
-    z: float | None = None
-    unit: str | None = None
-
-    @property
-    def imagej_unit(self) -> str:
-        return {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "angstrom": "A"}.get(
-            self.unit or "", self.unit or "pixel"
-        )
-
-
-_UNITS = {
-    "micron": "micrometer",
-    "microns": "micrometer",
-    "um": "micrometer",
-    "µm": "micrometer",
-    "\\u00b5m": "micrometer",
-    "micrometer": "micrometer",
-    "nm": "nanometer",
-    "nanometer": "nanometer",
-    "mm": "millimeter",
-    "millimeter": "millimeter",
-    "cm": "centimeter",
-    "centimeter": "centimeter",
-    "m": "meter",
-    "meter": "meter",
-    "a": "angstrom",
-    "å": "angstrom",
-    "angstrom": "angstrom",
-    "inch": "inch",
-}
-
-
-def unit_name(unit: Any) -> str | None:
-    """A UDUNITS name for ImageJ/OME spellings ("micron", "µm", "um"); None when unknown."""
-    if unit is None:
-        return None
-    return _UNITS.get(str(unit).strip().lower())
-
-
-def read_voxel_size(path: str | Path) -> VoxelSize | None:
-    """The input's voxel size from OME metadata, ImageJ spacing, TIFF resolution tags or zarr
-    attributes (OME-NGFF ``coordinateTransformations``); None when the file does not say."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _tiff_voxel_size(path)
-        if path.suffix == ".zarr" or path.is_dir():
-            return _zarr_voxel_size(path)
-    except Exception:  # metadata is optional: a file that cannot say simply has no scale
-        return None
-    return None
-
-
-def _tiff_voxel_size(path: Path) -> VoxelSize | None:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if tif.is_ome and tif.ome_metadata:
-            found = _ome_voxel_size(tif.ome_metadata)
-            if found is not None:
-                return found
-        page = tif.pages.first
-        tags = page.tags
-        if "XResolution" not in tags or "YResolution" not in tags:
-            return None
-        x, y = (_per_pixel(tags[name].value) for name in ("XResolution", "YResolution"))
-        if x is None or y is None:
-            return None
-        imagej = tif.imagej_metadata or (tif.shaped_metadata[0] if tif.shaped_metadata else {})
-        unit = unit_name(imagej.get("unit"))
-        resolution_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-        if unit is None and resolution_unit in (2, 3):
-            unit = "inch" if resolution_unit == 2 else "centimeter"
-            if x == y == 1.0 or (resolution_unit == 2 and x == y and round(1 / x) in (72, 96, 300)):
-                return None  # a screen/print DPI, not a measurement
-        spacing = imagej.get("spacing")
-        z = float(spacing) if spacing else None
-        if x == y == 1.0 and unit is None and z is None:
-            return None  # tifffile's default tags: no scale was recorded
-        return VoxelSize(x, y, z, unit)
-
-
-def _per_pixel(value: Any) -> float | None:
-    numerator, denominator = value if isinstance(value, tuple) else (value, 1)
-    if not numerator or not denominator:
-        return None
-    size = float(denominator) / float(numerator)
-    return size if math.isfinite(size) and size > 0 else None
-
-
-def _ome_voxel_size(xml: str) -> VoxelSize | None:
-    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
-    if pixels is None:
-        return None
-    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0)))
-    if "PhysicalSizeX" not in attributes:
-        return None
-    x = float(attributes["PhysicalSizeX"])
-    y = float(attributes.get("PhysicalSizeY", x))
-    z = float(attributes["PhysicalSizeZ"]) if "PhysicalSizeZ" in attributes else None
-    return VoxelSize(x, y, z, unit_name(attributes.get("PhysicalSizeXUnit", "µm")))
-
-
-def _zarr_voxel_size(path: Path) -> VoxelSize | None:
-    import zarr
-
-    node = zarr.open(str(path), mode="r")
-    attributes: dict[str, Any] = dict(node.attrs)
-    array_path = "0"
-    if "multiscales" not in attributes and "ome" not in attributes:
-        try:  # an array inside an OME-Zarr image: the scale is on its group
-            parent: dict[str, Any] = dict(zarr.open_group(str(path.parent), mode="r").attrs)
-        except Exception:
-            parent = {}
-        if "multiscales" in parent or "ome" in parent:
-            attributes, array_path = parent, path.name
-    multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
-    if not multiscales:
-        scale = attributes.get("voxel_size") or attributes.get("resolution") or attributes.get("spacing")
-        if scale and len(scale) in (2, 3):
-            values = [float(v) for v in scale]
-            return VoxelSize(values[-1], values[-2], values[0] if len(values) == 3 else None, attributes.get("unit"))
-        return None
-    first = multiscales[0]
-    axes = first.get("axes", [])
-    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
-    units = {a["name"]: a.get("unit") for a in axes if isinstance(a, dict)}
-    dataset = next((d for d in first["datasets"] if d.get("path") == array_path), first["datasets"][0])
-    scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t.get("type") == "scale")
-    by_axis = dict(zip(names, scale, strict=False))
-    if "x" not in by_axis or "y" not in by_axis:
-        return None
-    z = by_axis.get("z")
-    return VoxelSize(float(by_axis["x"]), float(by_axis["y"]), None if z is None else float(z), units.get("x"))
+# ---- OME-NGFF metadata of the outputs (voxel sizes are read in data.voxels) ------------------------
 
 
 def ngff_multiscales(name: str, axes: str, voxel: VoxelSize | None) -> list[dict[str, Any]]:

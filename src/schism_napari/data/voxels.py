@@ -1,4 +1,5 @@
-"""Voxel sizes of stacks, and reslicing stacks into XZ/YZ planes for training.
+"""Voxel sizes of images and stacks (read from TIFF/OME/zarr metadata), and reslicing stacks into
+XZ/YZ planes for training.
 
 ``voxel_ratio`` is the Z voxel size divided by the XY pixel size: 1 for isotropic CT, much more
 for serial-section EM. Planes across the slices are resampled along Z by that ratio so their
@@ -7,7 +8,10 @@ pixels are square, as the XY slices' are.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,72 +19,176 @@ import numpy as np
 
 
 def voxel_ratio_from_file(path: Path) -> float | None:
-    """Z voxel size / X pixel size from an ImageJ TIFF or an OME-Zarr, or None when not recorded."""
+    """Z voxel size / X pixel size of an ImageJ/OME TIFF or an OME-Zarr, or None when not recorded."""
+    size = read_voxel_size(path)
+    if size is None or size.z is None or not size.z > 0 or not size.x > 0:
+        return None
+    return size.z / size.x
+
+
+@dataclass(frozen=True)
+class VoxelSize:
+    """Physical pixel size of an image (x, y and, for stacks, z) in ``unit`` (UDUNITS name)."""
+
+    x: float
+    y: float
+    z: float | None = None
+    unit: str | None = None
+
+    @property
+    def imagej_unit(self) -> str:
+        return {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "angstrom": "A"}.get(
+            self.unit or "", self.unit or "pixel"
+        )
+
+
+_UNITS = {
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "um": "micrometer",
+    "µm": "micrometer",
+    "\\u00b5m": "micrometer",
+    "micrometer": "micrometer",
+    "nm": "nanometer",
+    "nanometer": "nanometer",
+    "mm": "millimeter",
+    "millimeter": "millimeter",
+    "cm": "centimeter",
+    "centimeter": "centimeter",
+    "m": "meter",
+    "meter": "meter",
+    "a": "angstrom",
+    "å": "angstrom",
+    "angstrom": "angstrom",
+    "inch": "inch",
+}
+
+
+def unit_name(unit: Any) -> str | None:
+    """A UDUNITS name for ImageJ/OME spellings ("micron", "µm", "um"); None when unknown."""
+    if unit is None:
+        return None
+    return _UNITS.get(str(unit).strip().lower())
+
+
+def read_voxel_size(path: str | Path) -> VoxelSize | None:
+    """The input's voxel size from OME metadata, ImageJ spacing, TIFF resolution tags or zarr
+    attributes (OME-NGFF ``coordinateTransformations``); None when the file does not say."""
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return _tiff_ratio(path)
+            return _tiff_voxel_size(path)
         if path.suffix == ".zarr" or path.is_dir():
-            return _zarr_ratio(path)
-    except Exception:  # unreadable metadata is no voxel size, not an error: the image itself opens elsewhere
+            return _zarr_voxel_size(path)
+    except Exception:  # metadata is optional: a file that cannot say simply has no scale
         return None
     return None
 
 
-def _tiff_ratio(path: Path) -> float | None:
+def _tiff_voxel_size(path: Path) -> VoxelSize | None:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        metadata = tif.imagej_metadata or {}
-        spacing = metadata.get("spacing")
-        tag = tif.pages[0].tags.get("XResolution")
-        if spacing is None or tag is None:
+        if tif.is_ome and tif.ome_metadata:
+            found = _ome_voxel_size(tif.ome_metadata)
+            if found is not None:
+                return found
+        page = tif.pages.first
+        tags = page.tags
+        if "XResolution" not in tags or "YResolution" not in tags:
             return None
-        numerator, denominator = tag.value
-        if not numerator:
+        x, y = (_per_pixel(tags[name].value) for name in ("XResolution", "YResolution"))
+        if x is None or y is None:
             return None
-        pixel = denominator / numerator  # units per pixel
-        return float(spacing) / pixel
+        imagej = tif.imagej_metadata or (tif.shaped_metadata[0] if tif.shaped_metadata else {})
+        unit = unit_name(imagej.get("unit"))
+        resolution_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        if unit is None and resolution_unit in (2, 3):
+            unit = "inch" if resolution_unit == 2 else "centimeter"
+            if x == y == 1.0 or (resolution_unit == 2 and x == y and round(1 / x) in (72, 96, 300)):
+                return None  # a screen/print DPI, not a measurement
+        spacing = imagej.get("spacing")
+        z = float(spacing) if spacing else None
+        if x == y == 1.0 and unit is None and z is None:
+            return None  # tifffile's default tags: no scale was recorded
+        return VoxelSize(x, y, z, unit)
 
 
-def _zarr_ratio(path: Path) -> float | None:
-    """From OME-Zarr ``multiscales`` scale transforms of the store or its parent group."""
+def _per_pixel(value: Any) -> float | None:
+    numerator, denominator = value if isinstance(value, tuple) else (value, 1)
+    if not numerator or not denominator:
+        return None
+    size = float(denominator) / float(numerator)
+    return size if math.isfinite(size) and size > 0 else None
+
+
+def _ome_voxel_size(xml: str) -> VoxelSize | None:
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+    if pixels is None:
+        return None
+    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0)))
+    if "PhysicalSizeX" not in attributes:
+        return None
+    x = float(attributes["PhysicalSizeX"])
+    y = float(attributes.get("PhysicalSizeY", x))
+    z = float(attributes["PhysicalSizeZ"]) if "PhysicalSizeZ" in attributes else None
+    return VoxelSize(x, y, z, unit_name(attributes.get("PhysicalSizeXUnit", "µm")))
+
+
+def _zarr_voxel_size(path: Path) -> VoxelSize | None:
+    """From the store's attributes or, for an array inside an OME-Zarr image, its group's."""
     import zarr
 
-    for candidate in (path, path.parent):
+    for candidate, array_path in ((path, "0"), (path.parent, path.name)):
         try:
-            node = zarr.open(str(candidate), mode="r")
-        except Exception:
+            attributes = dict(zarr.open(str(candidate), mode="r").attrs)
+        except Exception:  # not a zarr node: no scale there
             continue
-        ratio = _multiscales_ratio(dict(node.attrs))
-        if ratio is not None:
-            return ratio
+        found = _attributes_voxel_size(attributes, array_path)
+        if found is not None:
+            return found
     return None
 
 
-def _multiscales_ratio(attrs: Mapping[str, Any]) -> float | None:
-    """Z / X scale of the first dataset of OME-Zarr ``multiscales`` (0.4, or 0.5's ``ome`` key).
+def _attributes_voxel_size(attributes: Mapping[str, Any], array_path: str) -> VoxelSize | None:
+    """OME-NGFF ``multiscales`` (0.4, or 0.5 under ``ome``), else plain ``voxel_size``/``resolution``/
+    ``spacing`` (z, y, x) attributes. The attributes are whatever JSON the file holds: anything
+    malformed, or a scale that is not a positive number, is no voxel size (None), not an error."""
+    ome = attributes.get("ome")
+    multiscales = attributes.get("multiscales") or (ome.get("multiscales") if isinstance(ome, Mapping) else None)
+    if multiscales is None:
+        scale = attributes.get("voxel_size") or attributes.get("resolution") or attributes.get("spacing")
+        if isinstance(scale, Sequence) and len(scale) in (2, 3) and _positive_numbers(scale):
+            values = [float(v) for v in scale]
+            unit = attributes.get("unit")
+            return VoxelSize(values[-1], values[-2], values[0] if len(values) == 3 else None, unit_name(unit) or unit)
+        return None
+    try:
+        return _multiscales_voxel_size(multiscales, array_path)
+    except (AttributeError, IndexError, KeyError, StopIteration, TypeError):
+        return None
 
-    The attributes are whatever JSON the file holds: anything malformed, or a non-positive
-    scale, is no voxel size (None) rather than an error.
-    """
-    ome = attrs.get("ome")
-    multiscales = attrs.get("multiscales") or (ome.get("multiscales") if isinstance(ome, Mapping) else None)
-    if not isinstance(multiscales, Sequence) or not multiscales or not isinstance(multiscales[0], Mapping):
+
+def _multiscales_voxel_size(multiscales: Any, array_path: str) -> VoxelSize | None:
+    first = multiscales[0]
+    datasets = first["datasets"]
+    dataset = next((d for d in datasets if d.get("path") == array_path), datasets[0])
+    scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t.get("type") == "scale")
+    if not isinstance(scale, Sequence) or len(scale) < 2 or not _positive_numbers(scale):
         return None
-    datasets = multiscales[0].get("datasets")
-    if not isinstance(datasets, Sequence) or not datasets or not isinstance(datasets[0], Mapping):
-        return None
-    transforms = datasets[0].get("coordinateTransformations")
-    for transform in transforms if isinstance(transforms, Sequence) else []:
-        if not isinstance(transform, Mapping) or transform.get("type") != "scale":
-            continue
-        scale = transform.get("scale")
-        if isinstance(scale, Sequence) and len(scale) >= 3:
-            z, x = scale[-3], scale[-1]
-            if isinstance(z, int | float) and isinstance(x, int | float) and z > 0 and x > 0:
-                return float(z) / float(x)
-    return None
+    axes = first.get("axes") or []
+    names = [a["name"] if isinstance(a, Mapping) else str(a) for a in axes]
+    if len(names) != len(scale):  # no (or mismatched) axes: the last ones are z, y, x as NGFF orders them
+        names = [f"axis{i}" for i in range(len(scale))]
+        names[-min(3, len(scale)) :] = ["z", "y", "x"][-min(3, len(scale)) :]
+    units = {a["name"]: a.get("unit") for a in axes if isinstance(a, Mapping)}
+    by_axis = dict(zip(names, scale, strict=True))
+    z = by_axis.get("z")
+    return VoxelSize(float(by_axis["x"]), float(by_axis["y"]), None if z is None else float(z), units.get("x"))
+
+
+def _positive_numbers(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 def resample_depth(array: np.ndarray, ratio: float, *, nearest: bool = False) -> np.ndarray:

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..data.voxels import VoxelSize
 from ..errors import DataError, SchismError
-from ..inputs import CheckedSlices, VoxelSize, ngff_multiscales
+from ..inputs import CheckedSlices, ngff_multiscales
 
 
 def open_lazy(path: Path) -> tuple[Any, bool]:
