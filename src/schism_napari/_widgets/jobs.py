@@ -60,6 +60,7 @@ class Job:
         self.error: BaseException | None = None
         self._run_handler: Callable[[Any], None] | None = None
         self._pending = RunState.DONE
+        self._holds = 0  # results still being taken in over several event-loop turns
         self.relay = EventRelay()
         self.relay.event.connect(self._on_event)
 
@@ -143,9 +144,31 @@ class Job:
         if handler is not None:
             handler(error)
 
+    def settle_later(self) -> Callable[[], None]:
+        """For an ``on_returned`` handler that takes its result in over several event-loop turns
+        (new layers, see :mod:`.turns`): the run stays busy, and its final state and
+        ``relay.finished`` wait, until the returned function has been called (once)."""
+        self._holds += 1
+        held = True
+
+        def settle() -> None:
+            nonlocal held
+            if not held:
+                return
+            held = False
+            self._holds -= 1
+            if not self._holds and self.worker is None:
+                self._settle()
+
+        return settle
+
     def _finished(self) -> None:
         self.worker = None
         self._run_handler = None
+        if not self._holds:
+            self._settle()
+
+    def _settle(self) -> None:
         self._set_state(self._pending)
         self._pending = RunState.DONE
         self.relay.finished.emit()
