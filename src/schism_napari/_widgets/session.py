@@ -304,13 +304,12 @@ class Session:
 
     def paint_colors(self, layer: Any) -> None:
         """Give a Labels layer the session's class colours and names, so the legend tells the truth."""
-        from napari.utils.colormaps import DirectLabelColormap
+        layer.colormap = class_colormap(self.colors())
+        layer.metadata.update(self.class_metadata())
 
-        colors: dict[Any, Any] = {None: "transparent", 0: "transparent"}
-        colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(self.colors())})
-        layer.colormap = DirectLabelColormap(color_dict=colors)
-        layer.metadata["schism_classes"] = self.names()
-        layer.metadata["schism_colors"] = [list(c) for c in self.colors()]
+    def class_metadata(self) -> dict[str, Any]:
+        """The class names and colours a Labels layer carries in its metadata."""
+        return {"schism_classes": self.names(), "schism_colors": [list(c) for c in self.colors()]}
 
     def names(self) -> list[str]:
         count = self.config.model.class_count
@@ -319,6 +318,15 @@ class Session:
 
 
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def class_colormap(colors: Any) -> Any:
+    """A Labels colormap painting label k + 1 in class k's colour (RGB 0-255), 0 transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    color_dict: dict[Any, Any] = {None: "transparent", 0: "transparent"}
+    color_dict.update({k + 1: [int(c) / 255 for c in color[:3]] + [1.0] for k, color in enumerate(colors)})
+    return DirectLabelColormap(color_dict=color_dict)
 
 
 def unwrap_viewer(viewer: Any) -> Any:
