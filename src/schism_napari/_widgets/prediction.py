@@ -9,7 +9,9 @@ image and labels as a new SCHISM dataset folder. Prediction is the session's "pr
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,8 @@ from ..errors import Cancelled, SchismError
 from .config_form import ConfigForm
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import EventRelay, describe
-from .session import Session, follow_layers, layer_choices, session_for, unwrap_viewer
+from .session import Session, class_colormap, follow_layers, layer_choices, session_for, unwrap_viewer
+from .turns import Steps, add_in_turns, camera_kept, run_in_turns
 
 PLANES_HELP = (
     "xy predicts slice by slice; xyz (volumes only: a Z, Y, X stack, not RGB images or videos) also predicts "
@@ -403,42 +406,38 @@ class PredictionWidget(FollowsJob, Container):
         result, uncertainty = value
         if layer not in self.viewer.layers:
             return
-        self._show_result(layer, model, result, uncertainty, z)
-        self.status.value = "done" if z is None else f"slice {z} predicted"
+        status = "done" if z is None else f"slice {z} predicted"
+        settle = self.job.settle_later()  # Predict stays disabled until the layers are in
+
+        def done() -> None:
+            with contextlib.suppress(RuntimeError):  # the dock was closed meanwhile
+                self.status.value = status
+            settle()
+
+        run_in_turns(self._show_result(layer, model, result, uncertainty, z), done=done, failed=_report_display)
 
     # ---- result layers -----------------------------------------------------------------------
 
-    def _show_result(self, layer: Image, model: Any, result: Any, uncertainty: np.ndarray, z: int | None) -> None:
+    def _show_result(self, layer: Image, model: Any, result: Any, uncertainty: np.ndarray, z: int | None) -> Steps:
         """Put the result in the source image's own output layers (created on its first prediction),
-        keeping the camera where the user left it."""
-        camera = self.viewer.camera
-        kept = (tuple(camera.center), camera.zoom, tuple(camera.angles))
+        keeping the camera where the user left it.
+
+        A generator, run by :func:`.turns.run_in_turns`: each layer napari has to create gets an
+        event-loop turn of its own (about 0.1 s each); updating existing layers takes one turn.
+        """
         outputs = self.outputs.setdefault(layer, Outputs())
         outputs.drop_removed(self.viewer.layers)
         spatial_shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
         probabilities = np.asarray(result.probabilities)  # (C, Y, X) or (Z, C, Y, X)
         labels = mask_to_labels(np.asarray(result.labels))
         if z is not None:  # preview of one slice: place it in full-size layers
-            full_labels = np.zeros(spatial_shape, dtype=np.uint8)
-            if outputs.labels is not None and outputs.labels.data.shape == spatial_shape:
-                full_labels[:] = outputs.labels.data
-            full_labels[z] = labels
-            labels = full_labels
-            full = np.zeros((spatial_shape[0], *probabilities.shape), dtype=np.float32)
-            previous = outputs.probabilities_array(spatial_shape)
-            if previous is not None:
-                full[:] = previous
-            full[z] = probabilities
-            probabilities = full
-            full_uncertainty = np.zeros(spatial_shape, dtype=np.float32)
-            if outputs.uncertainty is not None and outputs.uncertainty.data.shape == spatial_shape:
-                full_uncertainty[:] = outputs.uncertainty.data
-            full_uncertainty[z] = uncertainty
-            uncertainty = full_uncertainty
+            labels, probabilities, uncertainty = _in_full_size(
+                outputs, spatial_shape, z, labels, probabilities, uncertainty
+            )
         by_class = np.moveaxis(probabilities, -3, 0)  # (C, [Z,] Y, X)
-        labels_layer = self._update_labels_layer(layer, outputs, model, labels)
-        self._update_probability_layers(layer, outputs, model, by_class)
-        self._update_uncertainty_layer(layer, outputs, uncertainty)
+        labels_layer = yield from self._update_labels_layer(layer, outputs, model, labels)
+        yield from self._update_probability_layers(layer, outputs, model, by_class)
+        yield from self._update_uncertainty_layer(layer, outputs, uncertainty)
         _name_viewer_axes(self.viewer)
         # keep the labels on top: they are what the user corrects
         if self.viewer.layers[-1] is not labels_layer:
@@ -449,35 +448,29 @@ class PredictionWidget(FollowsJob, Container):
             pair.predicted, pair.reviewed = outputs.predicted, outputs.reviewed
         self.source_layer, self.labels_layer = layer, labels_layer
         self._foreground = by_class[1] if model.class_count == 2 else None
-        if (tuple(camera.center), camera.zoom, tuple(camera.angles)) != kept:
-            camera.center, camera.zoom, camera.angles = kept
 
-    def _update_labels_layer(self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray) -> Labels:
-        from napari.utils.colormaps import DirectLabelColormap
-
+    def _update_labels_layer(
+        self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray
+    ) -> Generator[None, None, Labels]:
+        colors = model.class_colors or self.session.colors()
+        wanted = [[int(v) for v in c] for c in colors]
         if outputs.labels is not None:
             outputs.labels.data = labels
+            if outputs.labels.metadata.get("schism_colors") != wanted:  # a new colormap redraws: only on change
+                outputs.labels.colormap = class_colormap(wanted)
         else:
-            outputs.labels = self.viewer.add_labels(
+            outputs.labels = Labels(
                 labels,
                 name=f"{layer.name} prediction",
                 scale=layer.scale[-labels.ndim :],
                 translate=layer.translate[-labels.ndim :],
+                colormap=class_colormap(wanted),
             )
-        metadata = outputs.labels.metadata
-        metadata["schism_classes"] = model.class_names
-        colors = model.class_colors or self.session.colors()
-        wanted = [[int(v) for v in c] for c in colors]
-        if metadata.get("schism_colors") != wanted:  # a new colormap redraws the layer: only when it changes
-            color_dict: dict[Any, Any] = {None: "transparent", 0: "transparent"}
-            color_dict.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(wanted)})
-            outputs.labels.colormap = DirectLabelColormap(color_dict=color_dict)
-            metadata["schism_colors"] = wanted
+            yield from add_in_turns(self.viewer, outputs.labels)
+        outputs.labels.metadata.update(schism_classes=model.class_names, schism_colors=wanted)
         return outputs.labels
 
-    def _update_probability_layers(
-        self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray
-    ) -> None:
+    def _update_probability_layers(self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray) -> Steps:
         existing = outputs.probabilities
         per_class = self.layout_choice.value == PER_CLASS
         if per_class and len(existing) == len(by_class) and existing[0].data.shape == by_class.shape[1:]:
@@ -487,15 +480,16 @@ class PredictionWidget(FollowsJob, Container):
         if not per_class and len(existing) == 1 and existing[0].data.shape == by_class.shape:
             existing[0].data = by_class
             return
-        for old in existing:
-            self.viewer.layers.remove(old)
+        with camera_kept(self.viewer):  # one axis fewer or more
+            for old in existing:
+                self.viewer.layers.remove(old)
         spatial = by_class.ndim - 1
         scale, translate = layer.scale[-spatial:], layer.translate[-spatial:]
         axes = tuple(layer.axis_labels[-spatial:])
         # hidden by default: the image stays visible under the labels while the user corrects
         if per_class:
-            outputs.probabilities = [
-                self.viewer.add_image(
+            new = [
+                Image(
                     data,
                     name=f"{layer.name} P({name})",
                     scale=scale,
@@ -507,8 +501,8 @@ class PredictionWidget(FollowsJob, Container):
                 for data, name in zip(by_class, model.class_names, strict=True)
             ]
         else:
-            outputs.probabilities = [
-                self.viewer.add_image(
+            new = [
+                Image(
                     by_class,
                     name=f"{layer.name} probabilities",
                     scale=(1.0, *scale),
@@ -519,15 +513,18 @@ class PredictionWidget(FollowsJob, Container):
                     **PROBABILITY_STYLE,
                 )
             ]
+        outputs.probabilities = new
+        for probability_layer in new:
+            yield from add_in_turns(self.viewer, probability_layer)
 
-    def _update_uncertainty_layer(self, layer: Image, outputs: Outputs, uncertainty: np.ndarray) -> None:
+    def _update_uncertainty_layer(self, layer: Image, outputs: Outputs, uncertainty: np.ndarray) -> Steps:
         """1 - margin between the two likeliest classes: bright where a correction helps most."""
         if outputs.uncertainty is not None and outputs.uncertainty.data.shape == uncertainty.shape:
             outputs.uncertainty.data = uncertainty
             return
         if outputs.uncertainty is not None:
             self.viewer.layers.remove(outputs.uncertainty)
-        outputs.uncertainty = self.viewer.add_image(
+        outputs.uncertainty = Image(
             uncertainty,
             name=f"{layer.name} uncertainty",
             scale=layer.scale[-uncertainty.ndim :],
@@ -539,6 +536,7 @@ class PredictionWidget(FollowsJob, Container):
             blending="additive",
             visible=False,
         )
+        yield from add_in_turns(self.viewer, outputs.uncertainty)
 
     def _apply_threshold(self) -> None:
         if self._foreground is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
@@ -647,6 +645,32 @@ class PredictionWidget(FollowsJob, Container):
         return written
 
 
+def _in_full_size(
+    outputs: Outputs,
+    spatial_shape: tuple[int, ...],
+    z: int,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    uncertainty: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A one-slice preview placed at slice ``z`` of full-size arrays, the other slices as the
+    image's outputs hold them (zeros where there are none yet)."""
+    full_labels = np.zeros(spatial_shape, dtype=np.uint8)
+    if outputs.labels is not None and outputs.labels.data.shape == spatial_shape:
+        full_labels[:] = outputs.labels.data
+    full_labels[z] = labels
+    full = np.zeros((spatial_shape[0], *probabilities.shape), dtype=np.float32)
+    previous = outputs.probabilities_array(spatial_shape)
+    if previous is not None:
+        full[:] = previous
+    full[z] = probabilities
+    full_uncertainty = np.zeros(spatial_shape, dtype=np.float32)
+    if outputs.uncertainty is not None and outputs.uncertainty.data.shape == spatial_shape:
+        full_uncertainty[:] = outputs.uncertainty.data
+    full_uncertainty[z] = uncertainty
+    return full_labels, full, full_uncertainty
+
+
 def _predict(
     model: Any, settings: Any, data: Any, rgb: bool, runs: list[Path], *, callback: Any, stop: Any
 ) -> tuple[Any, np.ndarray]:
@@ -705,6 +729,10 @@ def _name_viewer_axes(viewer: Any) -> None:
 
 def _report_export_failure(error: BaseException) -> None:
     show_error(f"export failed: {describe(error)}")
+
+
+def _report_display(error: BaseException) -> None:
+    show_error(f"showing the prediction failed: {describe(error)}")
 
 
 def _report_failure(error: BaseException) -> None:
