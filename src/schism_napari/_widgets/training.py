@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,8 @@ from .config_form import ConfigForm
 from .curves import CurvesCanvas
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import describe
-from .session import Session, TrainingSources, default_class_names, session_for, unwrap_viewer
+from .session import Session, TrainingSources, class_colormap, default_class_names, session_for, unwrap_viewer
+from .turns import add_in_turns, run_in_turns
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 
@@ -369,7 +371,8 @@ def _train(
 
 def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] | None, event: Any) -> None:
     if isinstance(event, ForestPreview) and preview is not None:
-        show_preview(viewer, session, preview[0], event.probabilities, event.z, source="forest")
+        steps = show_preview(viewer, session, preview[0], event.probabilities, event.z, source="forest")
+        run_in_turns(steps, done=lambda: None, failed=_report_preview_failure)
 
 
 def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, bool, int | None] | None:
@@ -423,13 +426,16 @@ def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedMod
 
 def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None, Plan]) -> None:
     """In the GUI thread, whether or not a dock is open: the new model joins the session, the form
-    shows the planned values, and the network's prediction of the preview slice replaces the forest's."""
+    shows the planned values, and the network's prediction of the preview slice replaces the forest's
+    (the run settles once that layer is in: see :mod:`.turns`)."""
     result, data, network, plan = returned
     session.set_model(_trained_model(result, data))
     session.replace_config(plan.config)  # the keys the user left alone now show what was planned
-    preview = session.job("training").info.get("preview")
+    job = session.job("training")
+    preview = job.info.get("preview")
     if network is not None and preview is not None:
-        show_preview(viewer, session, preview[0], network, preview[1], source="network")
+        steps = show_preview(viewer, session, preview[0], network, preview[1], source="network")
+        run_in_turns(steps, done=job.settle_later(), failed=_report_preview_failure)
     planned = sum("." in key for key in plan.reasons)
     note = f"; {planned} settings planned from the data (their tooltips say why)" if planned else ""
     show_info(f"training {result.reason}; run folder {result.run_dir}{note}")
@@ -446,36 +452,47 @@ def _report_failure(error: BaseException) -> None:
     show_error(f"training failed: {describe(error)}")
 
 
+def _report_preview_failure(error: BaseException) -> None:
+    show_error(f"showing the preview failed: {describe(error)}")
+
+
 def show_preview(
     viewer: Any, session: Session, image: Any, probabilities: np.ndarray, z: int | None, source: str
-) -> Any:
-    """The preview layer of an image: labels of one slice (class k as k + 1), the rest unpainted."""
+) -> Generator[None, None, Any]:
+    """The preview layer of an image: labels of one slice (class k as k + 1), the rest unpainted.
+
+    A generator (see :mod:`.turns`): a new layer is added in an event-loop turn of its own.
+    Returns the layer, or None when the image has left the viewer.
+    """
+    from napari.layers import Labels
+
     from ..data.labels import mask_to_labels
 
     if image not in viewer.layers:
         return None
     spatial = image.data.shape[:-1] if image.rgb else image.data.shape
-    labels = mask_to_labels(np.argmax(probabilities, axis=0).astype(np.uint8))
-    name = f"{image.name} preview"
-    layer = next((candidate for candidate in viewer.layers if candidate.name == name), None)
-    if layer is None or layer.data.shape != spatial:
-        camera = (viewer.camera.center, viewer.camera.zoom)
-        layer = viewer.add_labels(
-            np.zeros(spatial, np.uint8),
-            name=name,
-            scale=image.scale[-len(spatial) :],
-            translate=image.translate[-len(spatial) :],
-            opacity=0.5,
-        )
-        viewer.camera.center, viewer.camera.zoom = camera
-        session.paint_colors(layer)
     full = np.zeros(spatial, np.uint8)
+    labels = mask_to_labels(np.argmax(probabilities, axis=0).astype(np.uint8))
     if z is None:
         full[:] = labels
     else:
         full[z] = labels
-    layer.data = full
-    layer.metadata["schism_preview"] = source
+    name = f"{image.name} preview"
+    layer = next((candidate for candidate in viewer.layers if candidate.name == name), None)
+    if layer is not None and layer.data.shape == spatial:
+        layer.data = full
+        layer.metadata["schism_preview"] = source
+        return layer
+    layer = Labels(
+        full,
+        name=name,
+        scale=image.scale[-len(spatial) :],
+        translate=image.translate[-len(spatial) :],
+        opacity=0.5,
+        colormap=class_colormap(session.colors()),
+        metadata={**session.class_metadata(), "schism_preview": source},
+    )
+    yield from add_in_turns(viewer, layer)
     return layer
 
 
