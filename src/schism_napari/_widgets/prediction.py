@@ -40,7 +40,7 @@ from .config_form import ConfigForm
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import EventRelay, describe
 from .session import Session, class_colormap, follow_layers, layer_choices, session_for, unwrap_viewer
-from .turns import Steps, add_in_turns, camera_kept, run_in_turns
+from .turns import Steps, add_in_turns, camera_kept, prepare_layer_code, run_in_turns
 
 PLANES_HELP = (
     "xy predicts slice by slice; xyz (volumes only: a Z, Y, X stack, not RGB images or videos) also predicts "
@@ -682,6 +682,7 @@ def _predict(
     from ..resources import apply_threads
 
     apply_threads(model.config.training.threads, leave_for_gui=True)  # one core stays with the GUI
+    prepare_layer_code()  # here, not when the result layers are created in the GUI thread
     device = model.config.training.device
     predictor: Any = Predictor.from_trained(model, settings=settings, device=device, callback=callback, stop=stop)
     if runs:  # members predict in lockstep: the first one's progress stands for all

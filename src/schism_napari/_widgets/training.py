@@ -33,7 +33,7 @@ from .curves import CurvesCanvas
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import describe
 from .session import Session, TrainingSources, class_colormap, default_class_names, session_for, unwrap_viewer
-from .turns import add_in_turns, run_in_turns
+from .turns import add_in_turns, prepare_layer_code, run_in_turns
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 
@@ -344,6 +344,8 @@ def _train(
     from ..training.trainer import Trainer
 
     apply_threads(sources.config.training.threads, leave_for_gui=True)
+    if preview is not None:
+        prepare_layer_code()  # the preview layer is made in the GUI thread: its one-time costs are paid here
     data = sources.load()
     plan = plan_config(sources.config, data, interactive=True)
     image, rgb, z = preview if preview is not None else (None, False, None)

@@ -5,6 +5,10 @@ when the layer is added: about 0.1 s per layer on a small machine, all of it in 
 A prediction's first result adds three layers (labels, probabilities, uncertainty); added in one
 go they froze the viewer for seconds. Written as a generator that yields after each costly piece,
 the same work runs one piece per event-loop turn, and Qt paints and handles input in between.
+
+The first Labels layer of a session also pays one-time costs that need no GUI thread (an
+import of scikit-image's colour module, vispy's dash patterns: 0.3 s together);
+:func:`prepare_layer_code` pays them in a worker, before the results arrive.
 """
 
 from __future__ import annotations
@@ -58,3 +62,22 @@ def add_in_turns(viewer: Any, layer: Any) -> Steps:
     with camera_kept(viewer):
         viewer.add_layer(layer)
     yield
+
+
+def prepare_layer_code() -> None:
+    """In a worker thread: pay the one-time costs of a session's first napari layers that need no
+    GUI thread, so they do not add to the turn that creates them.
+
+    A new Labels layer computes napari's random label colours, whose first call imports
+    scikit-image's colour module (and scipy.linalg); its vispy overlays draw lines whose first
+    dash atlas computes vispy's dash patterns (cached for the process). Both are pure Python and
+    numpy: in a worker they share the interpreter with the GUI thread a few milliseconds at a time.
+    """
+    with contextlib.suppress(ImportError, AttributeError, TypeError):
+        from napari.utils.colormaps import label_colormap
+
+        label_colormap(49, 0.5, background_value=0)  # the arguments napari's Labels layer uses
+    with contextlib.suppress(ImportError, AttributeError, TypeError):
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
