@@ -466,7 +466,7 @@ class PredictionWidget(FollowsJob, Container):
                 translate=layer.translate[-labels.ndim :],
                 colormap=class_colormap(wanted),
             )
-            yield from add_in_turns(self.viewer, outputs.labels)
+            yield from add_in_turns(self.viewer, outputs.labels, select=True)  # the layer to correct
         outputs.labels.metadata.update(schism_classes=model.class_names, schism_colors=wanted)
         return outputs.labels
 
