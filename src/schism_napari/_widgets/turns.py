@@ -40,8 +40,8 @@ def run_in_turns(
                 failed(error)
             finally:
                 done()
-        else:
-            QTimer.singleShot(0, advance)
+        else:  # a 1 ms timer, not 0: a zero timer is a posted event, run before due timers
+            QTimer.singleShot(1, advance)
 
     advance()
 
