@@ -13,9 +13,10 @@ same slice replaces it when training ends. torch is imported only inside the wor
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +49,21 @@ if TYPE_CHECKING:
     from ..training.trainer import TrainingResult
 
 
+PREVIEW_WAIT_S = 5.0  # the longest the worker waits for the preview layer before training anyway
+
+
 @dataclass(frozen=True)
 class ForestPreview:
-    """The random forest's prediction of one slice, made before the network trains."""
+    """The random forest's prediction of one slice, made before the network trains.
+
+    ``shown`` is set once the GUI thread has put it in a layer: the worker waits for that, so the
+    layer is added while the worker is idle rather than competing with training for the
+    interpreter (which made the add twice as long).
+    """
 
     probabilities: np.ndarray  # (C, Y, X)
     z: int | None
+    shown: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 class TrainingWidget(FollowsJob, Container):
@@ -372,9 +382,12 @@ def _train(
 
 
 def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] | None, event: Any) -> None:
-    if isinstance(event, ForestPreview) and preview is not None:
+    if isinstance(event, ForestPreview):
+        if preview is None:
+            event.shown.set()
+            return
         steps = show_preview(viewer, session, preview[0], event.probabilities, event.z, source="forest")
-        run_in_turns(steps, done=lambda: None, failed=_report_preview_failure)
+        run_in_turns(steps, done=event.shown.set, failed=_report_preview_failure)
 
 
 def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, bool, int | None] | None:
@@ -387,7 +400,8 @@ def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, 
 
 
 def _forest_preview(sources: TrainingSources, image: np.ndarray, z: int | None, callback: Any) -> None:
-    """Fit a random forest on the painted slices and send its prediction of the preview slice."""
+    """Fit a random forest on the painted slices, send its prediction of the preview slice, and wait
+    (at most PREVIEW_WAIT_S) until the GUI thread has shown it."""
     from ..baseline import PixelClassifier
     from ..data.io import IGNORE
 
@@ -407,7 +421,9 @@ def _forest_preview(sources: TrainingSources, image: np.ndarray, z: int | None, 
         probabilities = classifier.predict_proba(image if image.ndim == 3 else image[..., None])
     except (SchismError, ValueError):
         return  # a preview is a courtesy: training goes on without it
-    callback(ForestPreview(np.asarray(probabilities, dtype=np.float32), z))
+    event = ForestPreview(np.asarray(probabilities, dtype=np.float32), z)
+    callback(event)
+    event.shown.wait(PREVIEW_WAIT_S)
 
 
 def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedModel:
