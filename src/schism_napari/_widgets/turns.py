@@ -48,12 +48,18 @@ def run_in_turns(
 
 @contextlib.contextmanager
 def camera_kept(viewer: Any) -> Iterator[None]:
-    """Put the camera back where it was if adding a layer moved it (a new axis resets the view)."""
+    """Put the camera back where it was if adding a layer moved it (a new axis resizes the canvas)."""
     camera = viewer.camera
-    kept = (tuple(camera.center), camera.zoom, tuple(camera.angles))
+
+    def state() -> dict[str, Any]:
+        return {"center": tuple(camera.center), "zoom": camera.zoom, "angles": tuple(camera.angles)}
+
+    kept = state()
     yield
-    if (tuple(camera.center), camera.zoom, tuple(camera.angles)) != kept:
-        camera.center, camera.zoom, camera.angles = kept
+    moved = state()
+    for name, value in kept.items():  # only what moved: setting the angles imports scipy.spatial (0.1 s)
+        if moved[name] != value:
+            setattr(camera, name, value)
 
 
 @contextlib.contextmanager
