@@ -260,6 +260,27 @@ def test_results_do_not_stall_the_event_loop(qtbot, make_napari_viewer, tmp_path
     assert_no_stall(first, first_adds, "first prediction (3 new layers)")
 
 
+def test_closing_the_viewer_while_results_arrive(qtbot, make_napari_viewer, tmp_path, trained_run, rock, notifications):
+    """The result layers are added over several event-loop turns; closing the viewer in between
+    drops the rest quietly and the prediction still settles."""
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    prediction = dock.prediction
+    prediction.run_folder.value = trained_run
+    prediction.load_button.clicked.emit()
+    prediction.reset_choices()
+    prediction.image.value = viewer.add_image(rock[0], name="scan")
+    job = prediction.job
+    with qtbot.waitSignal(prediction.relay.finished, timeout=WAIT_MS):
+        prediction.predict_button.clicked.emit()
+        # right after the result is taken in (its first piece), before the layers' turns
+        job.worker.returned.connect(lambda _value: QTimer.singleShot(0, viewer.close))
+    assert job.state is RunState.DONE
+    assert not errors(notifications)
+
+
 def test_the_dock_fits_its_panel(make_napari_viewer):
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QScrollArea

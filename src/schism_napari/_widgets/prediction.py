@@ -414,7 +414,12 @@ class PredictionWidget(FollowsJob, Container):
                 self.status.value = status
             settle()
 
-        run_in_turns(self._show_result(layer, model, result, uncertainty, z), done=done, failed=_report_display)
+        run_in_turns(
+            self._show_result(layer, model, result, uncertainty, z),
+            done=done,
+            failed=_report_display,
+            alive=lambda: layer in self.viewer.layers,
+        )
 
     # ---- result layers -----------------------------------------------------------------------
 

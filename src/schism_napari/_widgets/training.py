@@ -386,8 +386,11 @@ def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] |
         if preview is None:
             event.shown.set()
             return
-        steps = show_preview(viewer, session, preview[0], event.probabilities, event.z, source="forest")
-        run_in_turns(steps, done=event.shown.set, failed=_report_preview_failure)
+        image = preview[0]
+        steps = show_preview(viewer, session, image, event.probabilities, event.z, source="forest")
+        run_in_turns(
+            steps, done=event.shown.set, failed=_report_preview_failure, alive=lambda: image in viewer.layers
+        )
 
 
 def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, bool, int | None] | None:
@@ -452,8 +455,11 @@ def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndar
     job = session.job("training")
     preview = job.info.get("preview")
     if network is not None and preview is not None:
-        steps = show_preview(viewer, session, preview[0], network, preview[1], source="network")
-        run_in_turns(steps, done=job.settle_later(), failed=_report_preview_failure)
+        image = preview[0]
+        steps = show_preview(viewer, session, image, network, preview[1], source="network")
+        run_in_turns(
+            steps, done=job.settle_later(), failed=_report_preview_failure, alive=lambda: image in viewer.layers
+        )
     planned = sum("." in key for key in plan.reasons)
     note = f"; {planned} settings planned from the data (their tooltips say why)" if planned else ""
     show_info(f"training {result.reason}; run folder {result.run_dir}{note}")

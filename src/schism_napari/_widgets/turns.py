@@ -14,24 +14,34 @@ import of scikit-image's colour module, vispy's dash patterns: 0.3 s together);
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-Steps = Iterator[None]
+Steps = Generator[None, None, Any]  # yields between pieces; may return a value (a layer)
 
 
 def run_in_turns(
-    steps: Steps, *, done: Callable[[], None], failed: Callable[[BaseException], None]
+    steps: Steps,
+    *,
+    done: Callable[[], None],
+    failed: Callable[[BaseException], None],
+    alive: Callable[[], bool] = lambda: True,
 ) -> None:
     """Advance ``steps`` up to its first ``yield`` now, then one piece per event-loop turn.
 
-    ``done`` is called once at the end, whether the steps ran out or one raised (after ``failed``
-    got the error): callers release what they hold (a job's settlement) there.
+    Before each later piece ``alive()`` is asked; once it says no (the image left the viewer, or
+    the viewer closed and dropped its layers) the rest is skipped. ``done`` is called once at the
+    end, whether the steps ran out, were skipped or one raised (after ``failed`` got the error):
+    callers release what they hold (a job's settlement) there.
     """
     from qtpy.QtCore import QTimer
 
     def advance() -> None:
         try:
+            if not alive():
+                steps.close()
+                done()
+                return
             next(steps)
         except StopIteration:
             done()
