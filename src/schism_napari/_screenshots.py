@@ -31,7 +31,8 @@ def capture(out: Path, epochs: int = 8) -> list[Path]:
     assert app is not None  # napari.Viewer created it
 
     def wait(widget: Any) -> None:
-        while widget.worker is not None:
+        # the job stays busy after its worker ends until the result layers are in (one per turn)
+        while widget.worker is not None or widget.job.busy:
             app.processEvents()
             time.sleep(0.02)
         app.processEvents()
