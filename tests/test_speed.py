@@ -187,6 +187,11 @@ def test_dask_prediction_matches_one_process(trained_run, sample_files, tmp_path
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-5)
     axes = [a["name"] for a in labels.attrs["multiscales"][0]["axes"]]
     assert axes == ["z", "y", "x"]
+    # the same OME-NGFF metadata as a one-process --zarr output: the input's voxel size as the scale
+    from schism_napari.data.voxels import read_voxel_size
+    from schism_napari.inputs import ngff_multiscales
+
+    assert labels.attrs["multiscales"] == ngff_multiscales("labels.ome", "zyx", read_voxel_size(sample_files.volume))
     pids = {chunk["pid"] for chunk in result.chunks}
     assert len(result.chunks) == len(expected.labels) and len(pids) == 2  # both workers took chunks
     assert all(chunk["loads"] == 1 for chunk in result.chunks)  # the model loaded once per worker

@@ -54,26 +54,6 @@ class ChunkJob:
 # ---- output ------------------------------------------------------------------------------------
 
 
-def create_ome_zarr(path: Path, shape: tuple[int, ...], dtype: Any, axes: str) -> Path:
-    """Create an OME-Zarr (NGFF 0.4) image group at ``path``: one array ``0`` of ``shape``, one zarr
-    chunk per slice (plane), ``axes`` such as "zyx" or "zcyx". Returns the path of the array."""
-    from .._zarr_compat import create_array, open_v2_group
-
-    group = open_v2_group(path, mode="w-")
-    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
-    create_array(group, "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    kinds = {"z": "space", "y": "space", "x": "space", "c": "channel"}
-    group.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": path.name,
-            "axes": [{"name": a, "type": kinds[a], **({"unit": "pixel"} if kinds[a] == "space" else {})} for a in axes],
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}],
-        }
-    ]
-    return path / "0"
-
-
 def write_slices(array_path: str, start: int, values: np.ndarray) -> None:
     """Write ``values`` (slices along the first axis) into the zarr array at ``array_path`` from ``start``."""
     import zarr
@@ -197,8 +177,9 @@ def predict_distributed(
     """Predict a stack on a dask cluster into OME-Zarr groups ``labels_path`` (Z, Y, X) and optionally
     ``probabilities_path`` (Z, C, Y, X). Give ``scheduler`` (an address), ``workers`` (a local cluster
     of that many processes) or an open ``client``. Existing outputs are refused before any work."""
+    from ..data.voxels import read_voxel_size
     from ..runs import load_trained_model
-    from .files import open_lazy
+    from .files import create_ome_zarr, open_lazy
     from .predictor import Predictor, Slices
 
     outputs = [Path(labels_path)] + ([Path(probabilities_path)] if probabilities_path is not None else [])
@@ -216,9 +197,14 @@ def predict_distributed(
     for temporary in temporaries:
         shutil.rmtree(temporary, ignore_errors=True)
     classes = predictor.class_count
-    create_ome_zarr(temporaries[0], (slices.count, slices.height, slices.width), np.uint8, "zyx")
+    voxel_size = read_voxel_size(input_path)
+    plane = (slices.height, slices.width)
+    create_ome_zarr(
+        temporaries[0], (slices.count, *plane), np.uint8, "zyx", name=outputs[0].stem, voxel_size=voxel_size
+    )
     if probabilities_path is not None:
-        create_ome_zarr(temporaries[1], (slices.count, classes, slices.height, slices.width), np.float32, "zcyx")
+        shape = (slices.count, classes, *plane)
+        create_ome_zarr(temporaries[1], shape, np.float32, "zcyx", name=outputs[1].stem, voxel_size=voxel_size)
     with _client(client, scheduler, workers) as active:
         worker_count = max(1, len(active.scheduler_info().get("workers", {})))
         job = ChunkJob(

@@ -235,13 +235,27 @@ class TiffSlices:
             self.fd = None
 
 
+def create_ome_zarr(
+    path: Path, shape: tuple[int, ...], dtype: Any, axes: str, *, name: str, voxel_size: VoxelSize | None
+) -> Any:
+    """Create an OME-Zarr image (NGFF 0.4, zarr format 2) at ``path``: one array ``0`` of ``shape``
+    filled with zeros, one zarr chunk per plane, ``axes`` such as "zyx" or "czyx", the input's voxel
+    size as its scale. Returns the array."""
+    from .._zarr_compat import create_array, open_v2_group
+
+    group = open_v2_group(path, mode="w-")
+    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
+    array = create_array(group, "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    group.attrs["multiscales"] = ngff_multiscales(name, axes, voxel_size)
+    return array
+
+
 def ome_zarr_output(
     stack: contextlib.ExitStack, path: Path, slices: Any, classes: int, voxel_size: VoxelSize | None
 ) -> Any:
     """An OME-Zarr image (NGFF 0.4, zarr format 2) of probabilities (C, [Z,] Y, X) in a temporary
     folder, renamed to ``path`` when the block succeeds. Returns what the predictor writes
     (Z, C, Y, X) slices into."""
-    from .._zarr_compat import create_array, open_v2_group
     from ..atomic import OutputExistsError
 
     if path.exists():
@@ -251,10 +265,8 @@ def ome_zarr_output(
         shutil.rmtree(temporary)
     plane = (slices.height, slices.width)
     shape = (classes, slices.count, *plane) if slices.is_stack else (classes, *plane)
-    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
-    group = open_v2_group(temporary, mode="w-")
-    array = create_array(group, "0", shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
-    group.attrs["multiscales"] = ngff_multiscales(path.stem, "czyx" if slices.is_stack else "cyx", voxel_size)
+    axes = "czyx" if slices.is_stack else "cyx"
+    array = create_ome_zarr(temporary, shape, np.float32, axes, name=path.stem, voxel_size=voxel_size)
 
     def finish(exc_type: Any, exc: Any, traceback: Any) -> bool:
         if exc_type is not None:
