@@ -85,6 +85,13 @@ def test_interactive_config_is_the_plan_with_a_short_budget() -> None:
     assert config.training.metrics == ["Jaccard", "Dice"]
 
 
+def test_the_docks_first_values_need_no_torch_and_equal_the_checked_plan() -> None:
+    from schism_napari.config import STARTING_SCHEDULERS, scheduler_names
+
+    assert interactive_config("cpu", check=False) == interactive_config("cpu")
+    assert set(STARTING_SCHEDULERS) <= set(scheduler_names())  # the form's choices before torch is imported
+
+
 def test_new_keys_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"\[Scheduler\] interval = .hourly.: batch or epoch"):
         SchismConfig.from_ini_string("[Scheduler]\ninterval = hourly\n")

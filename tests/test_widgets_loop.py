@@ -290,3 +290,68 @@ def test_the_dock_fits_its_panel(make_napari_viewer):
     scrolls = [dock.widget(i) for i in range(dock.count())]
     assert all(isinstance(s, QScrollArea) for s in scrolls)
     assert all(s.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff for s in scrolls)
+
+
+# ---- opening the dock: no torch on the GUI thread ---------------------------------------------------
+
+OPEN_THE_DOCK = """
+import importlib.abc, sys, threading, time
+imported_on = {}
+
+class WatchTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            imported_on.setdefault("main", threading.current_thread() is threading.main_thread())
+        return None
+
+sys.meta_path.insert(0, WatchTorch())
+import napari
+from qtpy.QtWidgets import QApplication
+from schism_napari._widgets.session import session_for
+
+viewer = napari.Viewer(show=False)
+viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+torch_with_the_dock = "torch" in sys.modules
+job = session_for(viewer).job("warm-up")
+deadline = time.monotonic() + 120
+while job.state.value != "done" and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.01)
+print(torch_with_the_dock, imported_on, job.state.value, job.error)
+ok = not torch_with_the_dock and imported_on == {"main": False} and job.state.value == "done"
+viewer.close()
+sys.exit(0 if ok else 1)
+"""
+
+
+def test_the_dock_opens_without_torch_and_a_worker_imports_it():
+    """Plugins -> SCHISM builds the dock without importing torch (3-7 s on the GUI thread before);
+    a worker imports it afterwards, so a form edit or Train finds it loaded."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", OPEN_THE_DOCK], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def test_the_form_shows_the_cpu_plan_at_once_and_an_accelerator_replans_untouched_keys(
+    qtbot, make_napari_viewer, tmp_path, monkeypatch
+):
+    from schism_napari._widgets import session as session_module
+    from schism_napari.planning import interactive_config
+
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(session_module, "_import_the_core", lambda: "cuda")  # a machine with a GPU
+    _, dock = open_dock(viewer, tmp_path)
+    form = dock.training.form
+    cpu_plan = interactive_config("cpu")
+    assert form.config().model.encoder == cpu_plan.model.encoder == "resnet18"
+    assert form.config() == cpu_plan  # the unchecked starting values are what validation gives
+    form.widget("Data", "crop_size").value = 128  # edited before the device is known: kept
+    with qtbot.waitSignal(dock.training.session.job("warm-up").relay.finished, timeout=WAIT_MS):
+        pass
+    planned = form.config()
+    assert planned.model.encoder == interactive_config("cuda").model.encoder == "resnet34"
+    assert planned.data.crop_size == 128 and planned.is_given("Data", "crop_size")
+    assert planned.training.batch_size == 32  # 16 per 256 px crop on an accelerator, for 128 px crops (at most 32)
+    assert "Planned: resnet34: a mid-size encoder for an accelerator" in form.widget("Model", "encoder").tooltip

@@ -639,6 +639,22 @@ class SchismConfig:
         return atomic_write_text(Path(path), self.to_ini_string(), overwrite=overwrite)
 
 
+# torch's schedulers an INI file can name, as of torch 2.x: the widget's choices until torch is imported
+STARTING_SCHEDULERS = (
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "ReduceLROnPlateau",
+    "CyclicLR",
+    "CosineAnnealingWarmRestarts",
+    "OneCycleLR",
+)
+
+
 def scheduler_names() -> tuple[str, ...]:
     """torch schedulers that an INI file (and the widget) can name."""
     import torch.optim.lr_scheduler as schedulers

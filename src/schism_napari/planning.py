@@ -127,12 +127,15 @@ def plan_config(
     device: str | None = None,
     *,
     interactive: bool = False,
+    check: bool = True,
 ) -> Plan:
     """Fill the keys of ``config`` the user left unset (not in ``config.given``); return the plan.
 
     ``data`` (a SegmentationData) may be None: the plan then rests on the device alone (the
     widgets' starting values before any data is chosen). ``interactive`` plans the short time
-    budget a user waits for in napari instead of the command line's longer one.
+    budget a user waits for in napari instead of the command line's longer one. ``check=False``
+    skips the final :meth:`SchismConfig.validate`, which imports torch to check keyword arguments
+    against the classes' signatures: for the napari dock's first values, which must not wait for torch.
     """
     planned = config.copy()
     if config.training.schism_defaults:
@@ -144,7 +147,7 @@ def plan_config(
     print_ = None if data is None else fingerprint(data, device=device)
     planner = _Planner(planned, print_, device, interactive)
     planner.run()
-    return Plan(planned.validate(), planner.reasons, print_)
+    return Plan(planned.validate() if check else planned, planner.reasons, print_)
 
 
 class _Planner:
@@ -330,7 +333,7 @@ def _has_value(config: SchismConfig, key: str) -> bool:
     return section in SECTIONS and hasattr(config.section(section), name)
 
 
-def interactive_config() -> SchismConfig:
+def interactive_config(device: str | None = None, *, check: bool = True) -> SchismConfig:
     """Starting values for the napari widgets: the plan for this device, with napari's short time budget.
 
     The dataclass defaults stay SCHISM's, so a key left out of an INI file means what it meant
@@ -338,8 +341,14 @@ def interactive_config() -> SchismConfig:
     data (the plan for a typical image on this device, e.g. an smp U-Net with a resnet18 encoder,
     256 px crops and 1.5 minutes of training on a CPU); only the keys set below count as given,
     so planning again with the data refines the rest (crop size from the image size, classes).
+
+    ``device`` (``"cpu"``, ``"cuda"``...) plans for that device instead of the one torch finds;
+    with it and ``check=False`` nothing imports torch (the dock's first values, see
+    :class:`schism_napari._widgets.session.Session`).
     """
     config = SchismConfig()
     config.set_given("Training", "metrics", ["Jaccard", "Dice"])
     config.set_given("Inference", "batch_size", 4)
-    return plan_config(config.validate(), interactive=True).config
+    if check:
+        config.validate()
+    return plan_config(config, device=device, interactive=True, check=check).config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import typing
 from typing import Any
 
@@ -20,7 +21,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEd
 from magicgui.widgets.bases import ValueWidget
 from qtpy.QtWidgets import QScrollArea, QTabWidget
 
-from ..config import SECTIONS, SchismConfig, field_types, format_value, scheduler_names
+from ..config import SECTIONS, STARTING_SCHEDULERS, SchismConfig, field_types, format_value, scheduler_names
 
 _TEXT_FLOATS = {"lr", "grad_clip"}  # values spanning decades: typed, not spun
 _FIELD_KEYS = {(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -62,6 +63,8 @@ class ConfigForm:
         planner's to choose. ``reasons`` (a Plan's, "Section.key" -> why) go into the tooltips."""
         reasons = reasons or {}
         for (section, key), widget in self.widgets.items():
+            if key == "scheduler" and isinstance(widget, ComboBox):
+                widget.reset_choices()  # torch's own list, once torch is imported
             why = reasons.get(f"{section}.{key}")
             help_text = self._help[(section, key)]
             widget.tooltip = f"{help_text}\nPlanned: {why}".strip() if why else help_text
@@ -131,13 +134,19 @@ def split_keywords(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _scheduler_choices(_widget: Any = None) -> list[str]:
+    """torch's scheduler names; before torch is imported (the dock opens without it), the usual ones."""
+    loaded = "torch.optim.lr_scheduler" in sys.modules
+    return ["None", *(scheduler_names() if loaded else STARTING_SCHEDULERS)]
+
+
 def _make_widget(section: str, f: dataclasses.Field, annotation: Any) -> ValueWidget:
     meta = f.metadata
     options: dict[str, Any] = {"name": f.name, "label": f.name, "tooltip": meta.get("help", "")}
     optional = type(None) in typing.get_args(annotation)
     base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
     if f.name == "scheduler":
-        return ComboBox(choices=["None", *scheduler_names()], **options)
+        return ComboBox(choices=_scheduler_choices, **options)
     if f.name == "kwargs":
         options["tooltip"] += " Write key=value pairs separated by commas, e.g. weight_decay=0.01, betas=(0.9, 0.99)."
         return LineEdit(**options)

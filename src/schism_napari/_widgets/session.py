@@ -5,7 +5,8 @@ announces changes through psygnal signals. The session also owns the viewer's ba
 (:mod:`.jobs`), so they outlive any dock: closing the dock mid-training leaves the run to the
 session, a reopened dock reattaches to it, and closing the viewer stops it.
 
-Nothing here imports torch: the dock must open in well under a second.
+Nothing here imports torch on the GUI thread: the dock opens in half a second, and a worker
+imports torch and smp just after (:meth:`Session.warm_up`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..data import labels_to_mask, load_dataset, samples_from_arrays
 from ..data.dataset import SegmentationData, merge_datasets
 from ..data.labels import corrections_to_mask
 from ..errors import DataError
-from ..planning import interactive_config
+from ..planning import interactive_config, plan_config
 from .jobs import Job
 
 if TYPE_CHECKING:
@@ -138,14 +139,34 @@ class Session:
     labels_edited = Signal()  # a training Labels layer was painted
 
     def __init__(self) -> None:
-        self.config: SchismConfig = interactive_config()
+        # the plan for a CPU, built without torch; :meth:`warm_up` re-plans for an accelerator
+        self.config: SchismConfig = interactive_config("cpu", check=False)
+        self.plan_reasons: tuple[SchismConfig | None, dict[str, str]] = (None, {})
         self.folder: Path | None = None  # a SCHISM/BiaPy dataset folder used for training
         self.pairs: list[LayerPair] = []
         self.model: TrainedModel | None = None
         self.class_names: list[str] | None = None
         self.class_colors: list[tuple[int, int, int]] | None = None
-        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan", "export")}
+        self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan", "export", "warm-up")}
         self.jobs["training"].state_changed.connect(lambda state: self.busy_changed.emit(state.busy))
+
+    def warm_up(self) -> None:
+        """Import torch and smp and find the device in a worker, so the dock opens at once.
+
+        Importing them takes 3-7 s; on the GUI thread that froze napari when Plugins -> SCHISM
+        opened. Until the worker returns, the form shows the plan for a CPU, which needs no torch
+        (and which is what a CPU machine keeps). On a machine with an accelerator the keys the user
+        has not edited are then planned again for it.
+        """
+        self.jobs["warm-up"].start(_import_the_core, on_returned=self._plan_for_device, on_errored=_warm_up_failed)
+
+    def _plan_for_device(self, device: str) -> None:
+        chosen = self.config.training.device
+        device = device if chosen == "auto" else chosen.split(":")[0]
+        if device == "cpu":
+            return  # the starting values were planned for it
+        plan = plan_config(self.config, device=device, interactive=True)
+        self.replace_config(plan.config, plan.reasons)
 
     def job(self, kind: str) -> Job:
         return self.jobs[kind]
@@ -169,10 +190,17 @@ class Session:
         self.config = config
         self.config_changed.emit(config)
 
-    def replace_config(self, config: SchismConfig) -> None:
-        """A configuration from elsewhere (an INI file): the form takes all of it."""
+    def replace_config(self, config: SchismConfig, reasons: dict[str, str] | None = None) -> None:
+        """A configuration from elsewhere (an INI file, a plan): the form takes all of it; a plan's
+        ``reasons`` ("Section.key" -> why) become the planned fields' tooltips."""
+        self.plan_reasons = (config, dict(reasons or {}))
         self.set_config(config)
         self.config_replaced.emit(config)
+
+    def reasons_for(self, config: SchismConfig) -> dict[str, str] | None:
+        """Why the keys of ``config`` were planned, when it is the latest plan the session took."""
+        planned, reasons = self.plan_reasons
+        return reasons if planned is config else None
 
     def set_class_count(self, count: int) -> None:
         """Change only num_classes, keeping every other value (and unsaved form edits)."""
@@ -317,6 +345,8 @@ class Session:
         return names or default_class_names(count)
 
 
+WARM_UP_DELAY_MS = 300  # after the dock's first paint: an import in a worker slows widget creation 2x
+
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
 
@@ -357,7 +387,26 @@ def session_for(viewer: Any) -> Session:
         _sessions[viewer] = session
         viewer.layers.events.removed.connect(lambda event: session.forget_layer(event.value))
         _stop_on_close(viewer, session)
+        from qtpy.QtCore import QTimer
+
+        # once the dock is built and shown: the import holds the GIL while widgets are created
+        QTimer.singleShot(WARM_UP_DELAY_MS, session.warm_up)
     return _sessions[viewer]
+
+
+def _import_the_core() -> str:
+    """In a worker: import what training, prediction and config checks need; return the device type."""
+    from ..devices import select_device
+
+    interactive_config()  # validates: torch.optim, the schedulers, smp's losses
+    return select_device("auto").type
+
+
+def _warm_up_failed(error: BaseException) -> None:
+    """torch or smp do not import: say so now; Train and Predict will fail with the same error."""
+    from napari.utils.notifications import show_warning
+
+    show_warning(f"SCHISM could not load torch/smp: {error}")
 
 
 def _stop_on_close(viewer: Any, session: Session) -> None:

@@ -292,10 +292,9 @@ class TrainingWidget(FollowsJob, Container):
             self.status.value = f"{event.reason} after {epochs} epoch{'s' if epochs != 1 else ''} · best: {best}"
 
     def _refill_form(self, config: Any) -> None:
-        plan = self.job.result[3] if self.job.result else None
         self._filling = True
-        try:  # the planned values of the latest run: their reasons become the fields' tooltips
-            self.form.set_config(config, plan.reasons if plan is not None and plan.config is config else None)
+        try:  # the planned values of the latest plan: their reasons become the fields' tooltips
+            self.form.set_config(config, self.session.reasons_for(config))
         finally:
             self._filling = False
 
@@ -451,7 +450,7 @@ def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndar
     (the run settles once that layer is in: see :mod:`.turns`)."""
     result, data, network, plan = returned
     session.set_model(_trained_model(result, data))
-    session.replace_config(plan.config)  # the keys the user left alone now show what was planned
+    session.replace_config(plan.config, plan.reasons)  # the keys the user left alone show what was planned
     job = session.job("training")
     preview = job.info.get("preview")
     if network is not None and preview is not None:
