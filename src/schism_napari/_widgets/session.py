@@ -345,7 +345,7 @@ class Session:
         return names or default_class_names(count)
 
 
-WARM_UP_DELAY_MS = 300  # after the dock's first paint: an import in a worker slows widget creation 2x
+WARM_UP_DELAY_MS = 500  # after the dock is shown: an import in a worker slows widget creation 2x
 
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
@@ -395,10 +395,21 @@ def session_for(viewer: Any) -> Session:
 
 
 def _import_the_core() -> str:
-    """In a worker: import what training, prediction and config checks need; return the device type."""
+    """In a worker: import what config checks, training, the forest preview and prediction need,
+    so that the first Train neither waits for them nor imports beside the GUI; return the device type."""
+    import importlib
+
     from ..devices import select_device
 
     interactive_config()  # validates: torch.optim, the schedulers, smp's losses
+    for module in (
+        "schism_napari.training.trainer",
+        "schism_napari.inference",
+        "schism_napari.runs",
+        "skimage.feature",  # the forest preview's features
+        "sklearn.ensemble",
+    ):
+        importlib.import_module(module)
     return select_device("auto").type
 
 
