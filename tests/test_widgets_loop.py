@@ -305,6 +305,9 @@ class WatchTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, WatchTorch())
+from schism_napari.launch import load_triton_before_opengl
+
+load_triton_before_opengl()  # CUDA torch builds: triton after Mesa's llvmpipe segfaults (not torch)
 import napari
 from qtpy.QtWidgets import QApplication
 from schism_napari._widgets.session import session_for
@@ -317,8 +320,8 @@ deadline = time.monotonic() + 120
 while job.state.value != "done" and time.monotonic() < deadline:
     QApplication.processEvents()
     time.sleep(0.01)
-print(opened_without_torch, imported_on, job.state.value, job.error)
 ok = imported_on == {"main": False} and job.state.value == "done"
+print(opened_without_torch, imported_on, job.state.value, job.error, flush=True)
 viewer.close()
 sys.exit(0 if ok else 1)
 """

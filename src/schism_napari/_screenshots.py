@@ -16,6 +16,9 @@ from typing import Any
 def capture(out: Path, epochs: int = 8) -> list[Path]:
     # a throw-away napari settings file: no pop-up notifications in the pictures, user settings untouched
     os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="schism-napari-settings-")) / "settings.yaml")
+    from .launch import load_triton_before_opengl
+
+    load_triton_before_opengl()
     import napari
     from napari.settings import get_settings
     from qtpy.QtWidgets import QApplication

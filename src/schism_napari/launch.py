@@ -50,7 +50,23 @@ def launch(out: Path, *, headless: bool = False) -> int:
     return completed.returncode
 
 
+def load_triton_before_opengl() -> None:
+    """Import triton, when installed, before napari creates its OpenGL context.
+
+    CUDA builds of torch bring triton, which carries its own LLVM. Under Mesa's software OpenGL
+    (llvmpipe: Xvfb here), loading triton after the viewer exists segfaulted the process (torch
+    imports triton with torchvision); in the other order both work. The dock imports torch only
+    after it opens, so a launcher that creates the viewer loads triton first.
+    """
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton")
+
+
 def open_viewer() -> int:
+    load_triton_before_opengl()
     import napari
 
     setup_viewer(napari.Viewer(title="schism-napari"))
