@@ -252,3 +252,31 @@ def test_torchvision_shim_makes_smp_importable_in_a_fresh_interpreter() -> None:
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "OK" in completed.stdout and "(1, 2, 64, 64)" in completed.stdout
+
+
+def test_torchvision_shim_is_safe_from_two_threads_at_once() -> None:
+    """The napari dock's worker imports smp while a form edit validates on the GUI thread: the shim
+    runs in both, and declaring the schemas twice used to raise (and abort `schism launch`)."""
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        from schism_napari._torchvision_compat import ensure_torchvision_importable
+        errors, start = [], threading.Barrier(4)
+        def run():
+            start.wait()
+            try:
+                ensure_torchvision_importable()
+                import segmentation_models_pytorch
+            except Exception as error:
+                errors.append(repr(error))
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print("errors", errors)
+        sys.exit(1 if errors else 0)
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
