@@ -108,13 +108,10 @@ def sample_rock_ct_scribbles() -> list[tuple]:
 
 def _class_metadata() -> dict[str, Any]:
     """Class names and colours travel with the layer, for the widgets and the Labels colormap."""
-    from napari.utils.colormaps import DirectLabelColormap
-
+    from ._widgets.session import class_colormap
     from .sample import CLASS_COLORS, CLASS_NAMES
 
-    colors: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
-    colors.update({k + 1: [c / 255 for c in color] + [1.0] for k, color in enumerate(CLASS_COLORS)})
     return {
         "metadata": {"schism_classes": list(CLASS_NAMES), "schism_colors": [list(c) for c in CLASS_COLORS]},
-        "colormap": DirectLabelColormap(color_dict=colors),
+        "colormap": class_colormap(CLASS_COLORS),
     }

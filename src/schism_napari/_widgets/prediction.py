@@ -660,20 +660,31 @@ def _in_full_size(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A one-slice preview placed at slice ``z`` of full-size arrays, the other slices as the
     image's outputs hold them (zeros where there are none yet)."""
-    full_labels = np.zeros(spatial_shape, dtype=np.uint8)
-    if outputs.labels is not None and outputs.labels.data.shape == spatial_shape:
-        full_labels[:] = outputs.labels.data
-    full_labels[z] = labels
-    full = np.zeros((spatial_shape[0], *probabilities.shape), dtype=np.float32)
-    previous = outputs.probabilities_array(spatial_shape)
+
+    def held(layer: Any) -> Any:
+        return layer.data if layer is not None and layer.data.shape == spatial_shape else None
+
+    return (
+        _placed_at(z, labels, spatial_shape, np.uint8, held(outputs.labels)),
+        _placed_at(
+            z,
+            probabilities,
+            (spatial_shape[0], *probabilities.shape),
+            np.float32,
+            outputs.probabilities_array(spatial_shape),
+        ),
+        _placed_at(z, uncertainty, spatial_shape, np.float32, held(outputs.uncertainty)),
+    )
+
+
+def _placed_at(z: int, values: np.ndarray, shape: tuple[int, ...], dtype: Any, previous: Any) -> np.ndarray:
+    """``values`` at slice ``z`` of a new array of ``shape``, the other slices from ``previous``
+    (None: zeros)."""
+    full = np.zeros(shape, dtype=dtype)
     if previous is not None:
         full[:] = previous
-    full[z] = probabilities
-    full_uncertainty = np.zeros(spatial_shape, dtype=np.float32)
-    if outputs.uncertainty is not None and outputs.uncertainty.data.shape == spatial_shape:
-        full_uncertainty[:] = outputs.uncertainty.data
-    full_uncertainty[z] = uncertainty
-    return full_labels, full, full_uncertainty
+    full[z] = values
+    return full
 
 
 def _predict(

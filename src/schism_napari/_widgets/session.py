@@ -401,7 +401,8 @@ def _import_the_core() -> str:
 
     from ..devices import select_device
 
-    interactive_config()  # validates: torch.optim, the schedulers, smp's losses
+    device = select_device("auto").type
+    interactive_config(device)  # validates: torch.optim, the schedulers, smp's losses
     for module in (
         "schism_napari.training.trainer",
         "schism_napari.inference",
@@ -410,7 +411,7 @@ def _import_the_core() -> str:
         "sklearn.ensemble",
     ):
         importlib.import_module(module)
-    return select_device("auto").type
+    return device
 
 
 def _warm_up_failed(error: BaseException) -> None:
