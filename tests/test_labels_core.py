@@ -83,3 +83,25 @@ def test_read_pair_is_what_the_reader_shows(sample_files):
     # rock_b stores gray levels 0/128/255: decoded with the dataset's encoding, as the reader does
     np.testing.assert_array_equal(labels, layers["rock_b masks"][2])
     assert set(np.unique(labels)) <= {1, 2, 3}
+
+
+def test_corrections_survive_new_predictions_and_count_exactly():
+    from schism_napari.data.labels import Corrections
+
+    first = np.ones((3, 4, 4), np.uint8)
+    corrections = Corrections(first)
+    layer = first.copy()
+    layer[0, 0, 0] = 2  # an edit
+    corrections.review(2)
+    second = np.full((3, 4, 4), 2, np.uint8)  # the next model agrees with the edit and changes the rest
+    shown = corrections.repredicted(layer, second)
+    assert shown[0, 0, 0] == 2 and (shown[2] == 1).all()  # the reviewed slice keeps what it showed
+    assert (shown[1] == 2).all()  # elsewhere the new prediction
+    third = np.full((3, 4, 4), 3, np.uint8)
+    shown = corrections.repredicted(shown, third)
+    assert shown[0, 0, 0] == 2, "an edit that a prediction once agreed with is still the user's"
+    mask = corrections.mask(shown, 3)
+    assert np.count_nonzero(mask != IGNORE) == 1 + 16 and mask[0, 0, 0] == 1 and (mask[2] == 0).all()
+    corrections.unreview(2)
+    assert np.count_nonzero(corrections.mask(shown, 3) != IGNORE) == 1
+    assert (corrections.repredicted(shown, third)[2] == 3).all()  # no longer reviewed: replaced

@@ -230,6 +230,115 @@ def test_corrections_count_not_the_uncorrected_prediction(
     assert any("captured" in m for m in errors(notifications))
 
 
+def test_corrections_survive_predictions_and_a_reopened_dock(
+    qtbot, make_napari_viewer, tmp_path, trained_run, rock, monkeypatch
+):
+    """One user's session: predict, correct a block, mark a slice reviewed, add to the training set,
+    predict twice more (once from a reopened dock): the corrected and reviewed pixels stay, and the
+    training mask is exactly the user's labels. Clearing the review hands the slice back."""
+    from schism_napari._widgets import session as session_module
+
+    viewer = make_napari_viewer()
+    dock_widget, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    image = viewer.add_image(volume, name="scan")
+    add_scribble_pair(viewer, dock, image, viewer.add_labels(painted, name="strokes"))
+    prediction = dock.prediction
+    prediction.run_folder.value = trained_run
+    prediction.load_button.clicked.emit()
+    prediction.reset_choices()
+    prediction.image.value = image
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    labels = viewer.layers["scan prediction"]
+    corrected = labels.data.copy()
+    corrected[1, 10:20, 10:20] = np.where(corrected[1, 10:20, 10:20] == 2, 3, 2)  # every pixel changed
+    labels.data = corrected
+    viewer.dims.set_current_step(viewer.dims.ndim - 3, 3)
+    prediction.review_button.clicked.emit()
+    assert prediction.review_button.text == "Clear slice review" and "3" in prediction.status.value
+    reviewed = labels.data[3].copy()
+    prediction.add_button.clicked.emit()
+    labels.data[3, :5, :5] = 0  # the user erases a corner of the reviewed slice: still theirs
+    labels.refresh()
+    reviewed[:5, :5] = 0
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+
+    viewer.window.remove_dock_widget(dock_widget)  # the dock is closed and opened again
+    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    prediction = dock.prediction
+    assert dock.training.runs_folder.value == tmp_path / "runs"  # the user's runs folder, not ~/
+    assert prediction.labels_layer is labels and prediction.source_layer is image
+    prediction.reset_choices()
+    prediction.image.value = image
+    click_and_wait(qtbot, prediction, prediction.predict_button)
+    assert [layer.name for layer in viewer.layers].count("scan prediction") == 1  # one family per image
+    np.testing.assert_array_equal(labels.data[1, 10:20, 10:20], corrected[1, 10:20, 10:20])
+    np.testing.assert_array_equal(labels.data[3], reviewed)
+    assert prediction.review_button.text == "Clear slice review"  # still on slice 3, still reviewed
+
+    trained_on: list = []
+
+    def capture(sources):
+        trained_on.append(sources)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(session_module.TrainingSources, "load", capture)
+    click_and_wait(qtbot, dock.training, dock.training.train_button)
+    mask = trained_on[0].masks[1]
+    expected = np.full(volume.shape, IGNORE, np.uint8)
+    expected[1, 10:20, 10:20] = corrected[1, 10:20, 10:20] - 1
+    expected[3] = np.where(reviewed == 0, IGNORE, reviewed.astype(np.int64) - 1)
+    np.testing.assert_array_equal(mask, expected)  # exactly the user's labels, nothing of the model's
+
+    prediction.review_button.clicked.emit()  # clear the review of slice 3: only its edits stay the user's
+    assert prediction.review_button.text == "Mark slice reviewed"
+    click_and_wait(qtbot, dock.training, dock.training.train_button)
+    mask = trained_on[1].masks[1]
+    assert np.count_nonzero(mask[3] != IGNORE) == 0 and np.count_nonzero(mask != IGNORE) == 100
+
+
+def test_class_colours_recolour_every_result_layer(qtbot, make_napari_viewer, tmp_path, trained_run, rock):
+    """Class names and colours set in the dock reach the preview, the prediction and the per-class
+    probability layers of every image, and survive a reopened dock."""
+    from schism_napari._widgets.training import show_preview
+    from schism_napari._widgets.turns import run_in_turns
+
+    viewer = make_napari_viewer()
+    dock_widget, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    first = viewer.add_image(volume, name="first")
+    second = viewer.add_image(volume[:, ::-1].copy(), name="second")
+    strokes = viewer.add_labels(painted, name="strokes")
+    add_scribble_pair(viewer, dock, first, strokes)
+    session = dock.training.session
+    probabilities = np.zeros((3, 96, 96), np.float32)
+    probabilities[1] = 1
+    run_in_turns(show_preview(viewer, session, first, probabilities, 2, "forest"), done=lambda: None, failed=print)
+    qtbot.waitUntil(lambda: "first preview" in viewer.layers, timeout=5000)
+    layers = list(viewer.layers)
+    assert layers.index(viewer.layers["first preview"]) < layers.index(strokes)  # never over the scribbles
+    prediction = dock.prediction
+    prediction.run_folder.value = trained_run
+    prediction.load_button.clicked.emit()
+    prediction.layout_choice.value = "one layer per class"
+    prediction.reset_choices()
+    for image in (first, second):
+        prediction.image.value = image
+        click_and_wait(qtbot, prediction, prediction.predict_button)
+    assert not viewer.layers["first preview"].visible  # the prediction took over
+
+    viewer.window.remove_dock_widget(dock_widget)
+    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    assert dock.prediction.layout_choice.value == "one layer per class"
+    dock.dataset.class_names.value = "pore, rock, ore"
+    dock.dataset.class_colors.value = "#ff0000, #00ff00, #0000ff"
+    dock.dataset.apply_classes_button.clicked.emit()
+    for name in ("first preview", "first prediction", "second prediction", "strokes"):
+        np.testing.assert_allclose(viewer.layers[name].colormap.map(np.array([3]))[0][:3], [0, 0, 1])
+        assert viewer.layers[name].metadata["schism_classes"] == ["pore", "rock", "ore"]
+    assert "second P(ore)" in viewer.layers and "first P(rock)" in viewer.layers
+
+
 def test_results_do_not_stall_the_event_loop(qtbot, make_napari_viewer, tmp_path, trained_run, rock, layer_adds):
     """The first prediction of an image adds its three layers one per event-loop turn; predicting
     again updates them in place. A 10 ms QTimer measures the longest gap each time."""

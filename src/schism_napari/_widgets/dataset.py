@@ -247,12 +247,10 @@ class DatasetWidget(FollowsJob, Container):
         try:
             text = str(self.class_colors.value).strip()
             colors = [_parse_color(c) for c in text.split(",")] if text else None
-            self.session.set_classes(names, colors)
+            self.session.set_classes(names, colors)  # the session recolours every layer that shows classes
         except SchismError as error:
             show_error(str(error))
             return
-        for pair in self.session.pairs:
-            self.session.paint_colors(pair.labels)
         self.status.value = "class names set: they are saved with the next training run"
 
     def _show_pairs(self) -> None:

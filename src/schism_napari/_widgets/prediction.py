@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +33,21 @@ from qtpy.QtWidgets import QFileDialog
 from .. import events
 from ..data import labels_to_mask, mask_to_labels
 from ..data.export import write_training_pair
+from ..data.labels import Corrections
 from ..data.uncertainty import margin_uncertainty, most_uncertain_slice
 from ..errors import Cancelled, SchismError
 from .config_form import ConfigForm
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import EventRelay, describe
-from .session import Session, class_colormap, follow_layers, layer_choices, session_for, unwrap_viewer
+from .session import (
+    ResultLayers,
+    Session,
+    follow_layers,
+    layer_choices,
+    probability_layer_name,
+    session_for,
+    unwrap_viewer,
+)
 from .turns import Steps, add_in_turns, camera_kept, prepare_layer_code, run_in_turns
 
 PLANES_HELP = (
@@ -57,34 +65,6 @@ EXPORT_FORMATS = {  # format -> (file suffix, save dialog filter)
     "bioimageio": (".zip", "bioimage.io package (*.zip)"),
 }
 PROBABILITY_STYLE = {"colormap": "magma", "contrast_limits": (0.0, 1.0), "opacity": 0.6, "blending": "additive"}
-
-
-@dataclass
-class Outputs:
-    """The layers holding one image's prediction: updated in place when it is predicted again."""
-
-    labels: Labels | None = None
-    probabilities: list[Image] = field(default_factory=list)
-    uncertainty: Image | None = None
-    predicted: np.ndarray | None = None  # the labels as the model made them: edits are what differs
-    reviewed: set[int] = field(default_factory=set)  # slices the user checked whole
-
-    def drop_removed(self, layers: Any) -> None:
-        if self.labels is not None and self.labels not in layers:
-            self.labels = None
-            self.predicted = None
-        if self.uncertainty is not None and self.uncertainty not in layers:
-            self.uncertainty = None
-        self.probabilities = [p for p in self.probabilities if p in layers]
-
-    def probabilities_array(self, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
-        """The current probabilities as (Z, C, Y, X), whichever layout the layers have."""
-        layers = self.probabilities
-        if len(layers) == 1 and layers[0].data.shape[1:] == spatial_shape:
-            return np.moveaxis(np.asarray(layers[0].data), 0, -3)
-        if layers and all(p.data.shape == spatial_shape for p in layers):
-            return np.stack([np.asarray(p.data) for p in layers], axis=-3)
-        return None
 
 
 if TYPE_CHECKING:
@@ -168,9 +148,7 @@ class PredictionWidget(FollowsJob, Container):
                 Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
                 self.progress,
                 self.threshold,
-                Container(
-                    widgets=[self.review_button, self.next_uncertain_button], layout="horizontal", labels=False
-                ),
+                Container(widgets=[self.review_button, self.next_uncertain_button], layout="horizontal", labels=False),
                 self.add_button,
                 self.datasets_folder,
                 self.save_button,
@@ -179,10 +157,16 @@ class PredictionWidget(FollowsJob, Container):
             ]
         )
         self.job: Job = self.session.job("prediction")
-        self.outputs: weakref.WeakKeyDictionary[Image, Outputs] = weakref.WeakKeyDictionary()
-        self.source_layer: Image | None = None  # the image of the latest prediction
-        self.labels_layer: Labels | None = None  # its Labels layer (the one to correct)
         self._foreground: np.ndarray | None = None  # binary models: P(class 1), for the threshold slider
+        self.ensemble_runs = list(self.session.setting("ensemble runs", []))
+        self._show_ensemble()
+        for key, widget in (
+            ("prediction run folder", self.run_folder),
+            ("datasets folder", self.datasets_folder),
+            ("probability layout", self.layout_choice),
+            ("current slice only", self.current_slice),
+        ):
+            self.session.keep_setting(key, widget)
 
         self.run_folder.changed.connect(self._list_weights)
         self.load_button.changed.connect(self.load_run)
@@ -205,8 +189,22 @@ class PredictionWidget(FollowsJob, Container):
         follow(native, self.job.event, self._on_event)
         follow(native, self.export_job.state_changed, lambda _state: self._update_enabled())
         follow_layers(viewer, self.image)  # only the layer list: the weights choice stays
+        follow(native, viewer.dims.events.current_step, self._show_review)
         self._on_model(self.session.model)
         self._offer_planes()
+        self._show_review()
+
+    @property
+    def source_layer(self) -> Image | None:
+        """The image predicted last (in this viewer, whichever dock predicted it)."""
+        latest = self.session.latest(self.viewer.layers)
+        return None if latest is None else latest[0]
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        """The Labels layer of the latest prediction: the one the user corrects."""
+        latest = self.session.latest(self.viewer.layers)
+        return None if latest is None else latest[1].labels
 
     # ---- model -------------------------------------------------------------------------------
 
@@ -295,6 +293,7 @@ class PredictionWidget(FollowsJob, Container):
         self._show_ensemble()
 
     def _show_ensemble(self) -> None:
+        self.session.settings["ensemble runs"] = list(self.ensemble_runs)
         count = len(self.ensemble_runs)
         if not count:
             self.ensemble_label.value = "one run (the current model)"
@@ -430,53 +429,56 @@ class PredictionWidget(FollowsJob, Container):
         A generator, run by :func:`.turns.run_in_turns`: each layer napari has to create gets an
         event-loop turn of its own (about 0.1 s each); updating existing layers takes one turn.
         """
-        outputs = self.outputs.setdefault(layer, Outputs())
-        outputs.drop_removed(self.viewer.layers)
+        family = self.session.results_for(layer, self.viewer.layers)
         spatial_shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
         probabilities = np.asarray(result.probabilities)  # (C, Y, X) or (Z, C, Y, X)
         labels = mask_to_labels(np.asarray(result.labels))
         if z is not None:  # preview of one slice: place it in full-size layers
             labels, probabilities, uncertainty = _in_full_size(
-                outputs, spatial_shape, z, labels, probabilities, uncertainty
+                family, spatial_shape, z, labels, probabilities, uncertainty
             )
         by_class = np.moveaxis(probabilities, -3, 0)  # (C, [Z,] Y, X)
-        labels_layer = yield from self._update_labels_layer(layer, outputs, model, labels)
-        yield from self._update_probability_layers(layer, outputs, model, by_class)
-        yield from self._update_uncertainty_layer(layer, outputs, uncertainty)
+        labels_layer = yield from self._update_labels_layer(layer, family, model, labels)
+        yield from self._update_probability_layers(layer, family, model, by_class)
+        yield from self._update_uncertainty_layer(layer, family, uncertainty)
         _name_viewer_axes(self.viewer)
         # keep the labels on top: they are what the user corrects
         if self.viewer.layers[-1] is not labels_layer:
             self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
-        outputs.predicted = np.array(labels_layer.data, copy=True)
+        if family.preview is not None:  # the prediction takes over from Train's one-slice preview
+            family.preview.visible = False
         pair = self.session.pair_of(labels_layer)
-        if pair is not None:  # predicted again after "Add to training set": edits count from here
-            pair.predicted, pair.reviewed = outputs.predicted, outputs.reviewed
-        self.source_layer, self.labels_layer = layer, labels_layer
+        if pair is not None:  # predicted again after "Add to training set": the same corrections count
+            pair.corrections = family.corrections
+        self.session.latest_image = weakref.ref(layer)
         self._foreground = by_class[1] if model.class_count == 2 else None
+        self._show_review()
 
     def _update_labels_layer(
-        self, layer: Image, outputs: Outputs, model: Any, labels: np.ndarray
+        self, layer: Image, family: ResultLayers, model: Any, labels: np.ndarray
     ) -> Generator[None, None, Labels]:
-        colors = model.class_colors or self.session.colors()
-        wanted = [[int(v) for v in c] for c in colors]
-        if outputs.labels is not None:
-            outputs.labels.data = labels
-            if outputs.labels.metadata.get("schism_colors") != wanted:  # a new colormap redraws: only on change
-                outputs.labels.colormap = class_colormap(wanted)
+        """New labels into the image's prediction layer; what the user edited or reviewed there stays."""
+        if family.labels is not None and family.corrections is not None:
+            family.labels.data = family.corrections.repredicted(family.labels.data, labels)
+        elif family.labels is not None:
+            family.labels.data = labels
+            family.corrections = Corrections(labels)
         else:
-            outputs.labels = Labels(
+            family.labels = Labels(
                 labels,
                 name=f"{layer.name} prediction",
                 scale=layer.scale[-labels.ndim :],
                 translate=layer.translate[-labels.ndim :],
-                colormap=class_colormap(wanted),
             )
-            yield from add_in_turns(self.viewer, outputs.labels, select=True)  # the layer to correct
-        outputs.labels.metadata.update(schism_classes=model.class_names, schism_colors=wanted)
-        return outputs.labels
+            family.corrections = Corrections(labels)
+            self.session.paint_colors(family.labels, model.class_count)
+            yield from add_in_turns(self.viewer, family.labels, select=True)  # the layer to correct
+        self.session.paint_colors(family.labels, model.class_count)  # only a change of colours redraws
+        return family.labels
 
-    def _update_probability_layers(self, layer: Image, outputs: Outputs, model: Any, by_class: np.ndarray) -> Steps:
-        existing = outputs.probabilities
+    def _update_probability_layers(self, layer: Image, family: ResultLayers, model: Any, by_class: np.ndarray) -> Steps:
+        existing = family.probabilities
+        names = self.session.names(model.class_count)
         per_class = self.layout_choice.value == PER_CLASS
         if per_class and len(existing) == len(by_class) and existing[0].data.shape == by_class.shape[1:]:
             for probability_layer, data in zip(existing, by_class, strict=True):
@@ -496,14 +498,14 @@ class PredictionWidget(FollowsJob, Container):
             new = [
                 Image(
                     data,
-                    name=f"{layer.name} P({name})",
+                    name=probability_layer_name(layer.name, name),
                     scale=scale,
                     translate=translate,
                     axis_labels=axes,
                     visible=False,
                     **PROBABILITY_STYLE,
                 )
-                for data, name in zip(by_class, model.class_names, strict=True)
+                for data, name in zip(by_class, names, strict=True)
             ]
         else:
             new = [
@@ -513,23 +515,23 @@ class PredictionWidget(FollowsJob, Container):
                     scale=(1.0, *scale),
                     translate=(0.0, *translate),
                     axis_labels=("class", *axes),
-                    metadata={"schism_classes": model.class_names},
+                    metadata={"schism_classes": names},
                     visible=False,
                     **PROBABILITY_STYLE,
                 )
             ]
-        outputs.probabilities = new
+        family.probabilities = new
         for probability_layer in new:
             yield from add_in_turns(self.viewer, probability_layer)
 
-    def _update_uncertainty_layer(self, layer: Image, outputs: Outputs, uncertainty: np.ndarray) -> Steps:
+    def _update_uncertainty_layer(self, layer: Image, family: ResultLayers, uncertainty: np.ndarray) -> Steps:
         """1 - margin between the two likeliest classes: bright where a correction helps most."""
-        if outputs.uncertainty is not None and outputs.uncertainty.data.shape == uncertainty.shape:
-            outputs.uncertainty.data = uncertainty
+        if family.uncertainty is not None and family.uncertainty.data.shape == uncertainty.shape:
+            family.uncertainty.data = uncertainty
             return
-        if outputs.uncertainty is not None:
-            self.viewer.layers.remove(outputs.uncertainty)
-        outputs.uncertainty = Image(
+        if family.uncertainty is not None:
+            self.viewer.layers.remove(family.uncertainty)
+        family.uncertainty = Image(
             uncertainty,
             name=f"{layer.name} uncertainty",
             scale=layer.scale[-uncertainty.ndim :],
@@ -541,62 +543,80 @@ class PredictionWidget(FollowsJob, Container):
             blending="additive",
             visible=False,
         )
-        yield from add_in_turns(self.viewer, outputs.uncertainty)
+        yield from add_in_turns(self.viewer, family.uncertainty)
 
     def _apply_threshold(self) -> None:
-        if self._foreground is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+        """A new threshold is a new prediction, not a correction: the user's edits and reviewed
+        slices stay as they are."""
+        latest = self.session.latest(self.viewer.layers)
+        if self._foreground is None or latest is None:
             return
+        family = latest[1]
+        assert family.labels is not None and family.corrections is not None
         labels = ((self._foreground > self.threshold.value).astype(np.uint8) + 1).astype(np.uint8)
-        self.labels_layer.data = labels
-        outputs = self._latest_outputs()
-        if outputs is not None:  # a new threshold is a new prediction, not a correction
-            outputs.predicted = labels.copy()
-            pair = self.session.pair_of(self.labels_layer)
-            if pair is not None:
-                pair.predicted = outputs.predicted
+        family.labels.data = family.corrections.repredicted(family.labels.data, labels)
 
     # ---- correct and retrain -----------------------------------------------------------------
 
-    def _latest_outputs(self) -> Outputs | None:
-        latest = self._latest()
-        return None if latest is None else latest[0]
-
-    def _latest(self) -> tuple[Outputs, Labels] | None:
-        """The outputs of the latest prediction and its Labels layer, while that layer is in the viewer."""
-        labels = self.labels_layer
-        if self.source_layer is None or labels is None or labels not in self.viewer.layers:
-            return None
-        outputs = self.outputs.get(self.source_layer)
-        return (outputs, labels) if outputs is not None and outputs.labels is labels else None
+    def _latest(self) -> tuple[Image, ResultLayers] | None:
+        return self.session.latest(self.viewer.layers)
 
     def _current_z(self) -> int:
         return int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3]) if self.viewer.dims.ndim >= 3 else 0
 
-    def mark_reviewed(self) -> None:
-        """The current slice of the latest prediction is right as it stands: all of it becomes labels."""
+    def _reviewed_here(self) -> tuple[ResultLayers, int] | None:
+        """The latest prediction's family and the slice on screen (0 for a 2D image)."""
         latest = self._latest()
         if latest is None:
+            return None
+        family = latest[1]
+        assert family.labels is not None
+        return family, (self._current_z() if family.labels.data.ndim == 3 else 0)
+
+    def mark_reviewed(self) -> None:
+        """The current slice of the latest prediction is right as it stands: all of it becomes labels,
+        and later predictions leave it as it is. Pressed on a reviewed slice, it clears the review."""
+        here = self._reviewed_here()
+        if here is None:
             show_error("no prediction to review: predict an image first")
             return
-        outputs, labels = latest
-        z = self._current_z() if labels.data.ndim == 3 else 0
-        outputs.reviewed.add(z)
-        self.status.value = f"reviewed slices: {', '.join(map(str, sorted(outputs.reviewed)))}"
+        family, z = here
+        assert family.corrections is not None
+        if z in family.corrections.reviewed:
+            family.corrections.unreview(z)
+        else:
+            family.corrections.review(z)
+        self._show_review()
         self.session.labels_edited.emit()
+
+    def _show_review(self, _event: Any = None) -> None:
+        """The review button says what it will do on this slice; the status lists the reviewed slices."""
+        here = self._reviewed_here()
+        reviewed = here is not None and here[0].corrections is not None and here[1] in here[0].corrections.reviewed
+        self.review_button.text = "Clear slice review" if reviewed else "Mark slice reviewed"
+        self.review_button.tooltip = (
+            "This slice is reviewed: predictions keep it and training takes all of it. Clear the review to let "
+            "the next prediction replace what you did not edit."
+            if reviewed
+            else "The whole current slice is right as it is: train on all of it, and keep it in later predictions."
+        )
+        if here is not None and here[0].corrections is not None and here[0].corrections.reviewed:
+            slices = ", ".join(map(str, sorted(here[0].corrections.reviewed)))
+            self.status.value = f"reviewed slices (kept by new predictions): {slices}"
 
     def next_uncertain_slice(self) -> int | None:
         """Move the viewer to the slice the model is least sure of, skipping reviewed slices."""
         latest = self._latest()
-        if latest is None or latest[0].uncertainty is None:
+        if latest is None or latest[1].uncertainty is None:
             show_error("no prediction yet: predict a stack first")
             return None
-        outputs, labels = latest
-        assert outputs.uncertainty is not None
-        z = most_uncertain_slice(np.asarray(outputs.uncertainty.data), outputs.reviewed)
+        family = latest[1]
+        assert family.uncertainty is not None and family.labels is not None and family.corrections is not None
+        z = most_uncertain_slice(np.asarray(family.uncertainty.data), family.corrections.reviewed)
         if z is None:
-            show_info("nothing left to review" if outputs.uncertainty.data.ndim == 3 else "a 2D image has one slice")
+            show_info("nothing left to review" if family.uncertainty.data.ndim == 3 else "a 2D image has one slice")
             return None
-        world = labels.data_to_world([z, 0, 0])[0]
+        world = family.labels.data_to_world([z, 0, 0])[0]
         axis = self.viewer.dims.ndim - 3
         self.viewer.dims.set_point(axis, world)
         self.status.value = f"slice {z}: the model is least sure here"
@@ -604,18 +624,16 @@ class PredictionWidget(FollowsJob, Container):
 
     def add_to_training_set(self) -> None:
         latest = self._latest()
-        if latest is None or self.source_layer is None:
+        if latest is None:
             show_error("no prediction to add: predict an image first, then correct it with the brush")
             return
-        outputs, labels = latest
+        image, family = latest
+        labels = family.labels
         try:
-            self.session.add_pair(self.source_layer, labels, predicted=outputs.predicted)
+            self.session.add_pair(image, labels, corrections=family.corrections)
         except SchismError as error:
             show_error(str(error))
             return
-        pair = self.session.pair_of(labels)
-        if pair is not None:
-            pair.reviewed = outputs.reviewed  # shared: slices reviewed later count too
         self.session.labels_edited.emit()
         show_info(
             f"{labels.name} joins the training set: only your corrections and the slices marked "
@@ -651,7 +669,7 @@ class PredictionWidget(FollowsJob, Container):
 
 
 def _in_full_size(
-    outputs: Outputs,
+    family: ResultLayers,
     spatial_shape: tuple[int, ...],
     z: int,
     labels: np.ndarray,
@@ -659,21 +677,30 @@ def _in_full_size(
     uncertainty: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A one-slice preview placed at slice ``z`` of full-size arrays, the other slices as the
-    image's outputs hold them (zeros where there are none yet)."""
+    image's results hold them (zeros where there are none yet); the other slices' labels are the
+    model's, to which the user's corrections are then applied again."""
 
     def held(layer: Any) -> Any:
         return layer.data if layer is not None and layer.data.shape == spatial_shape else None
 
+    corrections = family.corrections
+    predicted = None if corrections is None else corrections.predicted
     return (
-        _placed_at(z, labels, spatial_shape, np.uint8, held(outputs.labels)),
+        _placed_at(
+            z,
+            labels,
+            spatial_shape,
+            np.uint8,
+            predicted if predicted is not None and predicted.shape == spatial_shape else held(family.labels),
+        ),
         _placed_at(
             z,
             probabilities,
             (spatial_shape[0], *probabilities.shape),
             np.float32,
-            outputs.probabilities_array(spatial_shape),
+            family.probabilities_array(spatial_shape),
         ),
-        _placed_at(z, uncertainty, spatial_shape, np.float32, held(outputs.uncertainty)),
+        _placed_at(z, uncertainty, spatial_shape, np.float32, held(family.uncertainty)),
     )
 
 

@@ -22,7 +22,7 @@ from psygnal import Signal
 from ..config import SchismConfig
 from ..data import labels_to_mask, load_dataset, samples_from_arrays
 from ..data.dataset import SegmentationData, merge_datasets
-from ..data.labels import corrections_to_mask
+from ..data.labels import Corrections
 from ..errors import DataError
 from ..planning import interactive_config, plan_config
 from .jobs import Job
@@ -56,19 +56,54 @@ class LayerPair:
 
     image: Any  # napari.layers.Image
     labels: Any  # napari.layers.Labels
-    predicted: np.ndarray | None = None  # a prediction as the model made it: only edits count
-    reviewed: set[int] = field(default_factory=set)  # slices the user checked whole
+    corrections: Corrections | None = None  # a corrected prediction: only edits and reviewed slices count
 
     def mask(self, class_count: int) -> np.ndarray:
         """The training mask: painted pixels, or for a corrected prediction, edits + reviewed slices."""
         edited = np.asarray(self.labels.data)
-        if self.predicted is None:
+        if self.corrections is None:
             return labels_to_mask(edited, class_count)
-        return corrections_to_mask(self.predicted, edited, class_count, self.reviewed)
+        return self.corrections.mask(edited, class_count)
 
     @property
     def name(self) -> str:
         return f"{self.image.name} + {self.labels.name}"
+
+
+@dataclass
+class ResultLayers:
+    """One image's family of result layers, and the user's corrections of its prediction.
+
+    It belongs to the session, not to a widget: a dock closed and reopened finds the same layers
+    (updated in place by the next prediction, never duplicated) and the same corrections. Every
+    layer of the family follows the session's class names and colours.
+    """
+
+    preview: Any = None  # Labels: the forest's (then the network's) labels of one slice, made at Train
+    labels: Any = None  # Labels: the prediction, which the user corrects
+    probabilities: list[Any] = field(default_factory=list)  # Image: one with a class axis, or one per class
+    uncertainty: Any = None  # Image
+    corrections: Corrections | None = None  # the model's labels, the user's edits, reviewed slices
+
+    def drop_removed(self, layers: Any) -> None:
+        """Forget layers the user deleted (a deleted prediction takes its corrections with it)."""
+        if self.labels is not None and self.labels not in layers:
+            self.labels = None
+            self.corrections = None
+        if self.preview is not None and self.preview not in layers:
+            self.preview = None
+        if self.uncertainty is not None and self.uncertainty not in layers:
+            self.uncertainty = None
+        self.probabilities = [p for p in self.probabilities if p in layers]
+
+    def probabilities_array(self, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The current probabilities as (Z, C, Y, X), whichever layout the layers have."""
+        layers = self.probabilities
+        if len(layers) == 1 and layers[0].data.shape[1:] == spatial_shape:
+            return np.moveaxis(np.asarray(layers[0].data), 0, -3)
+        if layers and all(p.data.shape == spatial_shape for p in layers):
+            return np.stack([np.asarray(p.data) for p in layers], axis=-3)
+        return None
 
 
 @dataclass
@@ -149,6 +184,12 @@ class Session:
         self.class_colors: list[tuple[int, int, int]] | None = None
         self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan", "export", "warm-up")}
         self.jobs["training"].state_changed.connect(lambda state: self.busy_changed.emit(state.busy))
+        # image layer -> its result layers: weak, so a deleted image takes its family along
+        self.results: weakref.WeakKeyDictionary[Any, ResultLayers] = weakref.WeakKeyDictionary()
+        self.latest_image: weakref.ReferenceType[Any] | None = None  # the image predicted last
+        # what the user set in the widgets (runs folder, folders, choices): a reopened dock shows it again
+        self.settings: dict[str, Any] = {}
+        self.classes_changed.connect(self.recolor)
 
     def warm_up(self) -> None:
         """Import torch and smp and find the device in a worker, so the dock opens at once.
@@ -218,8 +259,8 @@ class Session:
             self.class_names, self.class_colors = class_names, colors
         self.data_changed.emit()
 
-    def add_pair(self, image: Any, labels: Any, predicted: np.ndarray | None = None) -> None:
-        """Pair an image with its labels; with ``predicted`` the labels are a corrected prediction
+    def add_pair(self, image: Any, labels: Any, corrections: Corrections | None = None) -> None:
+        """Pair an image with its labels; with ``corrections`` the labels are a corrected prediction
         and only the user's edits (and slices marked reviewed) will count."""
         if image.data.shape[: labels.data.ndim] != labels.data.shape and not (
             image.rgb and image.data.shape[:-1] == labels.data.shape
@@ -229,14 +270,14 @@ class Session:
             )
         existing = next((p for p in self.pairs if p.image is image and p.labels is labels), None)
         if existing is not None:
-            if predicted is not None:
-                existing.predicted = predicted
+            if corrections is not None:
+                existing.corrections = corrections
             return
         names = labels.metadata.get("schism_classes")
         if names and len(names) == self.config.model.class_count and not self.class_names:
             colors = labels.metadata.get("schism_colors")
             self.class_names, self.class_colors = list(names), [tuple(c) for c in colors] if colors else None
-        self.pairs.append(LayerPair(image, labels, predicted))
+        self.pairs.append(LayerPair(image, labels, corrections))
         if not any(p.labels is labels for p in self.pairs[:-1]):
             labels.events.paint.connect(self._labels_painted)
         self.data_changed.emit()
@@ -302,6 +343,19 @@ class Session:
             self.class_names = model.class_names
             self.class_colors = model.class_colors or self.class_colors
         self.model_changed.emit(model)
+        if model is not None:
+            self.classes_changed.emit()  # the model's names and colours: every class layer follows
+
+    def setting(self, key: str, default: Any) -> Any:
+        """A widget value the user set earlier in this viewer (see :meth:`keep_setting`)."""
+        return self.settings.get(key, default)
+
+    def keep_setting(self, key: str, widget: Any) -> None:
+        """Show ``widget`` with the value kept under ``key``, and keep every later change, so a
+        closed and reopened dock shows what the user chose."""
+        if key in self.settings:
+            widget.value = self.settings[key]
+        widget.changed.connect(lambda value: self.settings.__setitem__(key, value))
 
     def legend_html(self) -> str:
         """'label = class' with colour swatches, for the widgets (label k + 1 is class k)."""
@@ -311,9 +365,10 @@ class Session:
             items.append(f"{swatch}{k + 1} = {name}")
         return "label " + ", ".join(items) + " (0 = not painted)"
 
-    def colors(self) -> list[tuple[int, int, int]]:
-        """One colour per class: the dataset's or the user's, else a fixed palette."""
-        count = self.config.model.class_count
+    def colors(self, count: int | None = None) -> list[tuple[int, int, int]]:
+        """One colour per class (of ``count``, by default the configured number): the dataset's or
+        the user's, else a fixed palette."""
+        count = self.config.model.class_count if count is None else count
         if self.class_colors and len(self.class_colors) == count:
             return [_rgb(c) for c in self.class_colors]
         return [DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k in range(count)]
@@ -330,17 +385,53 @@ class Session:
             self.class_colors = [_rgb(c) for c in colors]
         self.classes_changed.emit()
 
-    def paint_colors(self, layer: Any) -> None:
-        """Give a Labels layer the session's class colours and names, so the legend tells the truth."""
-        layer.colormap = class_colormap(self.colors())
-        layer.metadata.update(self.class_metadata())
+    def paint_colors(self, layer: Any, count: int | None = None) -> None:
+        """Give a Labels layer the session's class colours and names, so the legend tells the truth.
+        The colormap is replaced only when it shows other colours: a new colormap redraws the layer."""
+        metadata = self.class_metadata(count)
+        if not _shows_colors(layer.colormap, metadata["schism_colors"]):
+            layer.colormap = class_colormap(metadata["schism_colors"])
+        layer.metadata.update(metadata)
 
-    def class_metadata(self) -> dict[str, Any]:
+    def class_metadata(self, count: int | None = None) -> dict[str, Any]:
         """The class names and colours a Labels layer carries in its metadata."""
-        return {"schism_classes": self.names(), "schism_colors": [list(c) for c in self.colors()]}
+        return {"schism_classes": self.names(count), "schism_colors": [list(c) for c in self.colors(count)]}
 
-    def names(self) -> list[str]:
-        count = self.config.model.class_count
+    def recolor(self) -> None:
+        """Class names or colours changed: every layer that shows classes follows, the paired
+        scribbles and each image's whole result family (preview, prediction, probabilities)."""
+        for pair in self.pairs:
+            self.paint_colors(pair.labels)
+        count = self.model.class_count if self.model is not None else None
+        for image, family in list(self.results.items()):
+            for layer in (family.preview, family.labels):
+                if layer is not None:
+                    self.paint_colors(layer, count)
+            if len(family.probabilities) == 1:
+                layer = family.probabilities[0]
+                layer.metadata["schism_classes"] = self.names(layer.data.shape[0])
+            elif family.probabilities:
+                names = self.names(len(family.probabilities))
+                for layer, name in zip(family.probabilities, names, strict=True):
+                    layer.name = probability_layer_name(image.name, name)
+
+    def results_for(self, image: Any, layers: Any) -> ResultLayers:
+        """The result family of an image layer (created empty on first use), without the layers the
+        user has deleted from ``layers`` (the viewer's)."""
+        family = self.results.setdefault(image, ResultLayers())
+        family.drop_removed(layers)
+        return family
+
+    def latest(self, layers: Any) -> tuple[Any, ResultLayers] | None:
+        """The image predicted last and its family, while both and its labels are in the viewer."""
+        image = self.latest_image() if self.latest_image is not None else None
+        if image is None or image not in layers:
+            return None
+        family = self.results_for(image, layers)
+        return (image, family) if family.labels is not None and family.corrections is not None else None
+
+    def names(self, count: int | None = None) -> list[str]:
+        count = self.config.model.class_count if count is None else count
         names = self.class_names if self.class_names and len(self.class_names) == count else None
         return names or default_class_names(count)
 
@@ -357,6 +448,20 @@ def class_colormap(colors: Any) -> Any:
     color_dict: dict[Any, Any] = {None: "transparent", 0: "transparent"}
     color_dict.update({k + 1: [int(c) / 255 for c in color[:3]] + [1.0] for k, color in enumerate(colors)})
     return DirectLabelColormap(color_dict=color_dict)
+
+
+def probability_layer_name(image_name: str, class_name: str) -> str:
+    """The name of one class's probability layer ("one layer per class")."""
+    return f"{image_name} P({class_name})"
+
+
+def _shows_colors(colormap: Any, colors: list[list[int]]) -> bool:
+    """Whether a Labels colormap already paints label k + 1 in ``colors[k]`` (RGB 0-255)."""
+    try:
+        shown = np.asarray(colormap.map(np.arange(1, len(colors) + 1)))[:, :3]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return shown.shape == (len(colors), 3) and np.allclose(shown * 255, np.asarray(colors, float), atol=1.0)
 
 
 def unwrap_viewer(viewer: Any) -> Any:

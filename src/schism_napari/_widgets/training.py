@@ -33,7 +33,7 @@ from .config_form import ConfigForm
 from .curves import CurvesCanvas
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import describe
-from .session import Session, TrainingSources, class_colormap, default_class_names, session_for, unwrap_viewer
+from .session import Session, TrainingSources, default_class_names, session_for, unwrap_viewer
 from .turns import add_in_turns, prepare_layer_code, run_in_turns
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
@@ -83,9 +83,11 @@ class TrainingWidget(FollowsJob, Container):
         self.save_button = PushButton(text="Save INI…")
         self.data_label = Label(value="")
         self.runs_folder = FileEdit(mode="d", value=DEFAULT_RUNS, label="runs folder")
+        self.session.keep_setting("runs folder", self.runs_folder)  # a reopened dock keeps the user's folder
         self.runs_folder.tooltip = "Each training creates a new run folder here (SCHISM files: weights, curves, logs)."
         self.fine_tune = CheckBox(text="continue from current model (fine-tune)", value=False, enabled=False)
         self.preview = CheckBox(text="instant preview (random forest on the painted pixels)", value=True)
+        self.session.keep_setting("instant preview", self.preview)
         self.preview.tooltip = (
             "Before the network trains, a random forest fitted in seconds predicts the current slice into a "
             "'preview' layer; the network's prediction of that slice replaces it when training ends."
@@ -284,7 +286,7 @@ class TrainingWidget(FollowsJob, Container):
             self.curves.add_epoch(
                 {"epoch": event.epoch, "train_loss": event.train_loss, "val_loss": event.val_loss, **event.metrics}
             )
-        elif isinstance(event, events.Message):
+        elif isinstance(event, events.Message) and arrived is None:  # a reopened dock does not say it again
             (show_warning if event.level == "warning" else show_info)(event.text)
         elif isinstance(event, events.TrainingFinished):
             best = ", ".join(f"{k} {v:.4f}" for k, v in event.best.items())
@@ -387,9 +389,7 @@ def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] |
             return
         image = preview[0]
         steps = show_preview(viewer, session, image, event.probabilities, event.z, source="forest")
-        run_in_turns(
-            steps, done=event.shown.set, failed=_report_preview_failure, alive=lambda: image in viewer.layers
-        )
+        run_in_turns(steps, done=event.shown.set, failed=_report_preview_failure, alive=lambda: image in viewer.layers)
 
 
 def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, bool, int | None] | None:
@@ -500,22 +500,27 @@ def show_preview(
         full[:] = labels
     else:
         full[z] = labels
-    name = f"{image.name} preview"
-    layer = next((candidate for candidate in viewer.layers if candidate.name == name), None)
+    family = session.results_for(image, viewer.layers)
+    layer = family.preview
     if layer is not None and layer.data.shape == spatial:
         layer.data = full
         layer.metadata["schism_preview"] = source
+        layer.visible = True
+        session.paint_colors(layer, len(probabilities))
         return layer
     layer = Labels(
         full,
-        name=name,
+        name=f"{image.name} preview",
         scale=image.scale[-len(spatial) :],
         translate=image.translate[-len(spatial) :],
         opacity=0.5,
-        colormap=class_colormap(session.colors()),
-        metadata={**session.class_metadata(), "schism_preview": source},
+        metadata={"schism_preview": source},
     )
-    yield from add_in_turns(viewer, layer)
+    session.paint_colors(layer, len(probabilities))
+    family.preview = layer
+    # under the scribbles: the preview must never hide what the user painted
+    painted = next((pair.labels for pair in session.pairs if pair.image is image), None)
+    yield from add_in_turns(viewer, layer, below=painted)
     return layer
 
 

@@ -91,12 +91,16 @@ def not_selected(layers: Any) -> Iterator[None]:
         layers._activate_on_insert = before
 
 
-def add_in_turns(viewer: Any, layer: Any, *, select: bool = False) -> Steps:
+def add_in_turns(viewer: Any, layer: Any, *, select: bool = False, below: Any = None) -> Steps:
     """Add an already built layer in a turn of its own (building it was the turn before); with
-    ``select`` it becomes the selected layer in one more turn, else the selection stays."""
+    ``select`` it becomes the selected layer in one more turn, else the selection stays. With
+    ``below`` (a layer in the viewer) it goes just under that layer instead of on top."""
     yield
     with camera_kept(viewer), not_selected(viewer.layers):
-        viewer.add_layer(layer)
+        if below is not None and below in viewer.layers:
+            viewer.layers.insert(viewer.layers.index(below), layer)
+        else:
+            viewer.add_layer(layer)
     yield
     if select:
         viewer.layers.selection.active = layer

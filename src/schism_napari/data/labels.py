@@ -45,20 +45,7 @@ def corrections_to_mask(
     user marked as reviewed; everything else becomes IGNORE. Training on the uncorrected rest would
     teach the model its own errors.
     """
-    predicted, edited = np.asarray(predicted), np.asarray(edited)
-    if predicted.shape != edited.shape:
-        from ..errors import DataError
-
-        raise DataError(f"the prediction {predicted.shape} and its corrected layer {edited.shape} differ in shape")
-    mask = labels_to_mask(edited, class_count)
-    keep = edited != predicted
-    if reviewed:
-        if edited.ndim == 2:
-            keep[:] = True
-        else:
-            keep[sorted(z for z in reviewed if 0 <= z < edited.shape[0])] = True
-    mask[~keep] = IGNORE
-    return mask
+    return Corrections(predicted, set(reviewed)).mask(edited, class_count)
 
 
 def labelled_pixels(masks: list[np.ndarray], class_count: int) -> list[tuple[int, list[int]]]:
@@ -77,3 +64,75 @@ def labelled_pixels(masks: list[np.ndarray], class_count: int) -> list[tuple[int
                 counts[k] += int(per_class[k])
                 slices[k].add(z)
     return [(counts[k], sorted(slices[k])) for k in range(class_count)]
+
+
+class Corrections:
+    """What the user did to a predicted Labels layer, kept across any number of predictions.
+
+    A prediction layer mixes the model's labels with the user's work: pixels painted over with the
+    brush and slices marked reviewed (right as they stand). Both must survive the next prediction,
+    and both, and nothing else, are training labels; the rest of the layer is the model's own guess.
+    So the model's labels are kept beside the layer (``predicted``), and every pixel ever found to
+    differ from them is remembered (``edited``): a later prediction that happens to agree with an
+    edit does not turn it back into a guess.
+    """
+
+    def __init__(self, predicted: np.ndarray, reviewed: set[int] | None = None) -> None:
+        self.predicted = np.array(predicted, dtype=np.uint8, copy=True)
+        self.edited = np.zeros(self.predicted.shape, dtype=bool)
+        self.reviewed: set[int] = set() if reviewed is None else reviewed
+
+    def _check(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels)
+        if labels.shape != self.predicted.shape:
+            from ..errors import DataError
+
+            raise DataError(
+                f"the prediction {self.predicted.shape} and its corrected layer {labels.shape} differ in shape"
+            )
+        return labels
+
+    def edits(self, labels: np.ndarray) -> np.ndarray:
+        """Every pixel the user changed so far (True), given the layer's labels now."""
+        return self.edited | (self._check(labels) != self.predicted)
+
+    def kept(self, labels: np.ndarray) -> np.ndarray:
+        """The user's pixels: edits and the whole of every reviewed slice."""
+        keep = self.edits(labels)
+        if self.reviewed:
+            if keep.ndim == 2:
+                keep[:] = True
+            else:
+                keep[sorted(z for z in self.reviewed if 0 <= z < keep.shape[0])] = True
+        return keep
+
+    def repredicted(self, labels: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The labels to show after a new prediction ``new``: the model's new labels, except where the
+        user edited or reviewed, which keep what the layer holds (``labels``)."""
+        labels, new = np.asarray(labels), np.asarray(new, dtype=np.uint8)
+        if not new.shape == labels.shape == self.predicted.shape:  # another image size: nothing applies
+            self.predicted, self.edited = np.array(new, copy=True), np.zeros(new.shape, dtype=bool)
+            self.reviewed.clear()
+            return np.array(new, copy=True)
+        self.edited = self.edits(labels)
+        kept = self.kept(labels)
+        merged = np.where(kept, labels, new).astype(np.uint8)
+        # a reviewed slice's unedited pixels stay the prediction the user reviewed, not edits: once the
+        # review is cleared they are the model's again and the next prediction replaces them
+        self.predicted = np.where(kept & ~self.edited, labels, new).astype(np.uint8)
+        return merged
+
+    def mask(self, labels: np.ndarray, class_count: int) -> np.ndarray:
+        """The training mask: edited pixels and reviewed slices as classes, IGNORE elsewhere."""
+        labels = self._check(labels)
+        mask = labels_to_mask(labels, class_count)
+        mask[~self.kept(labels)] = IGNORE
+        return mask
+
+    def review(self, z: int) -> None:
+        self.reviewed.add(int(z))
+
+    def unreview(self, z: int) -> None:
+        """The slice is no longer taken whole: only its edited pixels count, and the next prediction
+        replaces the rest."""
+        self.reviewed.discard(int(z))
