@@ -467,3 +467,27 @@ def test_the_form_shows_the_cpu_plan_at_once_and_an_accelerator_replans_untouche
     assert planned.data.crop_size == 128 and planned.is_given("Data", "crop_size")
     assert planned.training.batch_size == 32  # 16 per 256 px crop on an accelerator, for 128 px crops (at most 32)
     assert "Planned: resnet34: a mid-size encoder for an accelerator" in form.widget("Model", "encoder").tooltip
+
+
+def test_a_finished_job_keeps_nothing_of_its_run(qtbot, make_napari_viewer):
+    """napari's task list keeps every worker for the window's life; the worker must not keep the
+    run's arguments or its handlers' closures (the images, masks and models of every Train)."""
+    import gc
+    import weakref
+
+    from schism_napari._widgets.jobs import Job
+
+    class Payload:
+        pass
+
+    make_napari_viewer()  # a current viewer: napari registers each worker in its window's task list
+    job = Job("soak")
+    argument, captured = Payload(), Payload()
+    watched = [weakref.ref(argument), weakref.ref(captured)]
+    returned: list = []
+    with qtbot.waitSignal(job.relay.finished, timeout=WAIT_MS):
+        job.start(lambda data: 7, argument, on_returned=lambda value, kept=captured: returned.append(value))
+    del argument, captured
+    gc.collect()
+    assert returned == [7] and job.state is RunState.DONE
+    assert [ref() for ref in watched] == [None, None]

@@ -97,9 +97,22 @@ class Job:
         if control:
             kwargs.update(callback=self.relay.emit, stop=self.stop_token)
         self._run_handler = on_event
-        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
-        worker.returned.connect(lambda value: self._returned(value, on_returned))
-        worker.errored.connect(lambda error: self._errored(error, on_errored))
+        # napari's task list keeps every worker it has seen for the viewer's life (its cancel
+        # button), and a worker keeps its function's arguments and the slots connected to it: the
+        # run's data, masks and models, one set per Train or Predict. So the worker gets a call that
+        # forgets its arguments once it has them, and slots that forget their handlers at the end.
+        payload: list[Any] = [function, args, kwargs]
+        handlers: dict[str, Callable[[Any], None] | None] = {"returned": on_returned, "errored": on_errored}
+
+        def run() -> Any:
+            call, call_args, call_kwargs = payload
+            payload.clear()
+            return call(*call_args, **call_kwargs)
+
+        worker = create_worker(run, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda value: self._returned(value, handlers.get("returned")))
+        worker.errored.connect(lambda error: self._errored(error, handlers.get("errored")))
+        worker.finished.connect(handlers.clear)
         worker.finished.connect(self._finished)
         self.worker = worker
         self._set_state(RunState.RUNNING)
