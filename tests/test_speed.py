@@ -129,11 +129,48 @@ def test_threads_leave_busy_cores_and_one_for_the_gui(monkeypatch):
     assert resources.choose_threads(busy=0) == 3
 
 
-def test_busy_cores_reads_the_runnable_count(tmp_path):
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
-    assert resources.busy_cores(samples=2, interval=0, proc_stat=stat) == 2
-    assert resources.busy_cores(samples=1, proc_stat=tmp_path / "missing") == 0
+def _fake_task(proc, pid: int, tid: int, state: str, nice: int) -> None:
+    task = proc / str(pid) / "task" / str(tid)
+    task.mkdir(parents=True)
+    fields = [state, "1", *(["0"] * 14), str(nice), "1"]  # state is field 3, nice field 19
+    (task / "stat").write_text(f"{tid} (a (tricky) name) {' '.join(fields)}\n")
+
+
+def test_busy_cores_weighs_runnable_tasks_by_priority(tmp_path):
+    """A runnable task at our priority takes a core; a nice 19 one takes 1.4 % of one (it counted
+    as a whole core, halving the threads of a 2-core machine beside a niced neighbour)."""
+    import os
+
+    proc = tmp_path / "proc"
+    _fake_task(proc, 100, 100, "R", 0)  # a CPU-bound neighbour at our priority
+    _fake_task(proc, 100, 101, "S", 0)  # its sleeping thread
+    _fake_task(proc, 200, 200, "R", 19)  # a niced spinner
+    _fake_task(proc, 300, 300, "R", 0)
+    _fake_task(proc, os.getpid(), os.getpid(), "R", 0)  # this process itself
+    assert resources.busy_cores(samples=2, interval=0, proc=proc) == 2
+    niced_only = tmp_path / "niced"
+    _fake_task(niced_only, 200, 200, "R", 19)
+    _fake_task(niced_only, 201, 201, "R", 10)
+    assert resources.busy_cores(samples=1, proc=niced_only) == 0
+    assert resources.busy_cores(samples=1, proc=tmp_path / "missing") == 0
+
+
+def test_a_real_niced_process_is_read_with_its_priority():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spinner = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        state = resources._task_state(Path(f"/proc/{spinner.pid}/stat"))
+        deadline = 50
+        while state is not None and state[1] != 19 and deadline:  # nice applies right after exec
+            state = resources._task_state(Path(f"/proc/{spinner.pid}/stat"))
+            deadline -= 1
+        assert state is not None and state[1] == 19
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_threads_setting_and_cli_option(tmp_path):
@@ -230,3 +267,23 @@ def test_cli_predict_on_a_local_dask_cluster(trained_run, sample_files, tmp_path
     assert labels["0"].shape == tifffile.imread(sample_files.volume).shape
     assert labels["0"][:].max() <= 2
     json.dumps(labels.attrs["multiscales"])  # plain JSON metadata
+
+
+def test_a_long_run_rechecks_an_automatic_thread_count(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(resources, "allowed_cores", lambda: 2)
+        monkeypatch.setattr(resources, "busy_cores", lambda: 1)  # a neighbour at our priority
+        assert resources.apply_threads() == 1
+        assert resources.recheck_threads(every=60) is None  # too soon
+        monkeypatch.setattr(resources, "busy_cores", lambda: 0)  # it ended
+        assert resources.recheck_threads(every=0) == 2 and torch.get_num_threads() == 2
+        assert resources.recheck_threads(every=0) is None  # nothing changed
+        resources.apply_threads(1)  # the user's count is never changed
+        monkeypatch.setattr(resources, "busy_cores", lambda: 1)
+        assert resources.recheck_threads(every=0) is None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -6,8 +6,9 @@ limited to fewer cores (CPU affinity, a container's cgroup quota), and other pro
 already keep some cores busy. Threads that outnumber the free cores wait on each other at every
 barrier: beside one CPU-bound process, two threads on a 2-core machine took 2.6x their idle time
 and were 1.5x slower than one thread. So the thread count is chosen from the cores this process
-may use, minus the cores other runnable processes occupy now, minus one for the napari GUI when
-asked; ``[Training] threads`` / ``--threads`` override it.
+may use, minus the cores other runnable processes really take from it (weighed by priority: a
+niced neighbour takes almost nothing), minus one for the napari GUI when asked; ``[Training]
+threads`` / ``--threads`` override it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-PROC_STAT = Path("/proc/stat")
+PROC = Path("/proc")
+FAIR_SHARE_PER_NICE = 1.25  # the kernel's CFS weights: each nice level gives about 1.25x less CPU
 
 
 def allowed_cores(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -48,28 +50,61 @@ def cgroup_quota(path: Path = CGROUP_CPU_MAX) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def busy_cores(samples: int = 5, interval: float = 0.02, proc_stat: Path = PROC_STAT) -> int:
-    """Cores kept busy by other processes right now: the fewest runnable tasks seen over a few samples,
-    less this process (which is running while it reads). 0 when unknown (not Linux)."""
+def busy_cores(samples: int = 5, interval: float = 0.02, proc: Path = PROC) -> int:
+    """Cores that other processes really take from this one right now. 0 when unknown (not Linux).
+
+    Each runnable task of another process counts as much CPU as the kernel's fair scheduler would
+    give it beside a task of ours: a whole core at our priority or better, about 1.25 times less
+    per nice level below it. A ``nice -n 19`` neighbour counts for 1.4 % of a core, not a core: it
+    leaves a normal-priority run almost all its time (counting it as a busy core halved the threads
+    of a 2-core machine, and a CT run scored 0.65 instead of 0.82 in the same minutes). The fewest
+    seen over a few samples, rounded to whole cores."""
+    own_nice = _own_nice()
     seen = []
     for index in range(samples):
-        running = _procs_running(proc_stat)
-        if running is None:
+        load = _competing_load(proc, own_nice)
+        if load is None:
             return 0
-        seen.append(running)
+        seen.append(load)
         if index + 1 < samples:
             time.sleep(interval)
-    return max(0, min(seen) - 1)
+    return max(0, math.floor(min(seen) + 0.5))
 
 
-def _procs_running(proc_stat: Path) -> int | None:
+def _own_nice() -> int:
     try:
-        for line in proc_stat.read_text().splitlines():
-            if line.startswith("procs_running"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return 0
+
+
+def _competing_load(proc: Path, own_nice: int) -> float | None:
+    """Runnable tasks of other processes, each weighted by its share against a task at ``own_nice``."""
+    own = str(os.getpid())
+    try:
+        processes = [entry.path for entry in os.scandir(proc) if entry.name.isdigit() and entry.name != own]
+    except OSError:
         return None
-    return None
+    load = 0.0
+    for process in processes:
+        try:
+            tasks = [entry.path for entry in os.scandir(os.path.join(process, "task"))]
+        except OSError:  # the process ended meanwhile
+            continue
+        for task in tasks:
+            state = _task_state(Path(task) / "stat")
+            if state is not None and state[0] == "R":
+                load += min(1.0, FAIR_SHARE_PER_NICE ** (own_nice - state[1]))
+    return load
+
+
+def _task_state(stat: Path) -> tuple[str, int] | None:
+    """(state letter, nice) of one task from its ``stat`` file (fields after the command's parenthesis)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[16])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def choose_threads(requested: int | None = None, *, leave_for_gui: bool = False, busy: int | None = None) -> int:
@@ -86,11 +121,40 @@ def choose_threads(requested: int | None = None, *, leave_for_gui: bool = False,
     return max(1, (cores - others - (1 if leave_for_gui else 0)) // local_processes)
 
 
+RECHECK_EVERY_S = 30.0  # a long run looks again at what competes for the cores this often
+
+
+class _ThreadChoice:
+    """The last automatic choice of :func:`apply_threads`, so a long run can look again."""
+
+    leave_for_gui: bool | None = None  # None: the count was set by the user (or never chosen)
+    checked_at = 0.0
+
+
 def apply_threads(requested: int | None = None, *, leave_for_gui: bool = False) -> int:
     """Choose the thread count (see :func:`choose_threads`), give it to torch, and return it."""
     import torch
 
     threads = choose_threads(requested, leave_for_gui=leave_for_gui)
+    torch.set_num_threads(threads)
+    automatic = not requested and not os.environ.get("OMP_NUM_THREADS", "").isdigit()
+    _ThreadChoice.leave_for_gui = leave_for_gui if automatic else None
+    _ThreadChoice.checked_at = time.monotonic()
+    return threads
+
+
+def recheck_threads(every: float = RECHECK_EVERY_S) -> int | None:
+    """During a long run (at epoch ends): choose the thread count again when it was chosen
+    automatically and ``every`` seconds have passed, since neighbours come and go. Returns the new
+    count when it changed, else None."""
+    if _ThreadChoice.leave_for_gui is None or time.monotonic() - _ThreadChoice.checked_at < every:
+        return None
+    import torch
+
+    _ThreadChoice.checked_at = time.monotonic()
+    threads = choose_threads(None, leave_for_gui=_ThreadChoice.leave_for_gui)
+    if threads == torch.get_num_threads():
+        return None
     torch.set_num_threads(threads)
     return threads
 

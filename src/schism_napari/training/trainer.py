@@ -522,6 +522,9 @@ class Trainer:
 
     def _end_epoch(self, parts: _Parts, state: TrainingState, epoch: int, losses: list[float], seconds: float) -> bool:
         """Validate, keep the best weights, log, save the checkpoint; True when early stopping ends the run."""
+        from ..resources import recheck_threads
+
+        recheck_threads()  # neighbours come and go during a long run: an automatic thread count follows
         cfg = self.config
         metrics = cfg.training.score_metrics()
         val_loss, matrix = self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
