@@ -133,7 +133,7 @@ def test_train_then_resume(datasets, tmp_path, capsys):
     assert selection["held_out"] == "validation images" and selection["pixels"] > 0
     scores = selection["scores"]
     assert set(scores) == {"network", "average", "forest"} and all(0 <= v <= 1 for v in scores.values())
-    assert scores[selection["choice"]] == max(scores.values())
+    assert scores[selection["choice"]] >= max(scores.values()) - 0.005  # the best, or a tie won on log loss
     assert f"chose {selection['summary']}" in err
     assert trained.forest_weight == {"network": 0.0, "average": 0.5, "forest": 1.0}[selection["choice"]]
     assert (run / "forest.npz").is_file() == (selection["choice"] != "network")

@@ -59,8 +59,8 @@ def test_held_out_strokes_are_whole_strokes_kept_from_training(painted):
     data, _ = painted
     training, held = hold_out(data, [0, 1])
     assert held.mode == "strokes" and held.pixels > 0
-    again, held_again = hold_out(data, [0, 1])
-    assert all(np.array_equal(held.targets[p], held_again.targets[p]) for p in held.targets)  # a resume holds out the same
+    _, again = hold_out(data, [0, 1])  # a resumed run holds out the same pixels
+    assert all(np.array_equal(held.targets[p], again.targets[p]) for p in held.targets)
     for k in range(3):
         painted_k = sum(np.count_nonzero(s.mask == k) for s in data.samples)
         held_k = sum(np.count_nonzero(m == k) for m in held.targets.values())
@@ -122,7 +122,10 @@ def test_the_choice_is_the_best_on_held_out_labels(painted, rock):
     assert worst.describe().startswith("forest: held-out mean IoU ")
     assert "network " in worst.describe() and "network+forest average " in worst.describe()
     same = choose(lambda image: forest.predict_proba(image), forest, data, held)
-    assert same.choice == "network"  # a tie keeps the network
+    assert same.choice == "network"  # an exact tie keeps the network
+    unsure = choose(lambda image: 0.5 * forest.predict_proba(image) + 0.5 / 3, forest, data, held)
+    assert unsure.scores["network"] == unsure.scores["forest"]  # the same classes, less sure of them
+    assert unsure.choice == "forest" and unsure.log_loss["forest"] < unsure.log_loss["average"]
 
     nothing = choose(useless, forest, data, dataclasses.replace(held, targets={}))
     assert nothing.choice == "network" and nothing.pixels == 0
@@ -156,7 +159,7 @@ def test_a_saved_forest_loads_without_pickle_and_predicts_the_same(painted, tmp_
     np.testing.assert_array_equal(loaded.predict_proba(image), forest.predict_proba(image))
 
     (tmp_path / "broken.npz").write_bytes(b"not a forest")
-    with pytest.raises(SchismError, match="broken.npz: not a saved pixel classifier"):
+    with pytest.raises(SchismError, match=r"broken\.npz: not a saved pixel classifier"):
         PixelClassifier.load(tmp_path / "broken.npz")
 
 
@@ -235,5 +238,14 @@ def test_a_run_folder_with_an_unreadable_choice_is_one_clear_error(run_with_choi
         load_trained_model(run)
     write("average")
     (run / FOREST_FILE).unlink()
-    with pytest.raises(SchismError, match="forest.npz: pixel classifier file not found"):
+    with pytest.raises(SchismError, match=r"forest\.npz: pixel classifier file not found"):
         load_trained_model(run)
+
+
+def test_an_export_says_it_holds_the_network_alone(run_with_choice, tmp_path, capsys):
+    run, _, write = run_with_choice
+    write("average")
+    assert main(["export", "--weights", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert "predicts with the network+forest average (selection.json); the export holds the network alone" in (
+        capsys.readouterr().err
+    )

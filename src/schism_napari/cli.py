@@ -772,6 +772,7 @@ def command_export(arguments: argparse.Namespace) -> int:
 
     path = export_model(arguments.weights, arguments.format, arguments.out, metric=arguments.metric)
     print(f"wrote {path}")
+    _warn_network_only(arguments.weights, arguments.metric)
     if arguments.format == "bioimageio" and not arguments.no_test:
         summary = check_bioimageio(path)
         print(f"bioimageio.core model test: {summary.status}")
@@ -781,6 +782,19 @@ def command_export(arguments: argparse.Namespace) -> int:
     elif arguments.format != "bioimageio":
         print(f"  output matches torch within 1e-4; inputs and classes described in {path.name}.json")
     return 0
+
+
+def _warn_network_only(run_dir: Path, metric: str) -> None:
+    """An export holds the network: say so when the run predicts with the forest too."""
+    from .selection import LABELS, read_selection
+
+    selection = read_selection(run_dir) if Path(run_dir).is_dir() else None
+    if selection is not None and selection.forest_weight > 0 and selection.checkpoint == metric:
+        print(
+            f"warning: {run_dir} predicts with the {LABELS[selection.choice]} (selection.json); "
+            "the export holds the network alone",
+            file=sys.stderr,
+        )
 
 
 def command_stats(arguments: argparse.Namespace) -> int:

@@ -11,8 +11,11 @@ it 0.35). So before a network's result replaces anything, labels that neither mo
   labels: their validation images, which the network never trains on, are scored instead.
 * The forest is fitted on the rest (:func:`fit_forest`) and the network trains on the rest.
 * :func:`choose` scores the forest, the network and the mean of their probabilities on the held-out
-  labels (mean IoU over the classes present there) and keeps the best; a tie goes to the network,
-  then to the average.
+  labels (mean IoU over the classes present there) and keeps the best. Strokes are painted inside
+  the classes, away from their borders, so two candidates often both get them all right: scores
+  within :data:`TIE` of the best are a tie, and the tie goes to the lowest log loss (the one surer
+  of the right class: a barely trained network ties the forest on easy strokes but not on that),
+  then to the network, then to the average.
 
 The choice and its scores go to the run folder's ``selection.json`` and, when the forest takes part,
 the forest to ``forest.npz`` (numbers only: see :meth:`PixelClassifier.save`);
@@ -48,7 +51,9 @@ FOREST_TREES = 24  # the preview's forest: fitted and predicted in seconds
 MAX_FOREST_IMAGES = 16  # the forest is fitted on at most this many images (features cost ~1 s per megapixel)
 MAX_SCORED_IMAGES = 8
 MAX_SCORED_SIDE = 1024  # larger held-out images are scored on a window of this size around their labels
-CANDIDATES = ("network", "average", "forest")  # in the order a tie is resolved
+CANDIDATES = ("network", "average", "forest")  # in the order an exact tie is resolved
+TIE = 0.005  # mean IoU differences below this are a tie, decided by the log loss
+PROBABILITY_FLOOR = 1e-4  # a forest's zero probabilities: a bounded log loss
 FOREST_WEIGHTS = {"network": 0.0, "average": 0.5, "forest": 1.0}
 LABELS = {"network": "network", "average": "network+forest average", "forest": "forest"}
 
@@ -142,6 +147,7 @@ class Selection:
     pixels: int
     images: int
     checkpoint: str = "loss"  # the network weights the choice was made with
+    log_loss: dict[str, float] = field(default_factory=dict)  # mean -log p(true class): breaks ties
 
     @property
     def forest_weight(self) -> float:
@@ -156,7 +162,10 @@ class Selection:
         where = f"{self.pixels} held-out pixels" + (
             " of the validation images" if self.held_out == "validation images" else " of painted strokes"
         )
-        return f"{LABELS[self.choice]}: held-out mean IoU {self.scores[self.choice]:.3f} vs {others} ({where})"
+        tie = ""
+        if self.scores[self.choice] < max(v for v in self.scores.values() if math.isfinite(v)):
+            tie = f"; a tie within {TIE:g}, kept for its lower log loss"
+        return f"{LABELS[self.choice]}: held-out mean IoU {self.scores[self.choice]:.3f} vs {others} ({where}{tie})"
 
     def probabilities(self, network: np.ndarray | None, forest: np.ndarray | None) -> np.ndarray:
         """The chosen combination of a network's and a forest's probabilities of the same pixels."""
@@ -181,6 +190,7 @@ class Selection:
             "pixels": self.pixels,
             "images": self.images,
             "checkpoint": self.checkpoint,
+            "log_loss": {name: number(v) for name, v in self.log_loss.items()},
             "forest_file": FOREST_FILE if self.forest_weight > 0 else None,
             "summary": self.describe(),
         }
@@ -203,6 +213,7 @@ class Selection:
                 int(saved.get("pixels", 0)),
                 int(saved.get("images", 0)),
                 str(saved.get("checkpoint", "loss")),
+                {str(name): number(v) for name, v in dict(saved.get("log_loss") or {}).items()},
             )
         except (TypeError, ValueError) as error:
             raise SchismError(f"{source}: unreadable scores ({error})") from None
@@ -234,6 +245,7 @@ def choose(
     held-out labels (or a forest) the network is kept, with NaN scores."""
     count = data.class_count
     matrices = {name: np.zeros((count, count), dtype=np.int64) for name in CANDIDATES}
+    losses = dict.fromkeys(CANDIDATES, 0.0)
     scored = 0
     if forest is not None:
         for position, target in held.targets.items():
@@ -246,17 +258,25 @@ def choose(
             from_network = np.asarray(network(image), dtype=np.float32)
             from_forest = forest.predict_proba(image)
             candidates = {"network": from_network, "forest": from_forest, "average": (from_network + from_forest) / 2}
+            classes = truth[valid].astype(np.int64)
             for name, probabilities in candidates.items():
                 predicted = probabilities.argmax(axis=0)[valid].astype(np.int64)
-                matrices[name] += np.bincount(
-                    truth[valid].astype(np.int64) * count + predicted, minlength=count * count
-                ).reshape(count, count)
+                matrices[name] += np.bincount(classes * count + predicted, minlength=count * count).reshape(
+                    count, count
+                )
+                right = np.take_along_axis(probabilities[:, valid], classes[None], axis=0)[0]
+                losses[name] -= float(np.log(np.maximum(right, PROBABILITY_FLOOR)).sum())
+    pixels = int(matrices["network"].sum())
     per_class = {name: _iou(matrix) for name, matrix in matrices.items()}
     scores = {name: _mean_iou(matrices[name], per_class[name]) for name in CANDIDATES}
+    log_loss = {name: losses[name] / pixels if pixels else math.nan for name in CANDIDATES}
     finite = [name for name in CANDIDATES if math.isfinite(scores[name])]
-    choice = max(finite, key=lambda name: (scores[name], -CANDIDATES.index(name))) if finite else "network"
-    pixels = int(matrices["network"].sum())
-    return Selection(choice, scores, per_class, held.mode, pixels, scored, checkpoint)
+    choice = "network"
+    if finite:
+        best = max(scores[name] for name in finite)
+        tied = [name for name in finite if scores[name] >= best - TIE]
+        choice = min(tied, key=lambda name: (round(log_loss[name], 6), CANDIDATES.index(name)))
+    return Selection(choice, scores, per_class, held.mode, pixels, scored, checkpoint, log_loss)
 
 
 def read_selection(run_dir: str | Path) -> Selection | None:
