@@ -215,9 +215,8 @@ def test_a_run_folder_predicts_with_its_choice(run_with_choice, sample_files):
     write("forest", checkpoint="Jaccard")  # made with other weights: the best-loss network predicts alone
     assert load_trained_model(run).forest is None
 
-    write("network")
-    (run / FOREST_FILE).unlink()
-    assert load_trained_model(run).forest_weight == 0.0
+    write("network")  # a resumed run choosing again: the earlier forest goes
+    assert not (run / FOREST_FILE).exists() and load_trained_model(run).forest_weight == 0.0
 
 
 def test_predict_from_a_run_folder_uses_its_choice(run_with_choice, sample_files, tmp_path):

@@ -49,7 +49,7 @@ MIN_CLASS_PIXELS = 20  # a class painted less than this keeps all its pixels for
 HOLDOUT_SEED = 0  # fixed, so a resumed run holds out the same pixels
 FOREST_TREES = 24  # the preview's forest: fitted and predicted in seconds
 MAX_FOREST_IMAGES = 16  # the forest is fitted on at most this many images (features cost ~1 s per megapixel)
-MAX_SCORED_IMAGES = 8
+MAX_SCORED_IMAGES = 8  # strokes are held out from (and scored on) at most this many images
 MAX_SCORED_SIDE = 1024  # larger held-out images are scored on a window of this size around their labels
 CANDIDATES = ("network", "average", "forest")  # in the order an exact tie is resolved
 TIE = 0.005  # mean IoU differences below this are a tie, decided by the log loss
@@ -96,12 +96,13 @@ def hold_out(
         return data, HeldOut("validation images", targets, _spread(training, MAX_FOREST_IMAGES))
 
     rng = np.random.default_rng(HOLDOUT_SEED)
-    masks = {p: np.array(data.samples[p].mask, dtype=np.uint8, copy=True) for p in labelled}
+    chosen_images = _spread(labelled, MAX_SCORED_IMAGES)  # strokes come from these; the others keep all theirs
+    masks = {p: np.array(data.samples[p].mask, dtype=np.uint8, copy=True) for p in chosen_images}
     held = {p: np.full_like(mask, IGNORE) for p, mask in masks.items()}
     remaining = {p: int(np.count_nonzero(mask != IGNORE)) for p, mask in masks.items()}
     ranks = {p: rng.permutation(_block_count(mask.shape)) for p, mask in masks.items()}  # one block order per image
     for k in range(data.class_count):
-        strokes = [(p, indices) for p in labelled for indices in _components(masks[p] == k)]
+        strokes = [(p, indices) for p in chosen_images for indices in _components(masks[p] == k)]
         total = sum(indices.size for _, indices in strokes)
         if total < MIN_CLASS_PIXELS:
             continue
@@ -109,13 +110,13 @@ def hold_out(
         shuffled = [strokes[i] for i in rng.permutation(len(strokes))]
         chosen = _take(shuffled, target, total, remaining)
         if not chosen:  # one or two large strokes: blocks of them, in each image's block order
-            chosen = _take(_blocks(masks, labelled, k, ranks), target, total, remaining)
+            chosen = _take(_blocks(masks, chosen_images, k, ranks), target, total, remaining)
         for p, indices in chosen:
             held[p].flat[indices] = k
             masks[p].flat[indices] = IGNORE
     targets = {p: mask for p, mask in held.items() if (mask != IGNORE).any()}
     samples = list(data.samples)
-    for p in labelled:
+    for p in targets:
         samples[p] = dataclasses.replace(samples[p], mask=masks[p])
     return dataclasses.replace(data, samples=samples), HeldOut("strokes", targets, _spread(labelled, MAX_FOREST_IMAGES))
 
@@ -227,6 +228,8 @@ class Selection:
             if forest is None:
                 raise ValueError("the chosen combination needs the forest")
             forest.save(run_dir / FOREST_FILE)
+        else:
+            (run_dir / FOREST_FILE).unlink(missing_ok=True)  # a resumed run's earlier choice: the run's own file
         text = json.dumps(self.to_json(), indent=2) + "\n"
         return atomic_write_text(run_dir / SELECTION_FILE, text, overwrite=True)
 
@@ -320,10 +323,11 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     from scipy import ndimage
 
     labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    flat = labelled.ravel()
-    order = np.argsort(flat, kind="stable")
-    bounds = np.searchsorted(flat[order], np.arange(1, count + 2))
-    return [order[bounds[i] : bounds[i + 1]] for i in range(count)]
+    indices = np.flatnonzero(labelled)  # only the painted pixels are sorted, not the whole image
+    components = labelled.ravel()[indices]
+    order = np.argsort(components, kind="stable")
+    bounds = np.searchsorted(components[order], np.arange(1, count + 2))
+    return [indices[order[bounds[i] : bounds[i + 1]]] for i in range(count)]
 
 
 def _block_count(shape: tuple[int, ...]) -> int:
