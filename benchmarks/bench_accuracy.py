@@ -14,6 +14,12 @@ reports mean IoU on held-out images and the wall time of:
   plus that slice, fully labelled. The control retrains as long on the scribbles alone, so the
   difference is the correction's, not the extra training's. Scores are on held-out data, which the
   correction never touches.
+* (e) ``choice``: the first minutes in napari (issue #18): ~1 % of the pixels scribbled on only
+  ``--painted-slices`` slices (3), the widgets' starting values and budget, and what replaces the
+  forest preview: a fifth of each class's strokes is held out from both the forest and the network
+  (:mod:`schism_napari.selection`), forest, network and their average are scored on those strokes,
+  and the best is kept. The table gives all three and the chosen one on the held-out data; the
+  note gives the held-out strokes' scores the choice was made on.
 
 Nothing is tuned to one dataset: both runs take the plan as it comes. Run from the repository
 root::
@@ -21,6 +27,7 @@ root::
     .venv/bin/python benchmarks/bench_accuracy.py                  # both datasets, full budgets
     .venv/bin/python benchmarks/bench_accuracy.py --quick          # short budgets, smoke check
     .venv/bin/python benchmarks/bench_accuracy.py --dataset isbi --only dense
+    .venv/bin/python benchmarks/bench_accuracy.py --dataset isbi --only choice   # issue #18, ~2 minutes
 
 The machine's load (``os.getloadavg``) is printed with the table: on a shared machine the
 budgets still hold (the step time is measured), but fewer steps fit.
@@ -44,10 +51,12 @@ from schism_napari.baseline import PixelClassifier
 from schism_napari.config import SchismConfig
 from schism_napari.data import SegmentationData, load_dataset
 from schism_napari.data.io import IGNORE
+from schism_napari.data.splits import make_split
 from schism_napari.inference import Predictor
 from schism_napari.planning import infer_class_count, interactive_config, plan_config
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import scribbles, write_sample
+from schism_napari.selection import LABELS, choose, fit_forest, hold_out
 from schism_napari.training.trainer import Trainer
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -110,10 +119,16 @@ def isbi_data(root: Path) -> tuple[Path, Heldout]:
     return root / "datasets", Heldout([s.image for s in held.samples], [s.mask for s in held.samples])
 
 
-def scribbled(data: SegmentationData, seed: int = 0) -> SegmentationData:
-    """The same images with ~1 % of each slice's pixels painted as strokes inside the classes."""
+def scribbled(data: SegmentationData, seed: int = 0, slices: int | None = None) -> SegmentationData:
+    """The same images with ~1 % of each slice's pixels painted as strokes inside the classes; with
+    ``slices``, only that many slices (evenly spaced) are painted and kept, as napari keeps only
+    painted slices."""
     samples = []
-    for number, sample in enumerate(data.samples):
+    chosen = range(len(data.samples))
+    if slices is not None:
+        chosen = sorted({round(i) for i in np.linspace(0, len(data.samples) - 1, slices)})
+    for number in chosen:
+        sample = data.samples[number]
         mask = sample.mask
         strokes = max(2, round(SCRIBBLED * mask.size / STROKE_PIXELS / data.class_count))
         painted = scribbles(mask, slices=(0,), strokes_per_class=strokes, seed=seed + number)
@@ -180,6 +195,61 @@ def correct_and_retrain(
     return [control, fixed]
 
 
+def _print_message(event: Any) -> None:
+    """The trainer's notes (the steps the time budget allows, on this machine at this load), on stderr."""
+    from schism_napari.events import Message
+
+    if isinstance(event, Message):
+        print(f"  ({event.text})", file=sys.stderr, flush=True)
+
+
+def held_out_choice(config: SchismConfig, data: SegmentationData, heldout: Heldout, work: Path) -> list[Row]:
+    """(e): as the napari worker does it: plan, hold out strokes, fit the forest, train, choose;
+    then forest, network, average and the chosen one scored on the held-out data."""
+    started = time.perf_counter()
+    plan = plan_config(config, data, interactive=True)
+    settings = plan.config.training
+    split = make_split(len(data.samples), plan.config.data.num_samples, settings.val_split, settings.seed)
+    training, held = hold_out(data, split.train + split.val, split.val)
+    forest = fit_forest(training, held)
+    run_dir = work / f"run_{time.monotonic_ns()}"
+    result = Trainer(
+        plan.config, training, run_dir, split=split, plan=plan, curves_each_epoch=False, callback=_print_message
+    ).run()
+    trained = load_trained_model(run_dir)
+    predictor = Predictor.from_trained(trained, device="cpu")
+    selection = choose(lambda image: predictor.predict(image, rgb=True).probabilities, forest, data, held)
+    seconds = time.perf_counter() - started
+    network_p = [predictor.predict(image, rgb=True).probabilities for image in heldout.images]
+    forest_p = [forest.predict_proba(image) for image in heldout.images]
+    candidates = {
+        "forest": forest_p,
+        "network": network_p,
+        "average": [(n + f) / 2 for n, f in zip(network_p, forest_p, strict=True)],
+    }
+    strokes = ", ".join(f"{name} {selection.scores[name]:.3f}" for name in candidates)
+    cfg = result.config
+    rows = []
+    for name, probabilities in candidates.items():
+        predictions = [p.argmax(axis=0) for p in probabilities]
+        scores = class_iou(confusion(predictions, heldout.masks, data.class_count))
+        note = f"{held.pixels} held-out stroke pixels" if name == "forest" else ""
+        if name == "network":
+            note = f"{cfg.model.model_type}/{cfg.model.encoder} crop {cfg.data.crop_size}, "
+            note += f"{result.epochs_completed} x {cfg.training.steps_per_epoch} steps"
+        rows.append(Row("", "", name, float(np.nanmean(scores)), scores, seconds if name == "network" else 0.0, note))
+    chosen = next(row for row in rows if row.method == selection.choice)
+    rows.append(
+        dataclasses.replace(
+            chosen,
+            method=f"chosen: {LABELS[selection.choice]}",
+            seconds=seconds,
+            note=f"held-out strokes: {strokes}",
+        )
+    )
+    return rows
+
+
 def classical(kind: str, data: SegmentationData, heldout: Heldout) -> Row:
     started = time.perf_counter()
     labelled = [s for s in data.samples if s.mask is not None and (s.mask != IGNORE).any()]
@@ -197,11 +267,14 @@ def run_dataset(name: str, root: Path, heldout: Heldout, options: argparse.Names
         raise SystemExit(f"{root}: cannot tell the number of classes")
     dense = load_dataset(root, class_count=classes, write_stats=False)
     rows = []
-    for labels in ("dense", "scribbles"):
+    for labels in ("dense", "scribbles", "choice"):
         if options.only not in (None, labels):
             continue
-        data = dense if labels == "dense" else scribbled(dense)
-        interactive = labels == "scribbles"
+        if labels == "dense":
+            data = dense
+        else:
+            data = scribbled(dense, slices=options.painted_slices if labels == "choice" else None)
+        interactive = labels != "dense"
         config = interactive_config() if interactive else SchismConfig()
         if options.minutes is not None:
             config.set_given("Training", "time_budget", options.minutes)
@@ -209,6 +282,11 @@ def run_dataset(name: str, root: Path, heldout: Heldout, options: argparse.Names
             section, field = key.split(".")
             config.set_given(section, field, value)
         config.validate()
+        if labels == "choice":
+            for row in held_out_choice(config, data, heldout, work):
+                rows.append(dataclasses.replace(row, dataset=name, labels=f"1 % on {len(data.samples)} slices"))
+                print(format_row(rows[-1]), flush=True)
+            continue
         trained, run_dir = network(config, data, heldout, interactive, work)
         found = [trained, *(classical(k, data, heldout) for k in ("lda", "forest"))]
         if labels == "scribbles" and options.correct:
@@ -236,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("sample", "isbi", "all"), default="all")
     parser.add_argument("--isbi", type=Path, default=ISBI, help="the isbi2012-em folder (datasets/, heldout/)")
-    parser.add_argument("--only", choices=("dense", "scribbles"), help="one of the two label settings")
+    parser.add_argument("--only", choices=("dense", "scribbles", "choice"), help="one of the label settings")
+    parser.add_argument(
+        "--painted-slices", type=int, default=3, help="(e) choice: how many training slices are scribbled"
+    )
     parser.add_argument("--quick", action="store_true", help="0.3-minute budgets: a smoke check, not a measurement")
     parser.add_argument("--minutes", type=float, help="override the planned time budget")
     parser.add_argument(

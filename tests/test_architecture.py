@@ -143,10 +143,11 @@ def test_inference_does_not_depend_on_training():
 
 @pytest.mark.parametrize(
     "low",
-    ["errors", "events", "atomic", "devices", "probabilities", "config", "data", "models"],
+    ["errors", "events", "atomic", "devices", "probabilities", "config", "data", "models", "selection"],
 )
 def test_lower_layers_do_not_import_higher_ones(low):
-    """Data, models and the small shared modules never reach up into training, inference or runs."""
+    """Data, models and the small shared modules never reach up into training, inference or runs
+    (nor does the choice between forest and network, which prediction reads from a run folder)."""
     higher = ("training", "inference", "runs", "cli", "demo", "evaluation", "progress")
     graph = internal(import_graph())
     offending = {

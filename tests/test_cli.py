@@ -124,8 +124,19 @@ def test_train_then_resume(datasets, tmp_path, capsys):
     ):
         assert (run / name).is_file(), name
     assert metrics_epochs(run) == [1, 2]
-    assert "epoch 2/2" in capsys.readouterr().err
-    assert load_trained_model(run).class_names == ["pore", "matrix", "mineral"]
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err
+    trained = load_trained_model(run)
+    assert trained.class_names == ["pore", "matrix", "mineral"]
+    # the forest, the network and their average scored on the validation images; predicting uses the best
+    selection = json.loads((run / "selection.json").read_text(encoding="utf-8"))
+    assert selection["held_out"] == "validation images" and selection["pixels"] > 0
+    scores = selection["scores"]
+    assert set(scores) == {"network", "average", "forest"} and all(0 <= v <= 1 for v in scores.values())
+    assert scores[selection["choice"]] >= max(scores.values()) - 0.005  # the best, or a tie won on log loss
+    assert f"chose {selection['summary']}" in err
+    assert trained.forest_weight == {"network": 0.0, "average": 0.5, "forest": 1.0}[selection["choice"]]
+    assert (run / "forest.npz").is_file() == (selection["choice"] != "network")
 
     assert main(["train", "--data", str(data), "--resume", str(run), "--epochs", "3"]) == 0
     err = capsys.readouterr().err

@@ -6,20 +6,31 @@ forest trained on the labelled pixels. ``lda`` is the sem seed's comparison: lin
 discriminant analysis on the pixel values alone. Both train in seconds on the pixels a user
 painted and predict any 2D slice; they take the same masks as the networks (classes 0..C-1,
 :data:`~schism_napari.data.io.IGNORE` for unlabeled pixels).
+
+A fitted classifier is saved as the pixels it was fitted on (features and classes, ``.npz``) and
+fitted again when loaded (:meth:`PixelClassifier.save`, :meth:`PixelClassifier.load`): the file holds
+numbers only, so loading it runs no code (pickle and joblib would), and it does not depend on
+scikit-learn's private tree layout, which changes between versions. With the same seed and
+scikit-learn the trees are the same; the refit takes a second or two and happens on first use.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .data.io import IGNORE, unit_range
-from .errors import DataError
+from .errors import DataError, SchismError
 
 KINDS = ("forest", "lda")
 MAX_PIXELS_PER_CLASS = 20_000  # enough for a forest to settle, few enough to fit in seconds
+BAND_PIXELS = 2048 * 2048  # larger slices are predicted in bands: the features take 80 bytes a pixel
+FILE_FORMAT = 1  # of the saved classifier (.npz)
+_FIT_LOCK = threading.Lock()
 
 
 class PixelClassifier:
@@ -47,6 +58,7 @@ class PixelClassifier:
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.trees, self.seed, self.threads = trees, seed, threads
         self.model: Any = None
+        self.samples: tuple[np.ndarray, np.ndarray] | None = None  # the (features, classes) fitted on
 
     # ---- features ----------------------------------------------------------------------------
 
@@ -98,20 +110,108 @@ class PixelClassifier:
             rows.append(features.reshape(-1, features.shape[-1])[indices])
             targets.append(np.asarray(masks[number]).ravel()[indices])
         x, y = np.concatenate(rows), np.concatenate(targets).astype(np.int64)
+        self.samples = (x, y)
         self.model = self._estimator()
         self.model.fit(x, y)
         return self
 
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """(Y, X, C) -> class probabilities (class_count, Y, X) float32; unseen classes get 0."""
+        """(Y, X, C) -> class probabilities (class_count, Y, X) float32; unseen classes get 0.
+
+        Slices over :data:`BAND_PIXELS` are predicted in bands of rows, each with a margin of
+        four ``sigma_max`` (the Gaussian filters' reach), so memory stays bounded and the bands
+        agree with one pass over the whole slice."""
         if self.model is None:
+            self._fit_saved()
+        height, width = image.shape[:2]
+        if height * width <= BAND_PIXELS or self.kind == "lda":
+            return self._predict_block(image)
+        rows = max(64, BAND_PIXELS // width)
+        margin = int(np.ceil(4 * self.sigma_max))
+        probabilities = np.empty((self.class_count, height, width), dtype=np.float32)
+        for top in range(0, height, rows):
+            start, stop = max(0, top - margin), min(height, top + rows + margin)
+            block = self._predict_block(image[start:stop])
+            probabilities[:, top : top + rows] = block[:, top - start : top - start + rows]
+        return probabilities
+
+    def _fit_saved(self) -> None:
+        """A classifier read from a file: fit it on its saved pixels (once, whichever thread asks first)."""
+        if self.samples is None:
             raise RuntimeError("fit the classifier first")
+        with _FIT_LOCK:
+            if self.model is None:
+                model = self._estimator()
+                model.fit(*self.samples)
+                self.model = model
+
+    def _predict_block(self, image: np.ndarray) -> np.ndarray:
         features = self.features(image)
         height, width = features.shape[:2]
         known = self.model.predict_proba(features.reshape(-1, features.shape[-1]))
         probabilities = np.zeros((self.class_count, height * width), dtype=np.float32)
         probabilities[np.asarray(self.model.classes_, dtype=np.int64)] = known.T
         return probabilities.reshape(self.class_count, height, width)
+
+    # ---- a file of numbers: saved as its training pixels, fitted again when loaded ---------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pixels the classifier was fitted on and its settings to ``path`` (``.npz``),
+        atomically (a run folder's file: replaced if there)."""
+        import json
+
+        from .atomic import atomic_path
+
+        if self.samples is None:
+            raise RuntimeError("fit the classifier first")
+        settings = {
+            "format": FILE_FORMAT,
+            "kind": self.kind,
+            "class_count": self.class_count,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "trees": self.trees,
+            "seed": self.seed,
+        }
+        path = Path(path)
+        with atomic_path(path, overwrite=True) as temporary, open(temporary, "wb") as handle:
+            np.savez_compressed(
+                handle, features=self.samples[0], classes=self.samples[1], settings=np.array(json.dumps(settings))
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int = -1) -> PixelClassifier:
+        """Read a file written by :meth:`save` (``allow_pickle=False``: numbers and text only); the
+        forest is fitted again from its pixels on first use, with the same seed."""
+        import json
+
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                features, classes = saved["features"], saved["classes"]
+                settings = json.loads(str(saved["settings"]))
+        except FileNotFoundError:
+            raise SchismError(f"{path}: pixel classifier file not found") from None
+        except (OSError, ValueError, KeyError) as error:
+            raise SchismError(f"{path}: not a saved pixel classifier ({type(error).__name__}: {error})") from None
+        if settings.get("format") != FILE_FORMAT or settings.get("kind") not in KINDS:
+            raise SchismError(f"{path}: a pixel classifier of an unknown format ({settings.get('format')!r})")
+        if features.ndim != 2 or classes.shape != features.shape[:1] or not len(classes):
+            raise SchismError(f"{path}: features {features.shape} and classes {classes.shape} do not match")
+        classifier = cls(
+            settings["kind"],
+            class_count=int(settings["class_count"]),
+            sigma_min=float(settings["sigma_min"]),
+            sigma_max=float(settings["sigma_max"]),
+            trees=int(settings["trees"]),
+            seed=settings["seed"],
+            threads=threads,
+        )
+        if classes.min() < 0 or classes.max() >= classifier.class_count:
+            raise SchismError(f"{path}: classes beyond the {classifier.class_count} it names")
+        classifier.samples = (features.astype(np.float32, copy=False), classes.astype(np.int64, copy=False))
+        return classifier
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(Y, X, C) -> classes (Y, X) uint8."""

@@ -281,9 +281,48 @@ def command_train(arguments: argparse.Namespace) -> int:
         stop = StopToken()
         if arguments.per_class:
             return _train_per_class(arguments, config, data, run_dir, progress, stop)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # processes split by a shared random seed: no held-out choice
+            with stop_on_interrupt(stop):
+                Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
+            return 0
+        split, training, held = _held_out(config, data, run_dir, resume)
         with stop_on_interrupt(stop):
-            Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
+            result = Trainer(
+                config, training, run_dir, split=split, resume=resume, callback=progress, stop=stop, plan=plan
+            ).run()
+        _choose_and_write(result, data, training, held, progress)
     return 0
+
+
+def _held_out(config: Any, data: Any, run_dir: Path, resume: bool) -> tuple[Any, Any, Any]:
+    """The split (the run folder's when resuming) and the labels held out from the network and the
+    forest, for the choice between them (see :mod:`schism_napari.selection`)."""
+    from .data.splits import make_split, read_split
+    from .selection import hold_out
+
+    if resume:
+        split = read_split(run_dir, data)
+    else:
+        t = config.training
+        split = make_split(len(data.samples), config.data.num_samples, t.val_split, t.seed)
+    training, held = hold_out(data, split.train + split.val, split.val)
+    return split, training, held
+
+
+def _choose_and_write(result: Any, data: Any, training: Any, held: Any, progress: Any) -> Any:
+    """Score the forest, the network and their average on the held-out labels; the run folder keeps
+    the choice (``selection.json``, and ``forest.npz`` when the forest takes part)."""
+    from .inference import Predictor
+    from .runs import load_trained_model
+    from .selection import choose, fit_forest
+
+    forest = fit_forest(training, held) if held.targets else None
+    network = load_trained_model(result.run_dir)  # the best-loss weights, as prediction will load them
+    predictor = Predictor.from_trained(network, device=result.config.training.device, forest=None)
+    selection = choose(lambda image: predictor.predict(image, rgb=True).probabilities, forest, data, held)
+    selection.write(result.run_dir, forest)
+    progress.write(f"chose {selection.describe()}; predictions from {result.run_dir} use it")
+    return selection
 
 
 def _plan(config: Any, data: Any, classes_from_masks: bool) -> Any:
@@ -733,6 +772,7 @@ def command_export(arguments: argparse.Namespace) -> int:
 
     path = export_model(arguments.weights, arguments.format, arguments.out, metric=arguments.metric)
     print(f"wrote {path}")
+    _warn_network_only(arguments.weights, arguments.metric)
     if arguments.format == "bioimageio" and not arguments.no_test:
         summary = check_bioimageio(path)
         print(f"bioimageio.core model test: {summary.status}")
@@ -742,6 +782,19 @@ def command_export(arguments: argparse.Namespace) -> int:
     elif arguments.format != "bioimageio":
         print(f"  output matches torch within 1e-4; inputs and classes described in {path.name}.json")
     return 0
+
+
+def _warn_network_only(run_dir: Path, metric: str) -> None:
+    """An export holds the network: say so when the run predicts with the forest too."""
+    from .selection import LABELS, read_selection
+
+    selection = read_selection(run_dir) if Path(run_dir).is_dir() else None
+    if selection is not None and selection.forest_weight > 0 and selection.checkpoint == metric:
+        print(
+            f"warning: {run_dir} predicts with the {LABELS[selection.choice]} (selection.json); "
+            "the export holds the network alone",
+            file=sys.stderr,
+        )
 
 
 def command_stats(arguments: argparse.Namespace) -> int:

@@ -178,15 +178,17 @@ class _Planner:
         )
 
     def _classes(self) -> None:
+        """The classes the data was read with (the CLI counts them from the mask values, napari
+        from the highest painted label); a class without a labelled pixel is named, not hidden."""
         if self.print is not None:
-            count = len(self.print.class_fractions)
-            rare = min(self.print.class_fractions) if self.print.class_fractions else 0.0
-            self.choose(
-                "Model",
-                "num_classes",
-                count,
-                f"{count} classes in the masks/labels (rarest covers {100 * rare:.2g} % of the labelled pixels)",
-            )
+            fractions = self.print.class_fractions
+            count = len(fractions)
+            rare = min((f for f in fractions if f > 0), default=0.0)
+            missing = [str(k) for k, f in enumerate(fractions) if f == 0]
+            reason = f"{count} classes in the masks/labels (rarest covers {100 * rare:.2g} % of the labelled pixels)"
+            if missing:
+                reason += f"; class{'es' if len(missing) > 1 else ''} {', '.join(missing)} not labelled anywhere"
+            self.choose("Model", "num_classes", count, reason)
 
     def _model(self, accelerated: bool) -> None:
         if self.config.is_given("Model", "model_type"):

@@ -3,7 +3,8 @@
 ``model_best_loss.pth`` and ``model_best_<Metric>.pth`` are bare state_dicts as in SCHISM;
 ``last_checkpoint.pth`` adds the optimizer, scheduler and epoch for ``--resume``. Everything is
 written atomically and loaded with ``torch.load(weights_only=True)``, so a run folder from
-elsewhere cannot execute code.
+elsewhere cannot execute code. ``selection.json`` says whether the network, the forest
+(``forest.npz``, numbers only) or their average predicts (see :mod:`.selection`).
 """
 
 from __future__ import annotations
@@ -152,10 +153,19 @@ class TrainedModel:
     class_colors: list[tuple[int, int, int]] | None
     source: str  # run folder and checkpoint, for display
     run_dir: Path | None = None  # the run folder it was loaded from (None: trained in this session)
+    forest: Any = None  # the run's forest (baseline.PixelClassifier) when its held-out choice includes it
+    selection: Any = None  # selection.Selection: forest, network or average, and their held-out scores
 
     @property
     def class_count(self) -> int:
         return self.config.model.class_count
+
+    @property
+    def forest_weight(self) -> float:
+        """The forest's share of the probabilities a prediction mixes in (0: the network alone)."""
+        if self.forest is None or self.selection is None:
+            return 0.0
+        return float(self.selection.forest_weight)
 
 
 def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset: str | None = None) -> TrainedModel:
@@ -198,6 +208,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
     normalization = stats.get(DEFAULT_STATS) or next(iter(stats.values()))
     names = info.get("class_names") or default_class_names(config.model.class_count)
     colors = info.get("class_colors")
+    selection, forest = _chosen_combination(run_dir, name, config.model.class_count)
     return TrainedModel(
         config,
         model,
@@ -205,9 +216,23 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
         in_channels,
         list(names),
         [tuple(c) for c in colors] if colors else None,
-        f"{run_dir} ({path.name})",
+        f"{run_dir} ({path.name}" + (f", {selection.choice}" if forest is not None else "") + ")",
         run_dir,
+        forest,
+        selection,
     )
+
+
+def _chosen_combination(run_dir: Path, checkpoint: str, class_count: int) -> tuple[Any, Any]:
+    """The run's held-out choice (``selection.json``) and its forest, for the checkpoint it was made
+    with; other checkpoints predict with the network alone."""
+    from .selection import load_forest, read_selection
+
+    selection = read_selection(run_dir)
+    if selection is None or selection.checkpoint != checkpoint:
+        return None, None
+    forest = load_forest(run_dir, class_count) if selection.forest_weight > 0 else None
+    return selection, forest
 
 
 def load_schism_run(run_dir: Path, metric: str = "loss", dataset: str | None = None) -> TrainedModel:

@@ -78,6 +78,14 @@ class ConfigForm:
         self._shown = {key: widget.value for key, widget in self.widgets.items()}
         self._given = set(config.given)
 
+    def show_value(self, section: str, key: str, value: Any) -> None:
+        """Show a value the data chose (num_classes following the painted labels) without it
+        counting as the user's edit: the planner may still change it."""
+        widget = self.widgets[(section, key)]
+        widget.value = value
+        if self._shown is not None:
+            self._shown[(section, key)] = widget.value
+
     def edited(self) -> set[tuple[str, str]]:
         """The fields whose value differs from what :meth:`set_config` showed (all before it is called)."""
         if self._shown is None:

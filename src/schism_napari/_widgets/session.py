@@ -182,6 +182,7 @@ class Session:
         self.model: TrainedModel | None = None
         self.class_names: list[str] | None = None
         self.class_colors: list[tuple[int, int, int]] | None = None
+        self.dataset_class_count: int | None = None  # a scanned dataset's classes (num_classes follows the data)
         self.jobs = {kind: Job(kind) for kind in ("training", "prediction", "scan", "export", "warm-up")}
         self.jobs["training"].state_changed.connect(lambda state: self.busy_changed.emit(state.busy))
         # image layer -> its result layers: weak, so a deleted image takes its family along
@@ -237,6 +238,7 @@ class Session:
         self.plan_reasons = (config, dict(reasons or {}))
         self.set_config(config)
         self.config_replaced.emit(config)
+        self.follow_classes()
 
     def reasons_for(self, config: SchismConfig) -> dict[str, str] | None:
         """Why the keys of ``config`` were planned, when it is the latest plan the session took."""
@@ -245,10 +247,29 @@ class Session:
 
     def set_class_count(self, count: int) -> None:
         """Change only num_classes, keeping every other value (and unsaved form edits)."""
+        self.dataset_class_count = count
         if count != self.config.model.class_count:
             config = self.config.copy()
             config.model.num_classes = count
+            config.given.discard("Model.num_classes")  # the dataset's, not typed: it follows the data
             self.set_config(config.validate())
+            self.class_count_requested.emit(count)
+        self.follow_classes()
+
+    def follow_classes(self, also: Any = None) -> None:
+        """Unless the user typed num_classes (or an INI set it), make it what the data shows: the
+        highest label painted in the paired Labels layers (and ``also``), or the scanned dataset's
+        classes if more, at least 2. Two painted classes then train a two-class model, and the
+        legend, the label counts and the class names count two."""
+        if self.config.is_given("Model", "num_classes"):
+            return
+        layers = [pair.labels for pair in self.pairs] + ([also] if also is not None else [])
+        painted = max((int(np.max(layer.data)) for layer in layers if np.size(layer.data)), default=0)
+        count = max(2, painted, self.dataset_class_count or 0)
+        if count != self.config.model.class_count and count <= MAX_CLASSES:
+            config = self.config.copy()
+            config.model.num_classes = count
+            self.set_config(config)
             self.class_count_requested.emit(count)
 
     # ---- training data ---------------------------------------------------------------------
@@ -273,6 +294,7 @@ class Session:
             if corrections is not None:
                 existing.corrections = corrections
             return
+        self.follow_classes(also=labels)
         names = labels.metadata.get("schism_classes")
         if names and len(names) == self.config.model.class_count and not self.class_names:
             colors = labels.metadata.get("schism_colors")
@@ -283,6 +305,7 @@ class Session:
         self.data_changed.emit()
 
     def _labels_painted(self, _event: Any = None) -> None:
+        self.follow_classes()
         self.labels_edited.emit()
 
     def pair_of(self, labels: Any) -> LayerPair | None:
@@ -290,6 +313,7 @@ class Session:
 
     def remove_pair(self, index: int) -> None:
         del self.pairs[index]
+        self.follow_classes()
         self.data_changed.emit()
 
     def forget_layer(self, layer: Any) -> None:
@@ -297,6 +321,7 @@ class Session:
         kept = [p for p in self.pairs if p.image is not layer and p.labels is not layer]
         if len(kept) != len(self.pairs):
             self.pairs = kept
+            self.follow_classes()
             self.data_changed.emit()
 
     def describe_data(self) -> str:
@@ -313,6 +338,7 @@ class Session:
         which the worker runs, so a large dataset never freezes the viewer."""
         if self.folder is None and not self.pairs:
             raise DataError("no training data: choose a dataset folder or add image + labels layers (Dataset tab)")
+        self.follow_classes()  # labels set from code (no paint event) count too
         count = self.config.model.class_count
         masks = []
         for pair in self.pairs:
@@ -436,6 +462,7 @@ class Session:
         return names or default_class_names(count)
 
 
+MAX_CLASSES = 255  # [Model] num_classes' range: a larger label is reported at Train, not followed
 WARM_UP_DELAY_MS = 500  # after the dock is shown: an import in a worker slows widget creation 2x
 
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()

@@ -6,8 +6,11 @@ reopened dock shows its progress and curves again and can stop it. Stop asks the
 after the current batch; the best weights are kept and become the session's model.
 
 Pressing Train first fits a random forest on the painted pixels (seconds, in the worker) and
-shows its prediction of the current slice as a preview layer; the network's prediction of the
-same slice replaces it when training ends. torch is imported only inside the worker.
+shows its prediction of the current slice as a preview layer. A fifth of each class's strokes is
+held out from both the forest and the network; when training ends, the forest, the network and
+their average are scored on those strokes and the best of them replaces the preview and becomes
+the session's model (:mod:`schism_napari.selection`), so what replaces the preview is never worse
+on labels neither saw. torch is imported only inside the worker.
 """
 
 from __future__ import annotations
@@ -90,12 +93,18 @@ class TrainingWidget(FollowsJob, Container):
         self.session.keep_setting("instant preview", self.preview)
         self.preview.tooltip = (
             "Before the network trains, a random forest fitted in seconds predicts the current slice into a "
-            "'preview' layer; the network's prediction of that slice replaces it when training ends."
+            "'preview' layer. When training ends, the forest, the network and their average are scored on "
+            "strokes held out from both, and the best replaces the preview (and predicts from then on)."
         )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="ready")
+        self.choice = Label(value="")
+        self.choice.tooltip = (
+            "Which predicts: the network, the forest or their average, whichever scored best on painted "
+            "strokes held out from both (mean IoU)."
+        )
         self.label_counts = Label(value="")
         self.label_counts.tooltip = "Pixels painted per class in the training layers, and on which slices."
         self.curves = CurvesCanvas()
@@ -110,6 +119,7 @@ class TrainingWidget(FollowsJob, Container):
                 Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.status,
+                self.choice,
             ]
         )
         layout = self.native.layout()
@@ -301,7 +311,12 @@ class TrainingWidget(FollowsJob, Container):
             self._filling = False
 
     def _set_class_count(self, count: int) -> None:
-        self.form.widget("Model", "num_classes").value = count
+        """The data's classes (a scanned dataset, the painted labels): shown, not counted as typed."""
+        self._filling = True
+        try:
+            self.form.show_value("Model", "num_classes", count)
+        finally:
+            self._filling = False
 
     def _form_edited(self) -> None:
         """Keep the session on the form's values, so the other widgets see unsaved edits too."""
@@ -337,6 +352,8 @@ class TrainingWidget(FollowsJob, Container):
         self.fine_tune.enabled = model is not None
         if model is None:
             self.fine_tune.value = False
+        selection = None if model is None else model.selection
+        self.choice.value = "" if selection is None else f"predicting with the {selection.describe()}"
 
 
 def _train(
@@ -347,11 +364,14 @@ def _train(
     *,
     callback: Any,
     stop: Any,
-) -> tuple[TrainingResult, SegmentationData, np.ndarray | None, Plan]:
-    """In the worker: read the data, plan the keys the user left alone, show the forest's preview,
-    train, predict the preview slice. One core is left to the GUI."""
+) -> tuple[TrainingResult, SegmentationData, np.ndarray | None, Plan, TrainedModel]:
+    """In the worker: read the data, plan the keys the user left alone, hold out strokes, fit the
+    forest and show its preview, train, choose between the forest, the network and their average,
+    predict the preview slice with the choice. One core is left to the GUI."""
+    from ..data.splits import make_split
     from ..planning import plan_config
     from ..resources import apply_threads
+    from ..selection import hold_out
     from ..training.trainer import Trainer
 
     apply_threads(sources.config.training.threads, leave_for_gui=True)
@@ -359,27 +379,67 @@ def _train(
         prepare_layer_code()  # the preview layer is made in the GUI thread: its one-time costs are paid here
     data = sources.load()
     plan = plan_config(sources.config, data, interactive=True)
+    settings = plan.config.training
+    split = make_split(len(data.samples), plan.config.data.num_samples, settings.val_split, settings.seed)
+    training, held = hold_out(data, split.train + split.val, split.val)
+    forest = _fit_forest(training, held)
     image, rgb, z = preview if preview is not None else (None, False, None)
-    if image is not None:
-        _forest_preview(sources, image, z, callback)
+    forest_slice = None
+    if image is not None and forest is not None:
+        forest_slice = _forest_preview(forest, image, z, callback)
     trainer = Trainer(
         plan.config,
-        data,
+        training,
         run_dir,
+        split=split,
         initial_weights=initial,
         callback=callback,
         stop=stop,
         curves_each_epoch=False,  # the dock draws them live
     )
     result = trainer.run()
-    network = None
-    if image is not None:
-        from ..inference import Predictor
+    model, shown = _choose(result, data, held, forest, image, rgb, forest_slice)
+    return result, data, shown, plan, model
 
-        model = _trained_model(result, data)
-        predicted = Predictor.from_trained(model, device=result.config.training.device).predict(image, rgb=rgb)
-        network = np.asarray(predicted.probabilities)
-    return result, data, network, plan
+
+def _fit_forest(training: SegmentationData, held: Any) -> Any:
+    """The forest on the labels left for training; None when it cannot be fitted (a courtesy:
+    training goes on, and the network is kept)."""
+    from ..selection import fit_forest
+
+    try:
+        return fit_forest(training, held)
+    except (SchismError, ValueError):
+        return None
+
+
+def _choose(
+    result: TrainingResult,
+    data: SegmentationData,
+    held: Any,
+    forest: Any,
+    image: np.ndarray | None,
+    rgb: bool,
+    forest_slice: np.ndarray | None,
+) -> tuple[TrainedModel, np.ndarray | None]:
+    """Score the forest, the network and their average on the held-out strokes, write the choice
+    into the run folder, and return the session's model and the chosen probabilities of the preview slice."""
+    from ..inference import Predictor
+    from ..selection import choose
+
+    network = _trained_model(result, data)
+    predictor = Predictor.from_trained(network, device=result.config.training.device)
+    selection = choose(lambda plane: predictor.predict(plane, rgb=True).probabilities, forest, data, held)
+    selection.write(result.run_dir, forest)
+    model = dataclasses.replace(network, forest=forest if selection.forest_weight > 0 else None, selection=selection)
+    if image is None:
+        return model, None
+    if forest_slice is None and forest is not None and selection.forest_weight > 0:
+        forest_slice = forest.predict_proba(image if image.ndim == 3 else image[..., None])
+    from_network = None
+    if selection.forest_weight < 1 or forest_slice is None:
+        from_network = np.asarray(predictor.predict(image, rgb=rgb).probabilities)
+    return model, selection.probabilities(from_network, forest_slice)
 
 
 def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] | None, event: Any) -> None:
@@ -401,31 +461,17 @@ def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, 
     return np.array(data, copy=True), bool(layer.rgb), z
 
 
-def _forest_preview(sources: TrainingSources, image: np.ndarray, z: int | None, callback: Any) -> None:
-    """Fit a random forest on the painted slices, send its prediction of the preview slice, and wait
-    (at most PREVIEW_WAIT_S) until the GUI thread has shown it."""
-    from ..baseline import PixelClassifier
-    from ..data.io import IGNORE
-
-    images, masks = [], []
-    for layer_image, mask, rgb in zip(sources.images, sources.masks, sources.rgb, strict=True):
-        stack_i = layer_image if (layer_image.ndim - rgb) == 3 else layer_image[None]
-        stack_m = mask if mask.ndim == 3 else mask[None]
-        for plane, plane_mask in zip(stack_i, stack_m, strict=True):
-            if (plane_mask != IGNORE).any():
-                images.append(plane if rgb else plane[..., None])
-                masks.append(plane_mask)
-    if not masks:
-        return
+def _forest_preview(forest: Any, image: np.ndarray, z: int | None, callback: Any) -> np.ndarray | None:
+    """Send the forest's prediction of the preview slice and wait (at most PREVIEW_WAIT_S) until the
+    GUI thread has shown it; return it (None when the forest cannot predict that slice)."""
     try:
-        classifier = PixelClassifier("forest", class_count=sources.config.model.class_count, trees=24)
-        classifier.fit(images, masks)
-        probabilities = classifier.predict_proba(image if image.ndim == 3 else image[..., None])
+        probabilities = forest.predict_proba(image if image.ndim == 3 else image[..., None])
     except (SchismError, ValueError):
-        return  # a preview is a courtesy: training goes on without it
+        return None  # a preview is a courtesy: training goes on without it
     event = ForestPreview(np.asarray(probabilities, dtype=np.float32), z)
     callback(event)
     event.shown.wait(PREVIEW_WAIT_S)
+    return event.probabilities
 
 
 def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedModel:
@@ -444,24 +490,30 @@ def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedMod
     )
 
 
-def _take_model(viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None, Plan]) -> None:
-    """In the GUI thread, whether or not a dock is open: the new model joins the session, the form
-    shows the planned values, and the network's prediction of the preview slice replaces the forest's
-    (the run settles once that layer is in: see :mod:`.turns`)."""
-    result, data, network, plan = returned
-    session.set_model(_trained_model(result, data))
+def _take_model(
+    viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None, Plan, TrainedModel]
+) -> None:
+    """In the GUI thread, whether or not a dock is open: the new model (the network, the forest or
+    their average, as the held-out strokes chose) joins the session, the form shows the planned
+    values, and the chosen prediction of the preview slice replaces the forest's (the run settles
+    once that layer is in: see :mod:`.turns`)."""
+    result, _data, chosen, plan, model = returned
+    session.set_model(model)
     session.replace_config(plan.config, plan.reasons)  # the keys the user left alone show what was planned
     job = session.job("training")
     preview = job.info.get("preview")
-    if network is not None and preview is not None:
+    choice = model.selection.choice if model.selection is not None else "network"
+    if chosen is not None and preview is not None:
         image = preview[0]
-        steps = show_preview(viewer, session, image, network, preview[1], source="network")
+        steps = show_preview(viewer, session, image, chosen, preview[1], source=choice)
         run_in_turns(
             steps, done=job.settle_later(), failed=_report_preview_failure, alive=lambda: image in viewer.layers
         )
     planned = sum("." in key for key in plan.reasons)
     note = f"; {planned} settings planned from the data (their tooltips say why)" if planned else ""
     show_info(f"training {result.reason}; run folder {result.run_dir}{note}")
+    if model.selection is not None:
+        show_info(f"{'showing' if preview is not None else 'predicting with'} the {model.selection.describe()}")
 
 
 def _keep_architecture(config: SchismConfig, model: SchismConfig) -> None:

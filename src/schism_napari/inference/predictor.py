@@ -75,6 +75,11 @@ class Predictor:
     whole-image forward, see ``benchmarks/bench_inference.py``). A fractional ``overlap`` keeps the
     older gaussian-blended layout. The model runs in ``channels_last`` under ``torch.inference_mode``;
     on CUDA also in fp16 autocast, with cuDNN benchmarking and pinned, non-blocking tile copies.
+
+    ``forest`` (a :class:`~schism_napari.baseline.PixelClassifier`, or anything with its
+    ``predict_proba(plane)``) and ``forest_weight`` mix a forest's probabilities into each slice's:
+    0.5 is their mean, 1 the forest alone (the network is then not run), as a run's held-out choice
+    says (:mod:`schism_napari.selection`).
     """
 
     def __init__(
@@ -90,8 +95,13 @@ class Predictor:
         device: torch.device | str = "cpu",
         callback: ProgressCallback = ignore_events,
         stop: StopToken | None = None,
+        forest: Any = None,
+        forest_weight: float = 0.0,
     ):
         self.settings = settings or InferenceConfig()
+        mixed = forest is not None and forest_weight > 0
+        self.forest: Any = forest if mixed else None
+        self.forest_weight = float(forest_weight) if mixed else 0.0
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         # channels_last: oneDNN's fast layout on a CPU, and what fp16 tensor cores want on CUDA
@@ -119,8 +129,11 @@ class Predictor:
     def from_trained(
         cls, trained: Any, *, settings: InferenceConfig | None = None, device: str = "auto", **options: Any
     ) -> Predictor:
-        """Build from a :class:`~schism_napari.runs.TrainedModel`; tiles default to crop_size."""
+        """Build from a :class:`~schism_napari.runs.TrainedModel`; tiles default to crop_size. A run
+        whose held-out choice includes the forest predicts with it (``forest=None`` leaves it out)."""
         config = trained.config
+        options.setdefault("forest", getattr(trained, "forest", None))
+        options.setdefault("forest_weight", getattr(trained, "forest_weight", 0.0))
         settings = settings or config.inference
         return cls(
             trained.model,
@@ -161,7 +174,28 @@ class Predictor:
         return _argmax_classes(probabilities, np.uint8 if self.class_count <= 256 else np.uint16)
 
     def iter_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(z, probabilities (C, Y, X))`` slice by slice, in order."""
+        """Yield ``(z, probabilities (C, Y, X))`` slice by slice, in order (with the forest's mixed in)."""
+        if self.forest is None:
+            yield from self._network_probabilities(slices)
+        elif self.forest_weight >= 1:
+            for z in range(slices.count):
+                if self.stop.requested:
+                    raise Cancelled("prediction cancelled")
+                yield z, self._forest_probabilities(slices[z])
+                self._report(z + 1, slices.count, z + 1, slices.count)
+        else:
+            for z, probabilities in self._network_probabilities(slices):
+                forest = self._forest_probabilities(slices[z])
+                yield z, ((1 - self.forest_weight) * probabilities + self.forest_weight * forest).astype(np.float32)
+
+    def _forest_probabilities(self, plane: np.ndarray) -> np.ndarray:
+        probabilities = np.asarray(self.forest.predict_proba(plane), dtype=np.float32)
+        if probabilities.shape[0] != self.class_count:
+            raise DataError(f"the forest predicts {probabilities.shape[0]} classes, the network {self.class_count}")
+        return probabilities
+
+    def _network_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]:
+        """The network's ``(z, probabilities (C, Y, X))``, slice by slice, in order."""
         # Planes are reflect-padded at the bottom/right to what the network divides, as a
         # whole-image forward pass would be, so border tiles see the same context.
         height, width = slices.height, slices.width
