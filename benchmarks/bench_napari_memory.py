@@ -53,6 +53,7 @@ if mode == "memory":  # the former path: results held in memory
 elif mode == "disk":  # every stack to disk, however small (smoke tests)
     volume_store.STREAM_ABOVE_BYTES = 0
 INI = "[Model]\nmodel_type = UnetConcat\nnum_classes = 3\nn_block = 2\nchannels = 8\np = 0.0\n"
+INI += "[Data]\ncrop_size = 256\nimg_res = 256\n"  # no resize, as planned runs (SCHISM's defaults resize 2.5x)
 config = SchismConfig.from_ini_string(INI, source="bench.ini")
 torch.manual_seed(0)
 model = TrainedModel(
