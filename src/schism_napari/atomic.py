@@ -235,3 +235,19 @@ def unique_path(path: Path) -> Path:
         if not candidate.exists():
             return candidate
         counter += 1
+
+
+def create_unique_folder(path: Path) -> Path:
+    """Create ``path``, else ``path_2``, ``path_3``...: ``mkdir`` without ``exist_ok``, so two
+    processes choosing a name at the same moment (two napari windows pressing Train within the
+    same second) never end up sharing one folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, counter = path, 2
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate = path.with_name(f"{path.name}_{counter}")
+            counter += 1

@@ -26,7 +26,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog
 
 from .. import events
-from ..atomic import unique_path
+from ..atomic import create_unique_folder, unique_path
 from ..data.labels import labelled_pixels
 from ..errors import SchismError
 from .config_form import ConfigForm
@@ -360,6 +360,8 @@ def _train(
     image, rgb, z = preview if preview is not None else (None, False, None)
     if image is not None:
         _forest_preview(sources, image, z, callback)
+    # created here, exclusively (the name was chosen in the GUI thread), and claimed by the Trainer
+    run_dir = create_unique_folder(run_dir)
     trainer = Trainer(
         plan.config,
         data,
