@@ -771,7 +771,7 @@ def test_a_second_training_on_the_same_out_is_refused_at_once(sample_files, trai
         expected = (
             rf"schism: error: {re.escape(str(out))}: this run folder is in use by another schism run "
             rf"\(pid {first.pid} on {re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\); "
-            "wait for it to end or choose another"
+            "wait for it to end or choose another run folder"
         )
         assert re.fullmatch(expected, line), line
         assert [p.name for p in out.iterdir()] == [".schism.lock"]  # nothing written beside the holder's lock
@@ -799,6 +799,10 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(sample_files, trained_run,
     assert not (run / ".schism.lock").exists()  # released at the end
 
     from schism_napari.claims import FolderInUse, claim
+
+    alive = _write_lock(tmp_path / "alive", os.getppid(), socket.gethostname())  # a live pid on this host
+    with pytest.raises(FolderInUse, match=f"pid {os.getppid()} on "), claim(alive.parent):
+        pass
 
     other = _write_lock(tmp_path / "elsewhere", _dead_pid(), "node17")  # another host: cannot be checked
     refused = rf"on node17, since .*; wait for it to end, or delete {re.escape(str(other))}"
@@ -898,3 +902,40 @@ def test_the_dock_creates_its_run_folder_exclusively(tmp_path):
     second = create_unique_folder(tmp_path / "runs" / "run_20260101_120000")
     assert (first.name, second.name) == ("run_20260101_120000", "run_20260101_120000_2")
     assert first.is_dir() and second.is_dir()
+
+
+_RACER = """
+import sys
+from pathlib import Path
+from schism_napari.claims import FolderInUse, claim
+try:
+    with claim(Path(sys.argv[1])):
+        print("won", flush=True)
+        sys.stdin.read()  # held until every racer has tried
+except FolderInUse:
+    print("refused", flush=True)
+"""
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["new folder", "stale lock"])
+def test_processes_racing_for_one_folder_leave_one_winner(stale, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import schism_napari
+
+    folder = tmp_path / "run"
+    if stale:
+        _write_lock(folder, _dead_pid(), socket.gethostname())
+    source = str(Path(schism_napari.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", _RACER, str(folder)]
+    racers = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True) for _ in range(4)
+    ]
+    outcomes = sorted(racer.stdout.readline().strip() for racer in racers)
+    for racer in racers:
+        racer.communicate(timeout=60)
+    assert outcomes == ["refused", "refused", "refused", "won"], outcomes
+    assert not (folder / ".schism.lock").exists() and list(folder.iterdir()) == []

@@ -110,7 +110,10 @@ def claim(folder: Path, *, name: str = LOCK_FILE, what: str = "folder", target: 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SchismError(f"{folder}: cannot create this folder ({error.strerror or error})") from None
-    fd = _acquire(lock, subject)
+    try:
+        fd = _acquire(lock, subject, what)
+    except OSError as error:  # a full disk or a read-only folder while writing the lock: one line
+        raise SchismError(f"{lock}: cannot create this lock file ({error.strerror or error})") from None
     with _registry_lock:
         _held[key] = _Held(fd, os.fstat(fd).st_ino, me)
     try:
@@ -148,7 +151,7 @@ def _release(key: str) -> None:
     os.close(held.fd)  # closing drops the flock
 
 
-def _acquire(lock: Path, subject: str) -> int:
+def _acquire(lock: Path, subject: str, what: str) -> int:
     """An open descriptor on ``lock``, flocked, naming this process; raises FolderInUse."""
     me = Owner.me()
     for _ in range(_ATTEMPTS):
@@ -161,22 +164,20 @@ def _acquire(lock: Path, subject: str) -> int:
             continue  # released meanwhile: try to create it again
         try:
             if not _try_flock(fd):  # its owner is alive and holds it
-                raise FolderInUse(_in_use(subject, lock, _read_owner(fd)))
-            if os.fstat(fd).st_ino != _inode(lock):
-                os.close(fd)  # removed (and maybe recreated) between our open and our flock
-                continue
-            owner = _read_owner(fd)
-            if owner is not None and (owner.host != me.host or (owner.pid != me.pid and _alive(owner.pid))):
-                raise FolderInUse(_in_use(subject, lock, owner))
-            # stale: its owner died (killed, crashed) on this host; take it over in place, under our flock
-            data = me.to_json().encode("utf-8")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
-            return fd
+                raise FolderInUse(_in_use(subject, what, lock, _read_owner(fd)))
+            replaced = os.fstat(fd).st_ino != _inode(lock)  # removed (maybe recreated) since our open
+            if not replaced:
+                owner = _read_owner(fd)
+                if owner is not None and (owner.host != me.host or (owner.pid != me.pid and _alive(owner.pid))):
+                    raise FolderInUse(_in_use(subject, what, lock, owner))
+                # stale: its owner died (killed, crashed) on this host; take it over in place, under our flock
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, me.to_json().encode("utf-8"), 0)
+                return fd
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            os.close(fd)
             raise
+        os.close(fd)
     raise FolderInUse(f"{subject} is being claimed by other processes at the same time; try again")
 
 
@@ -184,34 +185,41 @@ def _create(lock: Path, me: Owner) -> int | None:
     """Create ``lock`` holding ``me``, atomically and complete; None if it already exists."""
     temporary = lock.with_name(f"{lock.name}.{me.pid}.{threading.get_ident()}.tmp")
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    linked, no_links = False, False
     try:
         os.write(fd, me.to_json().encode("utf-8"))
         _try_flock(fd)  # flocked before it has its name: nobody can see it unlocked
         try:
             os.link(temporary, lock)
+            linked = True
         except FileExistsError:
-            os.close(fd)
-            return None
-        except OSError:  # file systems without hard links: exclusive create, then write
-            os.close(fd)
-            return _create_exclusive(lock, me)
-        return fd
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        raise
+            pass
+        except OSError:  # file systems without hard links
+            no_links = True
     finally:
+        if not linked:
+            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+    if linked:
+        return fd
+    return _create_exclusive(lock, me) if no_links else None
 
 
 def _create_exclusive(lock: Path, me: Owner) -> int | None:
+    """Exclusive create, flock, then write: for file systems without hard links."""
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return None
-    _try_flock(fd)
-    os.write(fd, me.to_json().encode("utf-8"))
+    try:
+        _try_flock(fd)
+        os.write(fd, me.to_json().encode("utf-8"))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        raise
     return fd
 
 
@@ -258,10 +266,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _in_use(subject: str, lock: Path, owner: Owner | None) -> str:
+def _in_use(subject: str, what: str, lock: Path, owner: Owner | None) -> str:
     if owner is None:
-        return f"{subject} is in use by another schism process; wait for it to end or choose another"
+        return f"{subject} is in use by another schism process; wait for it to end or choose another {what}"
     text = f"{subject} is in use by another schism run ({owner.describe()})"
     if owner.host != socket.gethostname():
         return text + f"; wait for it to end, or delete {lock} if that process has ended"
-    return text + "; wait for it to end or choose another"
+    return text + f"; wait for it to end or choose another {what}"
