@@ -939,3 +939,16 @@ def test_processes_racing_for_one_folder_leave_one_winner(stale, tmp_path):
         racer.communicate(timeout=60)
     assert outcomes == ["refused", "refused", "refused", "won"], outcomes
     assert not (folder / ".schism.lock").exists() and list(folder.iterdir()) == []
+
+
+def test_a_missing_extra_is_named_in_one_line(sample_files, trained_run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # dask.distributed not installed
+    out = tmp_path / "out"
+    arguments = ["--input", str(sample_files.volume), "--out", str(out), "--workers", "1"]
+    capsys.readouterr()
+    assert main(["predict", "--weights", str(trained_run), *arguments]) == 2
+    line = last_error_line(capsys)
+    assert line.endswith("need dask.distributed: pip install 'schism-napari[dask]'"), line
+    assert _leftovers(tmp_path) == [] and not out.exists()

@@ -617,6 +617,7 @@ def command_predict_distributed(arguments: argparse.Namespace) -> int:
     from .data.discovery import list_image_files
     from .data.io import gray_levels
     from .inference.distributed import predict_distributed
+    from .outputs import output_folder, removed_on_failure
     from .resources import choose_threads
     from .runs import load_trained_model
 
@@ -650,9 +651,10 @@ def command_predict_distributed(arguments: argparse.Namespace) -> int:
     levels = gray_levels(trained.class_count) if arguments.gray_levels else None
     device = "cpu" if arguments.device == "auto" else arguments.device
     progress = TqdmProgress()
-    out.mkdir(parents=True, exist_ok=True)
+    created = output_folder(out)
     targets = [t for _, labels, probabilities in plans for t in (labels, probabilities) if t is not None]
-    with claimed_outputs(targets):  # another command writing the same outputs is refused at once
+    # another command writing the same outputs is refused at once; a failed command leaves no empty folder
+    with removed_on_failure(out, created), claimed_outputs(targets):
         for path, labels, probabilities in plans:
             result = predict_distributed(
                 weights[0],
