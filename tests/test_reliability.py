@@ -952,3 +952,26 @@ def test_a_missing_extra_is_named_in_one_line(sample_files, trained_run, tmp_pat
     line = last_error_line(capsys)
     assert line.endswith("need dask.distributed: pip install 'schism-napari[dask]'"), line
     assert _leftovers(tmp_path) == [] and not out.exists()
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["OSError", "torch's RuntimeError"])
+def test_a_full_disk_outside_atomic_writes_is_still_one_line(wrapped, monkeypatch, capsys):
+    import errno
+
+    from schism_napari import cli
+
+    def fills_the_disk(arguments):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            if wrapped:
+                raise RuntimeError(
+                    "[enforce fail at inline_container.cc:672] . unexpected pos 36736 vs 36640"
+                ) from None
+            raise
+
+    monkeypatch.setattr(cli, "command_stats", fills_the_disk)
+    assert main(["stats", "--data", "anywhere"]) == 2
+    assert one_error_line(capsys) == (
+        "schism: error: disk full (No space left on device) while writing an output; free some space and run it again"
+    )

@@ -33,8 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schism: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as error:  # a file system refusal the checks did not foresee: still one line
+        from .atomic import DISK_FULL_ERRNOS
+
         where = f"{error.filename}: " if error.filename else ""
-        print(f"schism: error: {where}{error.strerror or one_line(str(error))}", file=sys.stderr)
+        reason = error.strerror or one_line(str(error))
+        if error.errno in DISK_FULL_ERRNOS:  # writes go through atomic.py, which names the folder: a fallback
+            reason = f"disk full ({reason}) while writing an output; free some space and run it again"
+        print(f"schism: error: {where}{reason}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as error:  # a library's wrapper around a full disk (torch's serializer)
         from .atomic import disk_full_errno
@@ -42,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         number = disk_full_errno(error)
         if number is None:
             raise
-        print(f"schism: error: disk full ({os.strerror(number)}) while writing an output", file=sys.stderr)
+        reason = f"disk full ({os.strerror(number)}) while writing an output"
+        print(f"schism: error: {reason}; free some space and run it again", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError:
         print("schism: error: out of memory; use a smaller --tile-size or --batch-size", file=sys.stderr)
