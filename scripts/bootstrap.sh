@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up schism-napari on a fresh Debian/Ubuntu machine: the system libraries Qt and napari need
 # (plus Xvfb for machines without a display), and a virtual environment at .venv with the package,
-# napari and tox. Safe to run again: it only installs what is missing.
+# napari, every extra a README command uses (export, dask, video) and tox. Safe to run again: it only
+# installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +31,6 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # constraints.txt pins torch==2.13.0 so pip never replaces it with a CUDA build (see README).
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[napari]" tox
+# export: schism export --format onnx|bioimageio; dask: predict --workers/--dask-scheduler; video: .mp4 inputs
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[napari,export,dask,video]" tox
 echo "bootstrap: ready (.venv/bin/schism, .venv/bin/napari, .venv/bin/tox)"

@@ -143,7 +143,19 @@ def test_inference_does_not_depend_on_training():
 
 @pytest.mark.parametrize(
     "low",
-    ["errors", "events", "atomic", "devices", "probabilities", "config", "data", "models", "selection"],
+    [
+        "errors",
+        "events",
+        "atomic",
+        "claims",
+        "weights_io",
+        "devices",
+        "probabilities",
+        "config",
+        "data",
+        "models",
+        "selection",
+    ],
 )
 def test_lower_layers_do_not_import_higher_ones(low):
     """Data, models and the small shared modules never reach up into training, inference or runs

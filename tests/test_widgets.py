@@ -5,6 +5,8 @@ Runs under Xvfb (pytest-xvfb). Trainings are tiny (a few 48 px crops) to keep th
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -374,14 +376,18 @@ def test_stop_mid_training_keeps_loadable_best_weights(qtbot, dock, rock, tmp_pa
     add_scribble_pair(viewer, dock, viewer.add_image(volume), viewer.add_labels(painted))
     small_training(dock.training, epochs=50)
     training = dock.training
+    holders = []
 
     def stop_after_first_epoch(event) -> None:
+        if isinstance(event, events.TrainingStarted):  # the dock's run folder is claimed like the CLI's
+            holders.append(json.loads((event.run_dir / ".schism.lock").read_text(encoding="utf-8"))["pid"])
         if isinstance(event, events.EpochEnded):
             training.stop_button.clicked.emit()
 
     training.relay.event.connect(stop_after_first_epoch)
     click_and_wait(qtbot, training, training.train_button)
     result = training.last_result
+    assert holders == [os.getpid()] and not (result.run_dir / ".schism.lock").exists()
     assert result.stopped and 1 <= result.epochs_completed < 50
     assert "stopped" in training.status.value
     assert {"loss", "Jaccard", "last"} <= set(available_weights(result.run_dir))

@@ -33,8 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schism: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as error:  # a file system refusal the checks did not foresee: still one line
+        from .atomic import DISK_FULL_ERRNOS
+
         where = f"{error.filename}: " if error.filename else ""
-        print(f"schism: error: {where}{error.strerror or one_line(str(error))}", file=sys.stderr)
+        reason = error.strerror or one_line(str(error))
+        if error.errno in DISK_FULL_ERRNOS:  # writes go through atomic.py, which names the folder: a fallback
+            reason = f"disk full ({reason}) while writing an output; free some space and run it again"
+        print(f"schism: error: {where}{reason}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as error:  # a library's wrapper around a full disk (torch's serializer)
+        from .atomic import disk_full_errno
+
+        number = disk_full_errno(error)
+        if number is None:
+            raise
+        reason = f"disk full ({os.strerror(number)}) while writing an output"
+        print(f"schism: error: {reason}; free some space and run it again", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError:
         print("schism: error: out of memory; use a smaller --tile-size or --batch-size", file=sys.stderr)
@@ -220,7 +234,15 @@ def command_train(arguments: argparse.Namespace) -> int:
     from .data import load_dataset
     from .events import StopToken
     from .outputs import removed_on_failure
-    from .runs import LAST_CHECKPOINT, prepare_run_dir, read_run_config, remove_partial_files
+    from .runs import (
+        BEST_LOSS,
+        LAST_CHECKPOINT,
+        best_weights_file,
+        claimed_new_run_dir,
+        claimed_run_dir,
+        read_run_config,
+        remove_partial_files,
+    )
     from .training.trainer import Trainer
 
     resume = arguments.resume is not None
@@ -252,16 +274,22 @@ def command_train(arguments: argparse.Namespace) -> int:
         progress.write(f"warning: {warning}")
     # under torchrun every process runs this; only rank 0 creates the run folder and writes files
     main_process = int(os.environ.get("RANK", "0")) == 0
-    created = False
-    if run_dir is None:  # refuse a used --out before anything is read or written
-        created = not arguments.out.exists()
-        hint = "choose a new --out folder (or --resume RUN_DIR to continue a run)"
-        run_dir = prepare_run_dir(arguments.out, hint=hint) if main_process else arguments.out
-    elif main_process:
-        removed = remove_partial_files(run_dir)
-        if removed:
-            progress.write(f"removed {len(removed)} partial file(s) an interrupted run left in {run_dir}")
-    with removed_on_failure(run_dir, created and main_process, keep_if=(LAST_CHECKPOINT,)):
+    with contextlib.ExitStack() as held:
+        created = False
+        if run_dir is None:  # refuse a used --out (or one another process is starting in) before any reading
+            created = not arguments.out.exists()
+            hint = "choose a new --out folder (or --resume RUN_DIR to continue a run)"
+            run_dir = (
+                held.enter_context(claimed_new_run_dir(arguments.out, hint=hint)) if main_process else arguments.out
+            )
+        elif main_process:
+            held.enter_context(claimed_run_dir(run_dir))  # not while another process trains in it
+            removed = remove_partial_files(run_dir)  # held: no live writer's temporary files
+            if removed:
+                progress.write(f"removed {len(removed)} partial file(s) an interrupted run left in {run_dir}")
+        # what a failed first epoch leaves worth keeping: a checkpoint to resume, the best weights to predict
+        keep = (LAST_CHECKPOINT, best_weights_file(BEST_LOSS))
+        held.enter_context(removed_on_failure(run_dir, created and main_process, keep_if=keep))
         data = load_dataset(
             arguments.data,
             class_count=config.model.class_count,
@@ -465,6 +493,7 @@ def _planar(arguments: argparse.Namespace, predictor: Any, settings: Any, path: 
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
+    from .claims import claimed_outputs
     from .data.discovery import list_image_files
     from .data.io import gray_levels
     from .inference.files import predict_to_files
@@ -495,10 +524,18 @@ def command_predict(arguments: argparse.Namespace) -> int:
             loaded[dataset] = _predictor(arguments, progress, dataset)
         return loaded[dataset]
 
-    opened = [_open_checked(arguments, path, predictor_for(path)[0], out) for path, *_ in plans]
+    targets = [
+        t
+        for _, labels, probabilities in plans
+        for t in (labels, probabilities if arguments.probabilities else None)
+        if t is not None
+    ]
     created = output_folder(out)
     gray = arguments.gray_levels or arguments.layout == "schism"
-    with removed_on_failure(out, created):
+    # outputs claimed at once: a second command writing the same files is refused before any work
+    with removed_on_failure(out, created), claimed_outputs(targets):
+        planned: list[int] = []
+        opened = [_open_checked(arguments, path, predictor_for(path)[0], out, planned) for path, *_ in plans]
         for (path, labels_path, probabilities_path), (slices, view, voxel_size) in zip(plans, opened, strict=True):
             trained, predictor = predictor_for(path)
             levels = gray_levels(trained.class_count) if gray else None
@@ -559,9 +596,12 @@ def _output_plans(arguments: argparse.Namespace, inputs: list[Path]) -> list[tup
     return plans
 
 
-def _open_checked(arguments: argparse.Namespace, path: Path, trained: Any, out: Path) -> tuple[Any, Any, Any]:
+def _open_checked(
+    arguments: argparse.Namespace, path: Path, trained: Any, out: Path, planned: list[int]
+) -> tuple[Any, Any, Any]:
     """Open one input lazily (a video frame by frame) and check it (channels, size against memory
-    and disk) before any work."""
+    and disk, beside the ``planned`` outputs of the inputs before it, to which its own are added)
+    before any work."""
     from .data.video import VideoFrames, is_video
     from .data.voxels import read_voxel_size
     from .inference import Slices
@@ -584,7 +624,9 @@ def _open_checked(arguments: argparse.Namespace, path: Path, trained: Any, out: 
         class_count=trained.class_count,
         output_bytes=output_bytes(slices, trained.class_count, probabilities),
         out=out,
+        planned=sum(planned),
     )
+    planned.append(output_bytes(slices, trained.class_count, probabilities))
     return slices, array, read_voxel_size(path)
 
 
@@ -616,9 +658,11 @@ def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Any) -
 
 def command_predict_distributed(arguments: argparse.Namespace) -> int:
     """``predict --dask-scheduler ADDRESS`` / ``--workers N``: chunks of slices on dask workers, OME-Zarr out."""
+    from .claims import claimed_outputs
     from .data.discovery import list_image_files
     from .data.io import gray_levels
     from .inference.distributed import predict_distributed
+    from .outputs import output_folder, removed_on_failure
     from .resources import choose_threads
     from .runs import load_trained_model
 
@@ -652,28 +696,31 @@ def command_predict_distributed(arguments: argparse.Namespace) -> int:
     levels = gray_levels(trained.class_count) if arguments.gray_levels else None
     device = "cpu" if arguments.device == "auto" else arguments.device
     progress = TqdmProgress()
-    out.mkdir(parents=True, exist_ok=True)
-    for path, labels, probabilities in plans:
-        result = predict_distributed(
-            weights[0],
-            path,
-            labels,
-            probabilities_path=probabilities,
-            metric=arguments.metric,
-            settings=settings,
-            scheduler=arguments.dask_scheduler,
-            workers=arguments.workers,
-            chunk_slices=arguments.chunk_slices,
-            threads=threads,
-            device=device,
-            levels=levels,
-            callback=progress,
-        )
-        workers = len({chunk["pid"] for chunk in result.chunks})
-        progress.write(
-            f"{path.name}: {len(result.chunks)} chunks on {workers} workers in {result.seconds:.1f}s -> "
-            + ", ".join(str(p) for p in result.paths)
-        )
+    created = output_folder(out)
+    targets = [t for _, labels, probabilities in plans for t in (labels, probabilities) if t is not None]
+    # another command writing the same outputs is refused at once; a failed command leaves no empty folder
+    with removed_on_failure(out, created), claimed_outputs(targets):
+        for path, labels, probabilities in plans:
+            result = predict_distributed(
+                weights[0],
+                path,
+                labels,
+                probabilities_path=probabilities,
+                metric=arguments.metric,
+                settings=settings,
+                scheduler=arguments.dask_scheduler,
+                workers=arguments.workers,
+                chunk_slices=arguments.chunk_slices,
+                threads=threads,
+                device=device,
+                levels=levels,
+                callback=progress,
+            )
+            workers = len({chunk["pid"] for chunk in result.chunks})
+            progress.write(
+                f"{path.name}: {len(result.chunks)} chunks on {workers} workers in {result.seconds:.1f}s -> "
+                + ", ".join(str(p) for p in result.paths)
+            )
     return 0
 
 

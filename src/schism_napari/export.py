@@ -27,6 +27,7 @@ from torch import nn
 from .atomic import atomic_path, atomic_write_text
 from .errors import SchismError
 from .runs import TrainedModel, load_trained_model
+from .weights_io import save_torch_file
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -281,7 +282,7 @@ def _bioimageio_description(item: Exportable, folder: Path) -> Any:
     if architecture is not None:
         source, callable_name, kwargs = architecture
         (folder / "architecture.py").write_text(source + _ARCHITECTURE_TAIL, encoding="utf-8")
-        torch.save(item.module.state_dict(), folder / "weights.pt")
+        save_torch_file(folder / "weights.pt", item.module.state_dict())
     raw = item.example()
     with torch.no_grad():
         expected = item.module(torch.from_numpy(item.normalise(raw))).numpy()

@@ -85,8 +85,9 @@ def check_memory(needed: int, path: str | Path, what: str) -> None:
         raise DataError(f"{path}: {what} needs about {_gb(needed)} of memory; {_gb(available)} is available")
 
 
-def check_disk(needed: int, folder: Path, path: str | Path) -> None:
-    """Refuse when the outputs for ``path`` cannot fit on the disk holding ``folder``."""
+def check_disk(needed: int, folder: Path, path: str | Path, planned: int = 0) -> None:
+    """Refuse when the outputs for ``path`` cannot fit on the disk holding ``folder``, beside the
+    ``planned`` bytes of the inputs before it in the same command."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -94,8 +95,9 @@ def check_disk(needed: int, folder: Path, path: str | Path) -> None:
         free = shutil.disk_usage(probe).free
     except OSError:
         return
-    if needed > free:
-        raise DataError(f"{path}: its outputs need about {_gb(needed)} in {folder}; {_gb(free)} is free there")
+    if needed + planned > free:
+        before = f" ({_gb(needed + planned)} with the inputs before it)" if planned else ""
+        raise DataError(f"{path}: its outputs need about {_gb(needed)}{before} in {folder}; {_gb(free)} is free there")
 
 
 def check_prediction_resources(
@@ -108,11 +110,13 @@ def check_prediction_resources(
     class_count: int,
     output_bytes: int,
     out: Path,
+    planned: int = 0,
 ) -> None:
-    """A declared size is checked against memory (one slice at a time) and disk before any work."""
+    """A declared size is checked against memory (one slice at a time) and disk before any work;
+    ``planned``: bytes the outputs of earlier inputs of the same command will take."""
     per_pixel = 4 * (_WORKING_FLOATS_PER_CLASS * class_count + _WORKING_FLOATS + 2 * channels)
     check_memory(height * width * per_pixel, path, f"predicting one {height}x{width} slice")
-    check_disk(output_bytes, out, path)
+    check_disk(output_bytes, out, path, planned)
 
 
 def _gb(size: int) -> str:

@@ -58,16 +58,19 @@ def writable_parent(target: Path, option: str = "--out") -> None:
 @contextlib.contextmanager
 def removed_on_failure(folder: Path, created: bool, *, keep_if: tuple[str, ...] | None = None) -> Iterator[None]:
     """Remove ``folder`` when the block fails and this run created it: when it holds none of
-    ``keep_if`` (e.g. a checkpoint worth resuming from), or, without ``keep_if``, when it is empty
-    (finished outputs of earlier inputs stay)."""
+    ``keep_if`` (e.g. a checkpoint worth resuming from), or, without ``keep_if``, when it holds
+    nothing but empty folders (finished outputs of earlier inputs stay)."""
     try:
         yield
     except BaseException:
         folder = Path(folder)
         if created and folder.is_dir():
             if keep_if is None:
+                for inner in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        inner.rmdir()  # only succeeds when empty
                 with contextlib.suppress(OSError):
-                    folder.rmdir()  # only succeeds when empty
+                    folder.rmdir()
             elif not any((folder / name).exists() for name in keep_if):
                 shutil.rmtree(folder, ignore_errors=True)
         raise

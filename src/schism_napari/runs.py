@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_write_text
 from .config import SchismConfig, canonical_metric
 from .data.dataset import DEFAULT_STATS, STATS_FILE
 from .data.normalization import Normalization, read_stats_file
 from .errors import SchismError
+from .outputs import output_folder
+from .weights_io import load_torch_file, save_torch_file
 
 HYPERPARAMETERS = "hyperparameters.ini"
 LAST_CHECKPOINT = "last_checkpoint.pth"
@@ -41,13 +43,39 @@ def best_weights_file(name: str) -> str:
 def prepare_run_dir(path: Path, *, hint: str = "choose a new --out folder") -> Path:
     """Create a new run folder; refuse one that already holds files (nothing is overwritten), or
     one that cannot be created or written, in one line ending with ``hint``."""
-    from .outputs import output_folder
-
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise SchismError(f"{path} already exists and is not empty; {hint}")
     output_folder(path)
     return path
+
+
+@contextlib.contextmanager
+def claimed_new_run_dir(path: Path, *, hint: str = "choose a new --out folder") -> Iterator[Path]:
+    """:func:`prepare_run_dir`, claimed for this process while the block runs (see :mod:`.claims`):
+    a second process given the same folder is refused at once, even when both start together."""
+    from .claims import LOCK_FILE, claim
+
+    path = Path(path)
+    try:
+        prepare_run_dir(path, hint=hint)  # a finished run's folder: refused without writing into it
+    except SchismError:
+        if not (path / LOCK_FILE).exists():
+            raise
+        output_folder(path)  # a lock in it: the claim says who holds it (or takes over a dead run's)
+    with claim(path, what="run folder"):
+        if any(p.name != LOCK_FILE for p in path.iterdir()):  # filled by another run meanwhile
+            raise SchismError(f"{path} already exists and is not empty; {hint}")
+        yield path
+
+
+@contextlib.contextmanager
+def claimed_run_dir(run_dir: Path) -> Iterator[Path]:
+    """Hold an existing run folder (``--resume``): refused while another live process trains in it."""
+    from .claims import claim
+
+    with claim(Path(run_dir), what="run folder"):
+        yield Path(run_dir)
 
 
 def remove_partial_files(run_dir: Path) -> list[Path]:
@@ -58,27 +86,15 @@ def remove_partial_files(run_dir: Path) -> list[Path]:
 
 
 def save_weights(path: Path, state: dict[str, Any]) -> None:
-    """Atomic torch.save; run-folder files belong to the run, so they may be replaced."""
-    with atomic_path(path, overwrite=True) as temporary:
-        torch.save(state, temporary)
+    """Atomic torch.save; run-folder files belong to the run, so they may be replaced. A full disk
+    is one line and the previous file stays."""
+    save_torch_file(path, state, overwrite=True)
 
 
 def load_weights(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)``: a checkpoint holding Python objects is refused in one
     line (torch's own text runs over many lines and even suggests ``weights_only=False``)."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SchismError(f"{path}: weights file not found") from None
-    except pickle.UnpicklingError:
-        raise SchismError(
-            f"{path}: not a plain weights file (it holds Python objects, which could run code); refusing to load it"
-        ) from None
-    except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise SchismError(f"{path}: not a readable weights file ({type(error).__name__}: {first})") from None
+    return load_torch_file(path)
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:

@@ -87,7 +87,7 @@ def write_sample(
     """
     import tifffile
 
-    from .atomic import atomic_write
+    from .atomic import atomic_write, atomic_write_text
     from .data.io import gray_levels
     from .runs import prepare_run_dir
 
@@ -112,7 +112,7 @@ def write_sample(
     class_dict = "name,r,g,b\n" + "".join(
         f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(CLASS_NAMES, CLASS_COLORS, strict=True)
     )
-    (datasets / "class_dict.csv").write_text(class_dict, encoding="utf-8")
+    atomic_write_text(datasets / "class_dict.csv", class_dict)
 
     volume, volume_labels = make_rock((slices, size, size), seed=seed + 10)
     save(root / "test_volume.tif", image_of(volume))
@@ -127,7 +127,7 @@ def write_sample(
             save(schism_test / "rock_test" / "images" / f"slice_{z:03d}.tif", image_of(volume[z]))
             save(schism_test / "rock_test" / "masks" / f"slice_{z:03d}.tif", mask_of(volume_labels[z]))
     config = root / "schism_sample.ini"
-    config.write_text(SCHISM_SAMPLE_INI if schism else SAMPLE_INI, encoding="utf-8")
+    atomic_write_text(config, SCHISM_SAMPLE_INI if schism else SAMPLE_INI)
     return SampleFiles(
         root,
         datasets,

@@ -29,7 +29,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog
 
 from .. import events
-from ..atomic import unique_path
+from ..atomic import create_unique_folder, unique_path
 from ..data.labels import labelled_pixels
 from ..errors import SchismError
 from .config_form import ConfigForm
@@ -387,6 +387,8 @@ def _train(
     forest_slice = None
     if image is not None and forest is not None:
         forest_slice = _forest_preview(forest, image, z, callback)
+    # created here, exclusively (the name was chosen in the GUI thread), and claimed by the Trainer
+    run_dir = create_unique_folder(run_dir)
     trainer = Trainer(
         plan.config,
         training,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import OutputExistsError
+from ..atomic import OutputExistsError, full_disk_error
 from ..config import InferenceConfig
 from ..errors import SchismError
 from ..events import PredictionProgress, ProgressCallback, ignore_events
@@ -199,33 +199,36 @@ def predict_distributed(
     classes = predictor.class_count
     voxel_size = read_voxel_size(input_path)
     plane = (slices.height, slices.width)
-    create_ome_zarr(
-        temporaries[0], (slices.count, *plane), np.uint8, "zyx", name=outputs[0].stem, voxel_size=voxel_size
-    )
-    if probabilities_path is not None:
-        shape = (slices.count, classes, *plane)
-        create_ome_zarr(temporaries[1], shape, np.float32, "zcyx", name=outputs[1].stem, voxel_size=voxel_size)
-    with _client(client, scheduler, workers) as active:
-        worker_count = max(1, len(active.scheduler_info().get("workers", {})))
-        job = ChunkJob(
-            run_dir=str(Path(run_dir).resolve()),
-            metric=metric,
-            input_path=str(input_path.resolve()),
-            labels_path=str(temporaries[0].resolve()),
-            probabilities_path=str(temporaries[1].resolve()) if probabilities_path is not None else None,
-            settings=tuple(dataclasses.asdict(resolved).items()),
-            device=device,
-            threads=threads,
-            levels=None if levels is None else tuple(int(v) for v in levels),
+    try:  # no temporary output stays behind: a cluster that does not start, a full disk, a failed chunk
+        create_ome_zarr(
+            temporaries[0], (slices.count, *plane), np.uint8, "zyx", name=outputs[0].stem, voxel_size=voxel_size
         )
-        ranges = chunk_ranges(slices.count, chunk_slices or default_chunk(slices.count, worker_count))
-        began = time.perf_counter()
-        try:
+        if probabilities_path is not None:
+            shape = (slices.count, classes, *plane)
+            create_ome_zarr(temporaries[1], shape, np.float32, "zcyx", name=outputs[1].stem, voxel_size=voxel_size)
+        with _client(client, scheduler, workers) as active:
+            worker_count = max(1, len(active.scheduler_info().get("workers", {})))
+            job = ChunkJob(
+                run_dir=str(Path(run_dir).resolve()),
+                metric=metric,
+                input_path=str(input_path.resolve()),
+                labels_path=str(temporaries[0].resolve()),
+                probabilities_path=str(temporaries[1].resolve()) if probabilities_path is not None else None,
+                settings=tuple(dataclasses.asdict(resolved).items()),
+                device=device,
+                threads=threads,
+                levels=None if levels is None else tuple(int(v) for v in levels),
+            )
+            ranges = chunk_ranges(slices.count, chunk_slices or default_chunk(slices.count, worker_count))
+            began = time.perf_counter()
             reports = _run(active, job, ranges, len(positions), slices.count, callback)
-        except BaseException:
-            for temporary in temporaries:
-                shutil.rmtree(temporary, ignore_errors=True)
-            raise
+    except BaseException as error:
+        full = full_disk_error(error, outputs[0]) if isinstance(error, Exception) else None
+        for temporary in temporaries:
+            shutil.rmtree(temporary, ignore_errors=True)
+        if full is not None:
+            raise full.with_free_space() from None
+        raise
     for temporary, target in zip(temporaries, outputs, strict=True):
         temporary.rename(target)
     return DistributedResult(outputs, reports, time.perf_counter() - began)
@@ -266,7 +269,12 @@ class _client:
     def __enter__(self) -> Any:
         if self.given is not None:
             return self.given
-        from distributed import Client, LocalCluster
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise SchismError(
+                "--dask-scheduler/--workers need dask.distributed: pip install 'schism-napari[dask]'"
+            ) from None
 
         if self.scheduler:
             try:

@@ -102,12 +102,15 @@ def predict_to_files(
     carries ``voxel_size``. Existing outputs are refused before any work starts.
     """
     from ..atomic import OutputExistsError
+    from ..claims import claimed_outputs
 
-    for target in (labels_path, probabilities_path):
-        if target is not None and target.exists():
-            raise OutputExistsError(f"{target} already exists; not overwriting it (choose another output)")
+    targets = [target for target in (labels_path, probabilities_path) if target is not None]
     classes = predictor.class_count
     with contextlib.ExitStack() as stack:
+        stack.enter_context(claimed_outputs(targets))  # the CLI holds them already: claims nest
+        for target in targets:
+            if target.exists():
+                raise OutputExistsError(f"{target} already exists; not overwriting it (choose another output)")
         per_slice = (classes, slices.height, slices.width)
         labels_dtype = np.uint8 if classes <= 256 else np.uint16
         labels_axes, probabilities_axes = ("ZYX", "ZCYX") if slices.is_stack else ("YX", "CYX")
@@ -154,6 +157,9 @@ class _OnlySlice:
         self.array[...] = value
 
 
+_TIFF_HEADER_BYTES = 64 * 1024  # tags, ImageJ metadata and the offsets of every page: an upper bound
+
+
 def tiff_output(
     stack: contextlib.ExitStack,
     path: Path,
@@ -168,9 +174,11 @@ def tiff_output(
 
     from ..atomic import atomic_path
 
-    temporary = stack.enter_context(atomic_path(path))
+    data_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    # pixels written slice by slice into a sparse file: a full disk shows up mid-way, as one line
+    temporary = stack.enter_context(atomic_path(path, needed=data_bytes + _TIFF_HEADER_BYTES))
     # ImageJ cannot read BigTIFF: above 4 GB a BigTIFF with tifffile's shaped metadata (same keys)
-    big = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize > 2**32 - 2**25
+    big = data_bytes > 2**32 - 2**25
     options: dict[str, Any] = {"metadata": {"axes": axes}, "imagej": not big, "bigtiff": big}
     if voxel_size is not None:
         options["resolution"] = (1.0 / voxel_size.x, 1.0 / voxel_size.y)
@@ -256,7 +264,7 @@ def ome_zarr_output(
     """An OME-Zarr image (NGFF 0.4, zarr format 2) of probabilities (C, [Z,] Y, X) in a temporary
     folder, renamed to ``path`` when the block succeeds. Returns what the predictor writes
     (Z, C, Y, X) slices into."""
-    from ..atomic import OutputExistsError
+    from ..atomic import OutputExistsError, full_disk_error
 
     if path.exists():
         raise OutputExistsError(f"{path} already exists; not overwriting it (choose another output)")
@@ -265,12 +273,16 @@ def ome_zarr_output(
         shutil.rmtree(temporary)
     plane = (slices.height, slices.width)
     shape = (classes, slices.count, *plane) if slices.is_stack else (classes, *plane)
+    needed = int(np.prod(shape, dtype=np.int64)) * 4  # float32, before zarr's compression
     axes = "czyx" if slices.is_stack else "cyx"
     array = create_ome_zarr(temporary, shape, np.float32, axes, name=path.stem, voxel_size=voxel_size)
 
     def finish(exc_type: Any, exc: Any, traceback: Any) -> bool:
         if exc_type is not None:
+            full = full_disk_error(exc, path, needed=needed) if isinstance(exc, Exception) else None
             shutil.rmtree(temporary, ignore_errors=True)
+            if full is not None:
+                raise full.with_free_space() from None
             return False
         try:
             temporary.rename(path)

@@ -162,20 +162,24 @@ def _nearest_encoders(names: list[str], given: str) -> str:
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     """Load local encoder weights without executing code (safetensors or weights_only torch.load)."""
-    import torch
     from torch import nn
+
+    from ..weights_io import first_line, load_torch_file
 
     if not path.is_file():
         raise SchismError(f"{path}: encoder weights file not found ([Model] encoder_weights)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state: Any = load_file(str(path))
-    else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise SchismError(f"{path}: not a loadable weights file ({error})") from None
+            state: Any = load_file(str(path))
+        except Exception as error:  # safetensors never runs code; a damaged file still gets one line
+            raise SchismError(
+                f"{path}: not a readable safetensors file ([Model] encoder_weights) "
+                f"({type(error).__name__}: {first_line(error)})"
+            ) from None
+    else:
+        state = load_torch_file(path, "weights file ([Model] encoder_weights)")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

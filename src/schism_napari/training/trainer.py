@@ -9,6 +9,7 @@ validated and kept as ``model_best_loss.pth``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import DiskFullError
 from ..config import ConfigError, SchismConfig, canonical_metric
 from ..data.crops import TrainingCrops, fixed_crops
 from ..data.dataset import SegmentationData
@@ -51,6 +53,7 @@ from ..runs import (
     LAST_CHECKPOINT,
     METRICS_CSV,
     best_weights_file,
+    claimed_run_dir,
     default_class_names,
     load_weights,
     save_weights,
@@ -359,11 +362,29 @@ class Trainer:
                 self.callback = ignore_events
         threads = torch.get_num_threads()
         try:
-            return self._run()
+            with self._claim():
+                return self._run()
+        except DiskFullError as error:
+            raise error.with_hint(self._disk_full_hint()) from None
         finally:
             torch.set_num_threads(threads)  # the probe may have chosen fewer for this run
             if self.dist is not None:
                 self.dist.close()
+
+    def _claim(self) -> contextlib.AbstractContextManager[Any]:
+        """The run folder, held for this run (the CLI may hold it already: claims nest in a thread).
+        Here, so that every caller (CLI, napari dock, Python) gets it; rank 0 alone writes the folder."""
+        return claimed_run_dir(self.run_dir) if self.main else contextlib.nullcontext()
+
+    def _disk_full_hint(self) -> str:
+        """What a full disk left usable: files are replaced only when complete, so the last checkpoint
+        and the best weights written before are intact."""
+        if (self.run_dir / LAST_CHECKPOINT).is_file():
+            return (
+                f"the weights and {LAST_CHECKPOINT} saved before are intact: free some space, then continue "
+                f"with schism train --resume {self.run_dir}"
+            )
+        return "free some space there and train again"
 
     def _run(self) -> TrainingResult:
         """Build, then epochs of (train one epoch, end of epoch) until done, stopped or out of time; finish."""
