@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench_soak import small_form, wait_for
+from bench_soak import open_scribbled, wait_for
 
 
 def mean_iou(truth: np.ndarray, labels: np.ndarray, class_count: int) -> float:
@@ -71,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from schism_napari.launch import load_triton_before_opengl
 
     load_triton_before_opengl()
-    import napari
 
-    from schism_napari._widgets.session import session_for
     from schism_napari.data.io import IGNORE
     from schism_napari.sample import scribbles
 
@@ -81,20 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     class_count = int(truth.max())
     slice_a, slice_b = 1, volume.shape[0] - 2
     painted = scribbles(truth - 1, slices=(0, volume.shape[0] // 2), strokes_per_class=6)
-    viewer = napari.Viewer(show=True)
-    image = viewer.add_image(volume, name="scan")
-    strokes = viewer.add_labels(painted, name="strokes")
-    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
-    session = session_for(viewer)
-    wait_for(session.job("warm-up"))
-    session.set_class_count(class_count)
-    dock.dataset.reset_choices()
-    dock.dataset.image_layer.value, dock.dataset.labels_layer.value = image, strokes
-    dock.dataset.add_pair_button.clicked.emit()
-    runs = tempfile.TemporaryDirectory(prefix="schism-corrections-")
-    dock.training.runs_folder.value = Path(runs.name)
-    small_form(dock.training, args.epochs)
-    prediction = dock.prediction
+    viewer, dock, image, runs = open_scribbled(volume, painted, args.epochs, "schism-corrections-", class_count)
+    session, prediction = dock.training.session, dock.prediction
 
     def train() -> None:
         dock.training.fine_tune.value = session.model is not None

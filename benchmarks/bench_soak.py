@@ -127,6 +127,32 @@ def small_form(training: Any, epochs: int) -> None:
         training.form.widget(section, key).value = value
 
 
+def open_scribbled(
+    volume: np.ndarray, painted: np.ndarray, epochs: int, prefix: str, class_count: int | None = None
+) -> tuple[Any, Any, Any, tempfile.TemporaryDirectory[str]]:
+    """A viewer with the image and its scribbles paired in the SCHISM dock (once torch is loaded), a
+    small network in the form and a temporary runs folder: (viewer, dock, image layer, runs folder)."""
+    import napari
+
+    from schism_napari._widgets.session import session_for
+
+    viewer = napari.Viewer(show=True)
+    image = viewer.add_image(volume, name="scan")
+    strokes = viewer.add_labels(painted, name="strokes")
+    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    session = session_for(viewer)
+    wait_for(session.job("warm-up"))
+    if class_count is not None:
+        session.set_class_count(class_count)
+    dock.dataset.reset_choices()
+    dock.dataset.image_layer.value, dock.dataset.labels_layer.value = image, strokes
+    dock.dataset.add_pair_button.clicked.emit()
+    runs = tempfile.TemporaryDirectory(prefix=prefix)
+    dock.training.runs_folder.value = Path(runs.name)
+    small_form(dock.training, epochs)
+    return viewer, dock, image, runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10)
@@ -137,26 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     from schism_napari.launch import load_triton_before_opengl
 
     load_triton_before_opengl()
-    import napari
 
-    from schism_napari._widgets.session import session_for
     from schism_napari.sample import make_rock, scribbles
 
     volume, truth = make_rock(tuple(args.shape), seed=3)
     painted = scribbles(truth, slices=(1, args.shape[0] // 2), strokes_per_class=6)
-    viewer = napari.Viewer(show=True)
-    image = viewer.add_image(volume, name="scan")
-    strokes = viewer.add_labels(painted, name="strokes")
-    _, dock = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
-    session = session_for(viewer)
-    wait_for(session.job("warm-up"))
-    dock.dataset.reset_choices()
-    dock.dataset.image_layer.value, dock.dataset.labels_layer.value = image, strokes
-    dock.dataset.add_pair_button.clicked.emit()
-    runs = tempfile.TemporaryDirectory(prefix="schism-soak-")
-    dock.training.runs_folder.value = Path(runs.name)
-    small_form(dock.training, args.epochs)
-    prediction = dock.prediction
+    viewer, dock, image, runs = open_scribbled(volume, painted, args.epochs, "schism-soak-")
+    session, prediction = dock.training.session, dock.prediction
 
     rows = []
     rng = np.random.default_rng(0)

@@ -564,17 +564,7 @@ class PredictionWidget(FollowsJob, Container):
         by_class = probability_view(store)  # (C, Z, Y, X), lazy
         yield from self._update_probability_layers(layer, family, model, by_class)
         yield from self._update_uncertainty_layer(layer, family, uncertainty_view(store))
-        _name_viewer_axes(self.viewer)
-        if self.viewer.layers[-1] is not labels_layer:
-            self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
-        if family.preview is not None:  # the prediction takes over from Train's one-slice preview
-            family.preview.visible = False
-        pair = self.session.pair_of(labels_layer)
-        if pair is not None:  # predicted again after "Add to training set": the same corrections count
-            pair.corrections = family.corrections
-        self.session.latest_image = weakref.ref(layer)
-        self._foreground = by_class[1] if model.class_count == 2 else None
-        self._show_review()
+        self._results_in(layer, family, labels_layer, by_class[1] if model.class_count == 2 else None)
         run.shown = True
         retire(run.previous)  # no layer reads it now
         run.previous = None
@@ -617,8 +607,12 @@ class PredictionWidget(FollowsJob, Container):
         labels_layer = yield from self._update_labels_layer(layer, family, model, labels)
         yield from self._update_probability_layers(layer, family, model, by_class)
         yield from self._update_uncertainty_layer(layer, family, uncertainty)
+        self._results_in(layer, family, labels_layer, by_class[1] if model.class_count == 2 else None)
+
+    def _results_in(self, layer: Image, family: ResultLayers, labels_layer: Labels, foreground: Any) -> None:
+        """The image's layers are in (in memory or streamed): the labels go on top, to be corrected; the
+        Train preview hides; a paired prediction keeps its corrections; this image is the latest."""
         _name_viewer_axes(self.viewer)
-        # keep the labels on top: they are what the user corrects
         if self.viewer.layers[-1] is not labels_layer:
             self.viewer.layers.move(self.viewer.layers.index(labels_layer), len(self.viewer.layers))
         if family.preview is not None:  # the prediction takes over from Train's one-slice preview
@@ -627,7 +621,7 @@ class PredictionWidget(FollowsJob, Container):
         if pair is not None:  # predicted again after "Add to training set": the same corrections count
             pair.corrections = family.corrections
         self.session.latest_image = weakref.ref(layer)
-        self._foreground = by_class[1] if model.class_count == 2 else None
+        self._foreground = foreground  # binary models: P(class 1), for the threshold slider
         self._show_review()
 
     def _update_labels_layer(
