@@ -46,20 +46,44 @@ def _open(path: Path) -> tuple[Any, bool]:
         import tifffile
         import zarr
 
+        missing: tuple[int, int] | None = None
         try:
             with tifffile.TiffFile(path) as tif:
                 axes = tif.series[0].axes
+                missing = _beyond_the_end(tif.series[0], path.stat().st_size)
             plain = axes.replace("Q", "Z").replace("I", "Z")
-            if plain in ("YX", "ZYX", "YXS", "ZYXS"):
+            if plain in ("YX", "ZYX", "YXS", "ZYXS") and missing is None:
                 return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), plain.endswith("S")
         except Exception:
             pass  # unusual layouts: read it whole below, which reports errors properly
+        if missing is not None:  # newer tifffile zarr views read the missing part as zeros
+            raise DataError(
+                f"{path}: the file is cut short: its pixels need {missing[0]} bytes but it has {missing[1]} "
+                "(an incomplete copy or download?)"
+            )
     from ..data.io import read_image
 
     slices = read_image(path)
     if slices.shape[-1] == 1:
         return (slices[0, ..., 0] if slices.shape[0] == 1 else slices[..., 0]), False
     return (slices[0] if slices.shape[0] == 1 else slices), True
+
+
+def _beyond_the_end(series: Any, size: int) -> tuple[int, int] | None:
+    """(bytes the series' pixel data reaches, the file's size) when the file ends before its data."""
+    if series.dataoffset is not None:  # contiguous, uncompressed
+        end = int(series.dataoffset) + int(series.nbytes)
+    else:
+        end = max(
+            (
+                int(offset) + int(count)
+                for page in series.pages
+                if page is not None
+                for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)
+            ),
+            default=0,
+        )
+    return (end, size) if end > size else None
 
 
 def _open_zarr(path: Path) -> Any:
