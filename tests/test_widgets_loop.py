@@ -185,15 +185,9 @@ def test_weights_choice_survives_new_layers_and_results_keep_the_view(
     assert second != first and second == int(np.argsort(-means)[1])
 
 
-def test_corrections_count_not_the_uncorrected_prediction(
-    qtbot, make_napari_viewer, tmp_path, trained_run, rock, monkeypatch, notifications
-):
-    """Correct a block on one slice, mark another reviewed, Add to training set, press Train: what the
-    worker trains on is the scribbles plus exactly those pixels, IGNORE elsewhere."""
-    from schism_napari._widgets import session as session_module
-
-    viewer = make_napari_viewer()
-    _, dock = open_dock(viewer, tmp_path)
+def predict_and_correct(qtbot, viewer, dock, trained_run, rock):
+    """Pair the scribbles, predict the stack with the trained run, change every pixel of a 10x10 block
+    on slice 1 and mark slice 3 reviewed: (image, labels layer, as predicted, as corrected)."""
     volume, _, painted = rock
     image = viewer.add_image(volume, name="scan")
     add_scribble_pair(viewer, dock, image, viewer.add_labels(painted, name="strokes"))
@@ -210,7 +204,12 @@ def test_corrections_count_not_the_uncorrected_prediction(
     labels.data = corrected  # "painted" with the brush
     viewer.dims.set_current_step(viewer.dims.ndim - 3, 3)  # z (the probabilities add a class axis first)
     prediction.review_button.clicked.emit()
-    prediction.add_button.clicked.emit()
+    return image, labels, predicted, corrected
+
+
+def capture_training_sources(monkeypatch) -> list:
+    """What the next Train would train on: its sources are captured and the run ends there."""
+    from schism_napari._widgets import session as session_module
 
     trained_on: list = []
 
@@ -219,6 +218,20 @@ def test_corrections_count_not_the_uncorrected_prediction(
         raise RuntimeError("captured")
 
     monkeypatch.setattr(session_module.TrainingSources, "load", capture)
+    return trained_on
+
+
+def test_corrections_count_not_the_uncorrected_prediction(
+    qtbot, make_napari_viewer, tmp_path, trained_run, rock, monkeypatch, notifications
+):
+    """Correct a block on one slice, mark another reviewed, Add to training set, press Train: what the
+    worker trains on is the scribbles plus exactly those pixels, IGNORE elsewhere."""
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    _, _, predicted, corrected = predict_and_correct(qtbot, viewer, dock, trained_run, rock)
+    prediction = dock.prediction
+    prediction.add_button.clicked.emit()
+    trained_on = capture_training_sources(monkeypatch)
     click_and_wait(qtbot, dock.training, dock.training.train_button)
     (sources,) = trained_on
     mask = sources.masks[sources.names.index("scan (2)")] if "scan (2)" in sources.names else sources.masks[1]
@@ -237,25 +250,11 @@ def test_corrections_survive_predictions_and_a_reopened_dock(
     """One user's session: predict, correct a block, mark a slice reviewed, add to the training set,
     predict twice more (once from a reopened dock): the corrected and reviewed pixels stay, and the
     training mask is exactly the user's labels. Clearing the review hands the slice back."""
-    from schism_napari._widgets import session as session_module
-
     viewer = make_napari_viewer()
     dock_widget, dock = open_dock(viewer, tmp_path)
-    volume, _, painted = rock
-    image = viewer.add_image(volume, name="scan")
-    add_scribble_pair(viewer, dock, image, viewer.add_labels(painted, name="strokes"))
+    volume = rock[0]
+    image, labels, _, corrected = predict_and_correct(qtbot, viewer, dock, trained_run, rock)
     prediction = dock.prediction
-    prediction.run_folder.value = trained_run
-    prediction.load_button.clicked.emit()
-    prediction.reset_choices()
-    prediction.image.value = image
-    click_and_wait(qtbot, prediction, prediction.predict_button)
-    labels = viewer.layers["scan prediction"]
-    corrected = labels.data.copy()
-    corrected[1, 10:20, 10:20] = np.where(corrected[1, 10:20, 10:20] == 2, 3, 2)  # every pixel changed
-    labels.data = corrected
-    viewer.dims.set_current_step(viewer.dims.ndim - 3, 3)
-    prediction.review_button.clicked.emit()
     assert prediction.review_button.text == "Clear slice review" and "3" in prediction.status.value
     reviewed = labels.data[3].copy()
     prediction.add_button.clicked.emit()
@@ -277,13 +276,7 @@ def test_corrections_survive_predictions_and_a_reopened_dock(
     np.testing.assert_array_equal(labels.data[3], reviewed)
     assert prediction.review_button.text == "Clear slice review"  # still on slice 3, still reviewed
 
-    trained_on: list = []
-
-    def capture(sources):
-        trained_on.append(sources)
-        raise RuntimeError("captured")
-
-    monkeypatch.setattr(session_module.TrainingSources, "load", capture)
+    trained_on = capture_training_sources(monkeypatch)
     click_and_wait(qtbot, dock.training, dock.training.train_button)
     mask = trained_on[0].masks[1]
     expected = np.full(volume.shape, IGNORE, np.uint8)
