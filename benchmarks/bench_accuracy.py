@@ -57,6 +57,7 @@ from schism_napari.planning import infer_class_count, interactive_config, plan_c
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import scribbles, write_sample
 from schism_napari.selection import LABELS, choose, fit_forest, hold_out
+from schism_napari.stages import stage_one_positions
 from schism_napari.training.trainer import Trainer
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +204,9 @@ def _print_message(event: Any) -> None:
         print(f"  ({event.text})", file=sys.stderr, flush=True)
 
 
-def held_out_choice(config: SchismConfig, data: SegmentationData, heldout: Heldout, work: Path) -> list[Row]:
+def held_out_choice(
+    config: SchismConfig, data: SegmentationData, heldout: Heldout, work: Path, two_stage: bool = True
+) -> list[Row]:
     """(e): as the napari worker does it: plan, hold out strokes, fit the forest, train, choose;
     then forest, network, average and the chosen one scored on the held-out data."""
     started = time.perf_counter()
@@ -213,8 +216,17 @@ def held_out_choice(config: SchismConfig, data: SegmentationData, heldout: Heldo
     training, held = hold_out(data, split.train + split.val, split.val)
     forest = fit_forest(training, held)
     run_dir = work / f"run_{time.monotonic_ns()}"
+    positions = stage_one_positions(held) if two_stage else None
     result = Trainer(
-        plan.config, training, run_dir, split=split, plan=plan, curves_each_epoch=False, callback=_print_message
+        plan.config,
+        training,
+        run_dir,
+        split=split,
+        plan=plan,
+        curves_each_epoch=False,
+        callback=_print_message,
+        forest_positions=positions,
+        forest=forest,
     ).run()
     trained = load_trained_model(run_dir)
     predictor = Predictor.from_trained(trained, device="cpu")
@@ -283,9 +295,15 @@ def run_dataset(name: str, root: Path, heldout: Heldout, options: argparse.Names
             config.set_given(section, field, value)
         config.validate()
         if labels == "choice":
-            for row in held_out_choice(config, data, heldout, work):
-                rows.append(dataclasses.replace(row, dataset=name, labels=f"1 % on {len(data.samples)} slices"))
-                print(format_row(rows[-1]), flush=True)
+            for stages in options.stages:
+                for row in held_out_choice(config, data, heldout, work, two_stage=stages == 2):
+                    method = row.method if stages == 2 else f"{row.method} (one stage)"
+                    rows.append(
+                        dataclasses.replace(
+                            row, dataset=name, labels=f"1 % on {len(data.samples)} slices", method=method
+                        )
+                    )
+                    print(format_row(rows[-1]), flush=True)
             continue
         trained, run_dir = network(config, data, heldout, interactive, work)
         found = [trained, *(classical(k, data, heldout) for k in ("lda", "forest"))]
@@ -317,6 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("dense", "scribbles", "choice"), help="one of the label settings")
     parser.add_argument(
         "--painted-slices", type=int, default=3, help="(e) choice: how many training slices are scribbled"
+    )
+    parser.add_argument(
+        "--stages",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[2],
+        help="(e) choice: 2 (two-stage network, the default), 1 (one stage), or 1,2 side by side",
     )
     parser.add_argument("--quick", action="store_true", help="0.3-minute budgets: a smoke check, not a measurement")
     parser.add_argument("--minutes", type=float, help="override the planned time budget")

@@ -114,18 +114,25 @@ def test_the_choice_is_the_best_on_held_out_labels(painted, rock):
     def useless(image):
         return one_hot(np.zeros(image.shape[:2], np.int64))
 
-    best = choose(perfect, forest, data, held)
-    assert best.choice == "network" and best.scores["network"] == 1.0
+    class Shifted:  # a forest that errs: only evidence on the strokes makes the network replace it
+        def predict_proba(self, image):
+            return np.roll(forest.predict_proba(image), 12, axis=(1, 2))
+
+    best = choose(perfect, Shifted(), data, held)
+    assert best.scores["forest"] < 0.9 and best.choice == "network" and best.scores["network"] == 1.0
     assert best.pixels == held.pixels and best.images == len(held.targets)
     worst = choose(useless, forest, data, held)
     assert worst.choice == "forest" and worst.scores["forest"] > worst.scores["network"]
     assert worst.describe().startswith("forest: held-out mean IoU ")
     assert "network " in worst.describe() and "network+forest average " in worst.describe()
     same = choose(lambda image: forest.predict_proba(image), forest, data, held)
-    assert same.choice == "network"  # an exact tie keeps the network
+    assert same.choice == "forest"  # a tie keeps the preview the user has seen
     unsure = choose(lambda image: 0.5 * forest.predict_proba(image) + 0.5 / 3, forest, data, held)
     assert unsure.scores["network"] == unsure.scores["forest"]  # the same classes, less sure of them
     assert unsure.choice == "forest" and unsure.log_loss["forest"] < unsure.log_loss["average"]
+    sure = choose(lambda image: one_hot(forest.predict_proba(image).argmax(0)), forest, data, held)
+    assert sure.scores["network"] == sure.scores["forest"] and sure.log_loss["network"] < sure.log_loss["forest"]
+    assert sure.choice == "forest"  # surer inside the strokes is no evidence between them
 
     nothing = choose(useless, forest, data, dataclasses.replace(held, targets={}))
     assert nothing.choice == "network" and nothing.pixels == 0

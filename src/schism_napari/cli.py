@@ -314,9 +314,19 @@ def command_train(arguments: argparse.Namespace) -> int:
                 Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
             return 0
         split, training, held = _held_out(config, data, run_dir, resume)
+        from .stages import stage_one_positions
+
         with stop_on_interrupt(stop):
             result = Trainer(
-                config, training, run_dir, split=split, resume=resume, callback=progress, stop=stop, plan=plan
+                config,
+                training,
+                run_dir,
+                split=split,
+                resume=resume,
+                callback=progress,
+                stop=stop,
+                plan=plan,
+                forest_positions=stage_one_positions(held),
             ).run()
         _choose_and_write(result, data, training, held, progress)
     return 0
@@ -344,7 +354,9 @@ def _choose_and_write(result: Any, data: Any, training: Any, held: Any, progress
     from .runs import load_trained_model
     from .selection import choose, fit_forest
 
-    forest = fit_forest(training, held) if held.targets else None
+    forest = None
+    if held.targets:  # a two-stage model's stage 1 is that forest already
+        forest = result.stage_one.forest if result.stage_one is not None else fit_forest(training, held)
     network = load_trained_model(result.run_dir)  # the best-loss weights, as prediction will load them
     predictor = Predictor.from_trained(network, device=result.config.training.device, forest=None)
     selection = choose(lambda image: predictor.predict(image, rgb=True).probabilities, forest, data, held)
@@ -819,6 +831,7 @@ def command_export(arguments: argparse.Namespace) -> int:
 
     path = export_model(arguments.weights, arguments.format, arguments.out, metric=arguments.metric)
     print(f"wrote {path}")
+    _warn_stage_one(arguments.weights, path)
     _warn_network_only(arguments.weights, arguments.metric)
     if arguments.format == "bioimageio" and not arguments.no_test:
         summary = check_bioimageio(path)
@@ -829,6 +842,21 @@ def command_export(arguments: argparse.Namespace) -> int:
     elif arguments.format != "bioimageio":
         print(f"  output matches torch within 1e-4; inputs and classes described in {path.name}.json")
     return 0
+
+
+def _warn_stage_one(run_dir: Path, path: Path) -> None:
+    """A two-stage model's export is its second stage: say where the first one is."""
+    from .runs import read_run_info
+    from .schism_runs import locate_run
+
+    described = read_run_info(locate_run(Path(run_dir))).get("stage_one")
+    if described:
+        print(
+            f"note: {path.name} is stage 2 of a two-stage model; its last {described.get('classes')} input channels "
+            f"are the probabilities of stage 1, the random forest in {run_dir}/{described.get('file')}, which "
+            "ONNX and TorchScript do not carry",
+            file=sys.stderr,
+        )
 
 
 def _warn_network_only(run_dir: Path, metric: str) -> None:

@@ -52,6 +52,7 @@ def __getattr__(name: str) -> Any:
         return loss_names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 _LOSS_ALIASES = {"ce": "CrossEntropyLoss", "bce": "BCEWithLogitsLoss", "dice": "DiceLoss"}
 
 # Canonical metric names and the spellings SCHISM (and common usage) accepts for them.
@@ -486,7 +487,6 @@ class InferenceConfig:
         self.planes = _check_planes(self.planes, "Inference", source)
         if self.voxel_ratio is not None:
             _check_range(self, "Inference", "voxel_ratio", source)
-
 
 
 def _check_planes(value: str, section: str, source: str | None) -> str:

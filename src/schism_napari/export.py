@@ -8,6 +8,12 @@ themselves; ONNX and TorchScript files get a JSON sidecar with the same numbers,
 and the resize factor (img_res / crop_size). Each export is checked before it is kept: ONNX
 (onnxruntime) and TorchScript outputs must match torch within 1e-4; a bioimage.io package is
 written as a zip that bioimageio.core's own model test passes (``check_bioimageio``).
+
+A two-stage model (:mod:`schism_napari.stages`) leaves as its second stage: ONNX and TorchScript
+carry the network, whose input is the image's channels then the K class probabilities of stage 1;
+stage 1 (a scikit-learn random forest on multiscale filter features) is not in them, and stays in
+the run folder's ``stage_one.npz``, as the sidecar says. A bioimage.io package would run without
+stage 1, so it is refused.
 """
 
 from __future__ import annotations
@@ -60,9 +66,21 @@ class Exportable:
         names = self.trained.class_names
         return [names[-1]] if self.module.binary else list(names)
 
+    @property
+    def stage_one(self) -> Any:
+        return getattr(self.trained, "stage_one", None)
+
+    @property
+    def channels(self) -> int:
+        """The network's input channels: the image's, then stage 1's probabilities if it has two stages."""
+        return self.trained.in_channels if self.stage_one is None else self.stage_one.network_channels
+
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel gain and offset: raw intensity * gain + offset = network input."""
-        return self.trained.normalization.affine(np.dtype(self.input_dtype), self.trained.in_channels)
+        normalization = self.trained.normalization
+        if self.stage_one is not None:
+            normalization = self.stage_one.network_normalization(normalization)
+        return normalization.affine(np.dtype(self.input_dtype), self.channels)
 
     def example(self, side: int | None = None, seed: int = 0) -> np.ndarray:
         """A raw test image (1, C, side, side) float32: the synthetic rock CT in the input's range."""
@@ -75,6 +93,9 @@ class Exportable:
         elif self.input_dtype not in ("uint16",):
             image = image / 65535.0
         raw = np.repeat(image[None, None].astype(np.float32), self.trained.in_channels, axis=1)
+        if self.stage_one is not None:  # and stage 1's probabilities, in the raw units
+            plane = np.moveaxis(raw[0], 0, -1).astype(self.input_dtype)
+            raw = np.moveaxis(self.stage_one.encode(plane), -1, 0)[None].astype(np.float32)
         return raw
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
@@ -124,6 +145,12 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path, *, metric: str 
     if out.exists():
         raise SchismError(f"{out} already exists; not overwriting it (choose another --out)")
     item = exportable(load_trained_model(run_dir, metric))
+    if item.stage_one is not None and fmt == "bioimageio":
+        raise SchismError(
+            f"{run_dir}: a two-stage model (a random forest, then the network) cannot be a bioimage.io package, "
+            "which would run the network without its forest; export --format onnx or torchscript (the network, "
+            "with the forest's probabilities as input channels) or train with one stage"
+        )
     if fmt == "onnx":
         return export_onnx(item, out)
     if fmt == "torchscript":
@@ -133,13 +160,13 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path, *, metric: str 
 
 def _sidecar(item: Exportable, path: Path, fmt: str) -> None:
     gain, offset = item.affine()
-    info = {
+    info: dict[str, Any] = {
         "format": fmt,
         "source": item.trained.source,
         "architecture": item.trained.config.model.model_type,
         "input": {
             "axes": "bcyx",
-            "channels": item.trained.in_channels,
+            "channels": item.channels,
             "raw_dtype": item.input_dtype,
             "normalisation": "network input = raw * gain + offset, per channel",
             "gain": gain.tolist(),
@@ -150,6 +177,14 @@ def _sidecar(item: Exportable, path: Path, fmt: str) -> None:
         "output": {"axes": "bcyx", "activation": "sigmoid" if item.module.binary else "softmax"},
         "class_names": item.channel_names,
     }
+    if item.stage_one is not None:
+        image = item.stage_one.image_channels
+        info["stage_one"] = (
+            f"input channels {image}..{item.channels - 1} are the class probabilities (0..1 in the raw units) "
+            f"of stage 1, a scikit-learn random forest on multiscale filter features, which this file does not "
+            f"compute: it is the run folder's {item.stage_one.describe()['file']} "
+            "(schism_napari.stages.StageOne.load), and schism predict runs both stages"
+        )
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(info, indent=2) + "\n")
 
 
@@ -410,8 +445,11 @@ Semantic segmentation of scanned materials (rock CT, EM, SEM), trained with
   resize the input by this factor first when it is not 1.
 - **Output** `probabilities`: {", ".join(item.channel_names)}
   ({"sigmoid of the foreground" if item.module.binary else "softmax over the classes"}); the class is the argmax.
-- **Weights**: {"TorchScript (the smp network's code comes with the graph)" if _architecture(item) is None
-    else "PyTorch state dict (architecture in `architecture.py`) and TorchScript"}.
+- **Weights**: {
+        "TorchScript (the smp network's code comes with the graph)"
+        if _architecture(item) is None
+        else "PyTorch state dict (architecture in `architecture.py`) and TorchScript"
+    }.
 
 Validate with `bioimageio test <package.zip>`.
 """

@@ -171,6 +171,7 @@ class TrainedModel:
     run_dir: Path | None = None  # the run folder it was loaded from (None: trained in this session)
     forest: Any = None  # the run's forest (baseline.PixelClassifier) when its held-out choice includes it
     selection: Any = None  # selection.Selection: forest, network or average, and their held-out scores
+    stage_one: Any = None  # stages.StageOne: the forest whose probabilities a two-stage network reads
 
     @property
     def class_count(self) -> int:
@@ -203,10 +204,18 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
     if name == "last":
         state = state["model"]
     model: nn.Module
+    stage_one = None
     if info.get("kind") == "per_class":  # one-vs-rest members + stacker (training/per_class.py)
         from .models.per_class import build_per_class_model
 
         model = build_per_class_model(config, in_channels)
+    elif info.get("stage_one"):  # stage 2 of a two-stage model (stages.py): C + K input channels
+        from .models.two_stage import ForestPrior
+        from .stages import StageOne
+
+        stage_one = StageOne.load(run_dir, info["stage_one"])
+        network = build_model(config.model, stage_one.network_channels, source=str(run_dir / HYPERPARAMETERS))
+        model = ForestPrior(network, stage_one.image_channels, stage_one.classes, zero_start=False)
     else:
         config.model = legacy_architecture(config.model, state)
         model = build_model(config.model, in_channels, source=str(run_dir / HYPERPARAMETERS))
@@ -224,7 +233,7 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
     normalization = stats.get(DEFAULT_STATS) or next(iter(stats.values()))
     names = info.get("class_names") or default_class_names(config.model.class_count)
     colors = info.get("class_colors")
-    selection, forest = _chosen_combination(run_dir, name, config.model.class_count)
+    selection, forest = _chosen_combination(run_dir, name, config.model.class_count, stage_one)
     return TrainedModel(
         config,
         model,
@@ -236,17 +245,21 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
         run_dir,
         forest,
         selection,
+        stage_one,
     )
 
 
-def _chosen_combination(run_dir: Path, checkpoint: str, class_count: int) -> tuple[Any, Any]:
+def _chosen_combination(run_dir: Path, checkpoint: str, class_count: int, stage_one: Any = None) -> tuple[Any, Any]:
     """The run's held-out choice (``selection.json``) and its forest, for the checkpoint it was made
-    with; other checkpoints predict with the network alone."""
+    with; other checkpoints predict with the network alone. A two-stage model's forest is stage 1's
+    (the same pixels, trees and seed), so a prediction computes it once."""
     from .selection import load_forest, read_selection
 
     selection = read_selection(run_dir)
     if selection is None or selection.checkpoint != checkpoint:
         return None, None
+    if selection.forest_weight > 0 and stage_one is not None:
+        return selection, stage_one.forest
     forest = load_forest(run_dir, class_count) if selection.forest_weight > 0 else None
     return selection, forest
 

@@ -372,6 +372,7 @@ def _train(
     from ..planning import plan_config
     from ..resources import apply_threads
     from ..selection import hold_out
+    from ..stages import stage_one_positions
     from ..training.trainer import Trainer
 
     apply_threads(sources.config.training.threads, leave_for_gui=True)
@@ -398,6 +399,8 @@ def _train(
         callback=callback,
         stop=stop,
         curves_each_epoch=False,  # the dock draws them live
+        forest_positions=stage_one_positions(held) if forest is not None else None,
+        forest=forest,  # the preview's forest is stage 1 of a two-stage model
     )
     result = trainer.run()
     model, shown = _choose(result, data, held, forest, image, rgb, forest_slice)
@@ -487,8 +490,9 @@ def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedMod
         data.in_channels,
         list(names),
         data.class_colors,
-        f"{result.run_dir} (model_best_loss.pth)",
+        f"{result.run_dir} (model_best_loss.pth{', two stages' if result.stage_one is not None else ''})",
         run_dir=result.run_dir,  # its run_info.json tells an export the input dtype
+        stage_one=result.stage_one,
     )
 
 

@@ -56,6 +56,54 @@ class Slices:
         return plane[..., :3] if self.rgb else plane[..., np.newaxis]
 
 
+RECENT_PLANES = 4  # batches of tiles span a few slices; a mixed-in forest reads the plane again
+
+
+class StagedSlices:
+    """Slices as stage 2 of a two-stage model reads them: each plane with stage 1's class
+    probabilities as K more channels, in the plane's dtype (:meth:`schism_napari.stages.StageOne.encode`).
+
+    The last plane's probabilities are kept, so a prediction that also mixes the forest into the
+    result (a held-out choice of "average") does not compute them twice."""
+
+    def __init__(self, base: Slices, stage_one: Any, image_channels: int):
+        self.base, self.stage_one, self.image_channels = base, stage_one, image_channels
+        self.count, self.height, self.width = base.count, base.height, base.width
+        self.is_stack, self.dtype = base.is_stack, base.dtype
+        self.channels = stage_one.network_channels
+        self._recent: dict[int, np.ndarray] = {}  # the planes the tiles are still being predicted from
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        if z not in self._recent:
+            if len(self._recent) >= RECENT_PLANES:
+                del self._recent[next(iter(self._recent))]
+            self._recent[z] = self._staged(z)
+        return self._recent[z]
+
+    def _staged(self, z: int) -> np.ndarray:
+        plane = self.base[z]
+        if plane.shape[-1] != self.image_channels:  # as the predictor adapts a plain image
+            if self.image_channels == 1:
+                plane = plane.mean(axis=-1, keepdims=True).astype(plane.dtype)
+            else:
+                plane = np.repeat(plane[..., :1], self.image_channels, axis=-1)
+        return self.stage_one.encode(plane)
+
+    @staticmethod
+    def stage_one_part(plane: np.ndarray, stage_one: Any) -> np.ndarray:
+        """Stage 1's (K, Y, X) probabilities back from a staged plane (its last K channels)."""
+        from ..data.io import unit_range
+
+        if plane.shape[-1] != stage_one.network_channels:
+            return np.asarray(stage_one.probabilities(plane), dtype=np.float32)
+        low, high = unit_range(plane.dtype)
+        part = (plane[..., stage_one.image_channels :].astype(np.float32) - np.float32(low)) / np.float32(high - low)
+        return np.ascontiguousarray(np.moveaxis(part, -1, 0))
+
+
 @dataclass
 class PredictionResult:
     probabilities: Any  # (C, Y, X) or (Z, C, Y, X) float32 (numpy or zarr); None when not kept
@@ -80,6 +128,10 @@ class Predictor:
     ``predict_proba(plane)``) and ``forest_weight`` mix a forest's probabilities into each slice's:
     0.5 is their mean, 1 the forest alone (the network is then not run), as a run's held-out choice
     says (:mod:`schism_napari.selection`).
+
+    ``stage_one`` (a :class:`~schism_napari.stages.StageOne`) makes ``model`` the second stage of a
+    two-stage model: each slice is given to it with the forest's class probabilities as K more
+    channels (:class:`StagedSlices`), computed once per slice before its tiles.
     """
 
     def __init__(
@@ -97,8 +149,10 @@ class Predictor:
         stop: StopToken | None = None,
         forest: Any = None,
         forest_weight: float = 0.0,
+        stage_one: Any = None,
     ):
         self.settings = settings or InferenceConfig()
+        self.stage_one = stage_one
         mixed = forest is not None and forest_weight > 0
         self.forest: Any = forest if mixed else None
         self.forest_weight = float(forest_weight) if mixed else 0.0
@@ -134,6 +188,7 @@ class Predictor:
         config = trained.config
         options.setdefault("forest", getattr(trained, "forest", None))
         options.setdefault("forest_weight", getattr(trained, "forest_weight", 0.0))
+        options.setdefault("stage_one", getattr(trained, "stage_one", None))
         settings = settings or config.inference
         return cls(
             trained.model,
@@ -175,6 +230,8 @@ class Predictor:
 
     def iter_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(z, probabilities (C, Y, X))`` slice by slice, in order (with the forest's mixed in)."""
+        if self.stage_one is not None:
+            slices = StagedSlices(slices, self.stage_one, self.in_channels)  # type: ignore[assignment]  # as Slices
         if self.forest is None:
             yield from self._network_probabilities(slices)
         elif self.forest_weight >= 1:
@@ -189,6 +246,10 @@ class Predictor:
                 yield z, ((1 - self.forest_weight) * probabilities + self.forest_weight * forest).astype(np.float32)
 
     def _forest_probabilities(self, plane: np.ndarray) -> np.ndarray:
+        if self.stage_one is not None:  # a staged plane: the image, then stage 1's probabilities
+            if self.forest is self.stage_one.forest:  # computed already
+                return StagedSlices.stage_one_part(plane, self.stage_one)
+            plane = plane[..., : self.stage_one.image_channels]
         probabilities = np.asarray(self.forest.predict_proba(plane), dtype=np.float32)
         if probabilities.shape[0] != self.class_count:
             raise DataError(f"the forest predicts {probabilities.shape[0]} classes, the network {self.class_count}")
@@ -273,21 +334,31 @@ class Predictor:
     @torch.inference_mode()
     def predict_whole(self, image: np.ndarray, *, rgb: bool = False) -> np.ndarray:
         """One forward pass over a whole 2D image (no tiles): the reference tiling must match."""
-        slices = Slices(image, rgb=rgb)
+        slices: Any = Slices(image, rgb=rgb)
+        if self.stage_one is not None:
+            slices = StagedSlices(slices, self.stage_one, self.in_channels)
         a, b = self._affine(slices)
         plane = self._normalise(slices[0], a, b)
         return self._forward(plane[None].to(self.device))[0].cpu().numpy()
 
     # ---- internals ---------------------------------------------------------------------------
 
+    @property
+    def network_channels(self) -> int:
+        """The channels the network takes: the image's, and stage 1's probabilities in a two-stage model."""
+        return self.in_channels if self.stage_one is None else self.stage_one.network_channels
+
     def _affine(self, slices: Slices) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.normalization.affine(slices.dtype, self.in_channels)
+        normalization = self.normalization
+        if self.stage_one is not None:
+            normalization = self.stage_one.network_normalization(normalization)
+        a, b = normalization.affine(slices.dtype, self.network_channels)
         return torch.from_numpy(a)[:, None, None], torch.from_numpy(b)[:, None, None]
 
     def _normalise(self, plane: np.ndarray, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(Y, X, C) stored dtype -> (in_channels, Y, X) float32 normalised."""
+        """(Y, X, C) stored dtype -> (network channels, Y, X) float32 normalised."""
         tensor = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32)).permute(2, 0, 1)
-        if tensor.shape[0] != self.in_channels:
+        if tensor.shape[0] != self.network_channels:
             tensor = (
                 tensor.mean(0, keepdim=True) if self.in_channels == 1 else tensor[:1].expand(self.in_channels, -1, -1)
             )

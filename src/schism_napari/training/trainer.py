@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from ..events import (
     ignore_events,
 )
 from ..models import build_model
+from ..models.two_stage import is_two_stage_state
 from ..planning import Plan
 from ..probabilities import predicted_classes, probabilities_from_logits
 from ..runs import (
@@ -178,6 +180,7 @@ class TrainingResult:
     model: nn.Module  # the best-validation-loss weights, in eval mode
     config: SchismConfig  # as trained (in_channels resolved)
     split: Split = field(repr=False)
+    stage_one: Any = None  # stages.StageOne when the network is stage 2 of a two-stage model
 
 
 class Trainer:
@@ -209,12 +212,16 @@ class Trainer:
         curves_each_epoch: bool = True,
         distributed: bool = True,
         plan: Plan | None = None,
+        forest_positions: Sequence[int] | None = None,
+        forest: Any = None,
     ):
         """``curves_each_epoch=False`` draws learning_curves.png once at the end: the napari dock
         shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms.
         ``distributed`` joins the torch.distributed process group that torchrun describes, if any.
         ``plan`` (from :func:`schism_napari.planning.plan_config`) is written to ``plan.json``
-        with the steps the time budget gives."""
+        with the steps the time budget gives. ``forest_positions`` makes the model two-stage (see
+        :mod:`schism_napari.stages`): a forest fitted on those samples' labels, whose probabilities the
+        network reads; its fitting counts in the time budget (``forest``: that forest, fitted already)."""
         self.config = config.copy()
         self.curves_each_epoch = curves_each_epoch
         self.distributed = distributed
@@ -233,6 +240,9 @@ class Trainer:
         self.device = select_device(self.config.training.device)
         self.dist: Distributed | None = None
         self.plan = plan
+        self.forest_positions = None if forest_positions is None else list(forest_positions)
+        self.stage_one: Any = None
+        self.forest = forest
         self._started = time.perf_counter()
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -254,17 +264,20 @@ class Trainer:
             self.plan.write(self.run_dir)
         used = {name: self.data.normalization(name) for name in self.data.datasets}
         used["default"] = self.data.stats.get("default") or next(iter(used.values()))
+        if self.stage_one is not None:  # the image's statistics: the probabilities' are fixed
+            used = {name: self.stage_one.image_normalization(value) for name, value in used.items()}
         write_stats_file(self.run_dir / "data_stats.json", used, overwrite=True)
-        write_run_info(
-            self.run_dir,
-            {
-                "in_channels": self.data.in_channels,
-                "class_names": self.data.class_names or default_class_names(self.data.class_count),
-                "class_colors": self.data.class_colors,
-                "datasets": self.data.datasets,
-                "input_dtypes": sorted({s.image.dtype.name for s in self.data.samples}),
-            },
-        )
+        info: dict[str, Any] = {
+            "in_channels": self.config.model.in_channels,
+            "class_names": self.data.class_names or default_class_names(self.data.class_count),
+            "class_colors": self.data.class_colors,
+            "datasets": self.data.datasets,
+            "input_dtypes": sorted({s.image.dtype.name for s in self.data.samples}),
+        }
+        if self.stage_one is not None:
+            self.stage_one.save(self.run_dir)
+            info["stage_one"] = self.stage_one.describe()
+        write_run_info(self.run_dir, info)
 
     def _class_weights(self, split: Split) -> torch.Tensor | None:
         if not self.config.loss.weights:
@@ -317,6 +330,39 @@ class Trainer:
     def _save(self, path: Path, state: dict[str, Any]) -> None:
         if self.main:
             save_weights(path, state)
+
+    def _build_model(self, split: Split) -> nn.Module:
+        """The network; with ``forest_positions``, stage 2 of a two-stage model, whose data (the images
+        with the forest's probabilities) replaces ``self.data`` here, inside the time budget. Starting
+        weights of a two-stage model keep two stages, with the training images' labels for stage 1."""
+        cfg = self.config
+        if self.forest_positions is None and is_two_stage_state(self.initial_weights):
+            self.forest_positions = list(split.train)
+        if self.forest_positions is None or not self._two_stage_possible():
+            return build_model(cfg.model, self.data.in_channels, source=cfg.source)
+        from ..models.two_stage import ForestPrior
+        from ..stages import stage_two_data
+
+        self.data, self.stage_one = stage_two_data(
+            self.data, self.forest_positions, report=lambda text: self.callback(Message(text)), forest=self.forest
+        )
+        network = build_model(cfg.model, self.data.in_channels, source=cfg.source)
+        return ForestPrior(network, self.stage_one.image_channels, self.stage_one.classes)
+
+    def _two_stage_possible(self) -> bool:
+        """Stage 2 takes C + K channels: not SCHISM's gray-or-RGB networks, not weights of one stage,
+        not data too large to copy with K more channels."""
+        from ..models import SCHISM_ARCHITECTURES
+        from ..stages import fits_in_memory
+
+        if self.config.model.model_type in SCHISM_ARCHITECTURES:
+            return False
+        if self.initial_weights is not None and not is_two_stage_state(self.initial_weights):
+            return False
+        if self.dist is not None or not fits_in_memory(self.data):
+            return False
+        masks = [self.data.samples[p].mask for p in self.forest_positions or ()]
+        return any(mask is not None and bool((mask != IGNORE).any()) for mask in masks)
 
     def _check_input_size(self, model: nn.Module) -> None:
         """One forward pass at img_res before training, so an input the architecture cannot take
@@ -441,7 +487,7 @@ class Trainer:
         if not split.train:
             raise SchismError("no training images: the split left none (check num_samples and val_split)")
 
-        model = build_model(cfg.model, self.data.in_channels, source=cfg.source).to(self.device)
+        model = self._build_model(split).to(self.device)
         channels_last = self.device.type == "cpu"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -670,6 +716,7 @@ class Trainer:
             parts.model,
             self.config,
             parts.split,
+            self.stage_one,
         )
 
     # ---- time budget ---------------------------------------------------------------------------
