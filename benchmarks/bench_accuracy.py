@@ -1,6 +1,7 @@
 """Accuracy benchmark: the planned network against classical pixel classifiers, on held-out data.
 
-For each dataset (the synthetic sample; ``../shared/datasets/isbi2012-em`` when present) it
+For each dataset (the synthetic sample; the thin-phase rock, whose third phase is a 1-3 px coating
+on the pore walls; ``../shared/datasets/isbi2012-em`` when present) it
 reports mean IoU on held-out images and the wall time of:
 
 * (a) ``dense``: the defaults a user gets from ``schism train`` with no INI (the plan, the CLI's
@@ -115,6 +116,24 @@ def sample_data(work: Path) -> tuple[Path, Heldout]:
     return files.datasets, Heldout([v[..., None] for v in volume], [m.astype(np.uint8) for m in labels])
 
 
+def thin_data(work: Path, slices: int = 12, size: int = 192) -> tuple[Path, Heldout]:
+    """The thin-phase rock (pores, matrix, a 1-3 px coating on the pore walls): two scans of
+    ``slices`` slices to train on; a third, never seen, held out."""
+    import tifffile
+
+    from schism_napari.sample import make_lined_rock
+
+    root = work / "thin" / "datasets"
+    for index, name in enumerate(("thin_a", "thin_b")):
+        volume, labels = make_lined_rock((slices, size, size), seed=100 + index)
+        for folder, stack in (("images", volume), ("masks", labels)):
+            (root / name / folder).mkdir(parents=True)
+            for z in range(slices):
+                tifffile.imwrite(root / name / folder / f"slice_{z:03d}.tif", stack[z])
+    volume, labels = make_lined_rock((slices, size, size), seed=110)
+    return root, Heldout([v[..., None] for v in volume], [m.astype(np.uint8) for m in labels])
+
+
 def isbi_data(root: Path) -> tuple[Path, Heldout]:
     held = load_dataset(root / "heldout", class_count=2, write_stats=False)
     return root / "datasets", Heldout([s.image for s in held.samples], [s.mask for s in held.samples])
@@ -149,6 +168,7 @@ def network(
     work: Path,
     initial: Path | None = None,
     method: str = "network",
+    two_stage: bool = False,
 ) -> tuple[Row, Path]:
     """Plan, train (from the weights of the run folder ``initial`` when given), score on held-out
     data; returns the row and the run folder."""
@@ -156,7 +176,16 @@ def network(
     plan = plan_config(config, data, interactive=interactive)
     run_dir = work / f"run_{time.monotonic_ns()}"
     weights = None if initial is None else load_trained_model(initial).model.state_dict()
-    result = Trainer(plan.config, data, run_dir, plan=plan, initial_weights=weights, curves_each_epoch=False).run()
+    labelled = [p for p, s in enumerate(data.samples) if s.mask is not None and (s.mask != IGNORE).any()]
+    result = Trainer(
+        plan.config,
+        data,
+        run_dir,
+        plan=plan,
+        initial_weights=weights,
+        curves_each_epoch=False,
+        forest_positions=labelled if two_stage else None,
+    ).run()
     seconds = time.perf_counter() - started
     predictor = Predictor.from_trained(load_trained_model(run_dir), device="cpu")
     predictions = [predictor.predict(image, rgb=True, keep_probabilities=False).labels for image in heldout.images]
@@ -295,7 +324,7 @@ def run_dataset(name: str, root: Path, heldout: Heldout, options: argparse.Names
             config.set_given(section, field, value)
         config.validate()
         if labels == "choice":
-            for stages in options.stages:
+            for stages in options.stages or [2]:
                 for row in held_out_choice(config, data, heldout, work, two_stage=stages == 2):
                     method = row.method if stages == 2 else f"{row.method} (one stage)"
                     rows.append(
@@ -305,8 +334,19 @@ def run_dataset(name: str, root: Path, heldout: Heldout, options: argparse.Names
                     )
                     print(format_row(rows[-1]), flush=True)
             continue
-        trained, run_dir = network(config, data, heldout, interactive, work)
-        found = [trained, *(classical(k, data, heldout) for k in ("lda", "forest"))]
+        found = []
+        for stages in (options.stages or [1]) if labels == "dense" else [1]:
+            trained, run_dir = network(
+                config,
+                data,
+                heldout,
+                interactive,
+                work,
+                method=f"network ({stages} stage{'s' * (stages > 1)})",
+                two_stage=stages == 2,
+            )
+            found.append(trained)
+        found += [classical(k, data, heldout) for k in ("lda", "forest")]
         if labels == "scribbles" and options.correct:
             found += correct_and_retrain(config, dense, data, heldout, run_dir, work)
         for row in found:
@@ -330,7 +370,7 @@ def parse_set(text: str) -> tuple[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=("sample", "isbi", "all"), default="all")
+    parser.add_argument("--dataset", choices=("sample", "thin", "isbi", "all"), default="all")
     parser.add_argument("--isbi", type=Path, default=ISBI, help="the isbi2012-em folder (datasets/, heldout/)")
     parser.add_argument("--only", choices=("dense", "scribbles", "choice"), help="one of the label settings")
     parser.add_argument(
@@ -339,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages",
         type=lambda text: [int(v) for v in text.split(",")],
-        default=[2],
-        help="(e) choice: 2 (two-stage network, the default), 1 (one stage), or 1,2 side by side",
+        default=None,
+        help="(a) dense and (e) choice: 2 (two-stage network), 1 (one stage), or 1,2 side by side; "
+        "by default as the CLI trains them: scribbles in two stages, dense masks in one",
     )
     parser.add_argument("--quick", action="store_true", help="0.3-minute budgets: a smoke check, not a measurement")
     parser.add_argument("--minutes", type=float, help="override the planned time budget")
@@ -363,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         if options.dataset in ("sample", "all"):
             rows += run_dataset("synthetic CT", *sample_data(work), options, work)
+        if options.dataset in ("thin", "all"):
+            rows += run_dataset("thin-phase CT", *thin_data(work), options, work)
         if options.dataset in ("isbi", "all"):
             if not options.isbi.is_dir():
                 print(f"{options.isbi} not found: skipping ISBI", file=sys.stderr)

@@ -199,3 +199,47 @@ def test_fine_tuning_a_two_stage_model_keeps_two_stages(two_stage_run, painted, 
     assert read_run_info(tmp_path / "again")["stage_one"]["classes"] == 3
     plain = Trainer(config, dense, tmp_path / "plain").run()  # dense masks, no starting weights: one stage
     assert plain.stage_one is None and not isinstance(plain.model, ForestPrior)
+
+
+def test_both_stages_predict_on_every_path(two_stage_run, tmp_path):
+    """Tri-planar consensus and a dask cluster run stage 1 on each plane they predict."""
+    import zarr
+
+    from schism_napari.config import InferenceConfig
+    from schism_napari.inference.distributed import predict_distributed
+    from schism_napari.inference.planes import TriPlanarPredictor
+
+    distributed = pytest.importorskip("distributed")
+    run_dir, _, _ = two_stage_run
+    stack, _ = make_rock((6, 64, 64), seed=4)
+    trained = load_trained_model(run_dir)
+    settings = InferenceConfig(tile_size=64, overlap=None, halo=16, batch_size=4)
+    base = Predictor.from_trained(trained, settings=settings, device="cpu")
+    expected = base.predict(stack)
+    tri = TriPlanarPredictor(base).predict(stack)
+    assert tri.probabilities.shape == expected.probabilities.shape
+    np.testing.assert_allclose(tri.probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert np.mean(tri.labels == expected.labels) > 0.8  # three views of the same rock mostly agree
+
+    volume = tmp_path / "stack.tif"
+    tifffile.imwrite(volume, stack)
+    cluster = distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0")
+    with cluster, distributed.Client(cluster) as client:
+        predict_distributed(
+            run_dir, volume, tmp_path / "labels.ome.zarr", settings=settings, chunk_slices=2, client=client
+        )
+    labels = zarr.open_group(str(tmp_path / "labels.ome.zarr"), mode="r")["0"][:]
+    np.testing.assert_array_equal(labels, expected.labels)
+
+
+def test_a_resumed_run_keeps_the_stages_it_started_with(two_stage_run, painted, tmp_path):
+    import shutil
+
+    run_dir, _, data = two_stage_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = SchismConfig.from_ini_string(TINY_INI, source="tiny.ini")
+    config.training.epochs = 3
+    training, _ = hold_out(data, [0, 1, 2])
+    resumed = Trainer(config, training, copy, resume=True).run()  # no forest positions given: the run folder says
+    assert resumed.stage_one is not None and resumed.epochs_completed == 3

@@ -58,6 +58,7 @@ from ..runs import (
     claimed_run_dir,
     default_class_names,
     load_weights,
+    read_run_info,
     save_weights,
     write_run_info,
 )
@@ -334,9 +335,15 @@ class Trainer:
     def _build_model(self, split: Split) -> nn.Module:
         """The network; with ``forest_positions``, stage 2 of a two-stage model, whose data (the images
         with the forest's probabilities) replaces ``self.data`` here, inside the time budget. Starting
-        weights of a two-stage model keep two stages, with the training images' labels for stage 1."""
+        weights of a two-stage model keep two stages, with the training images' labels for stage 1; a
+        resumed run keeps the stages it started with."""
         cfg = self.config
-        if self.forest_positions is None and is_two_stage_state(self.initial_weights):
+        two_stage = is_two_stage_state(self.initial_weights)
+        if self.resume:
+            two_stage = bool(read_run_info(self.run_dir).get("stage_one"))
+            if not two_stage:
+                self.forest_positions = None
+        if self.forest_positions is None and two_stage:
             self.forest_positions = list(split.train)
         if self.forest_positions is None or not self._two_stage_possible():
             return build_model(cfg.model, self.data.in_channels, source=cfg.source)
