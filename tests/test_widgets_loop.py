@@ -23,6 +23,7 @@ from test_widgets import (
     longest_gap,
     notifications,
     quiet_collector,
+    set_fields,
     small_training,
     ticking,
 )
@@ -123,6 +124,7 @@ def test_class_names_colours_preview_and_label_counts(qtbot, make_napari_viewer,
     assert "pore:" in counts and "on slices 0, 2" in counts
 
     small_training(dock.training, epochs=1)
+    set_fields(dock.training, Model__model_type="UnetConcat")  # takes any channels: a two-stage model
     viewer.dims.set_current_step(0, 2)
     previews: list = []
     dock.training.relay.event.connect(lambda e: previews.append(e) if type(e).__name__ == "ForestPreview" else None)
@@ -137,6 +139,9 @@ def test_class_names_colours_preview_and_label_counts(qtbot, make_napari_viewer,
     run_dir = dock.training.last_result.run_dir
     reloaded = load_trained_model(run_dir)
     assert reloaded.class_names == ["pore", "rock", "ore"]
+    assert (run_dir / "plan.json").is_file()  # planned as from the CLI, and written down the same way
+    assert reloaded.stage_one is not None and (run_dir / "stage_one.npz").is_file()  # scribbles: two stages
+    assert dock.training.session.model.stage_one is not None  # and the session predicts with both
     assert [tuple(c) for c in reloaded.class_colors] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     prediction = dock.prediction
     prediction.reset_choices()

@@ -15,6 +15,7 @@ on labels neither saw. torch is imported only inside the worker.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 import time
@@ -399,6 +400,7 @@ def _train(
         callback=callback,
         stop=stop,
         curves_each_epoch=False,  # the dock draws them live
+        plan=copy.deepcopy(plan),  # plan.json as from the CLI, with the measured steps; the form keeps the plan
         forest_positions=stage_one_positions(held) if forest is not None else None,
         forest=forest,  # the preview's forest is stage 1 of a two-stage model
     )
