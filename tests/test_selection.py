@@ -130,7 +130,13 @@ def test_the_choice_is_the_best_on_held_out_labels(painted, rock):
     unsure = choose(lambda image: 0.5 * forest.predict_proba(image) + 0.5 / 3, forest, data, held)
     assert unsure.scores["network"] == unsure.scores["forest"]  # the same classes, less sure of them
     assert unsure.choice == "forest" and unsure.log_loss["forest"] < unsure.log_loss["average"]
-    sure = choose(lambda image: one_hot(forest.predict_proba(image).argmax(0)), forest, data, held)
+
+    def surer(image):  # the forest's classes, sure where they are right
+        probabilities = forest.predict_proba(image)
+        right = probabilities.argmax(0) == truth_of[image.tobytes()]
+        return np.where(right[None], one_hot(probabilities.argmax(0)), probabilities)
+
+    sure = choose(surer, forest, data, held)
     assert sure.scores["network"] == sure.scores["forest"] and sure.log_loss["network"] < sure.log_loss["forest"]
     assert sure.choice == "forest"  # surer inside the strokes is no evidence between them
 
@@ -255,3 +261,37 @@ def test_an_export_says_it_holds_the_network_alone(run_with_choice, tmp_path, ca
     assert "predicts with the network+forest average (selection.json); the export holds the network alone" in (
         capsys.readouterr().err
     )
+
+
+def test_a_corrected_slice_does_not_take_the_other_slices_strokes_nor_outweigh_them(rock):
+    """A fully labelled (corrected, reviewed) slice beside scribbled ones: each slice keeps most of its
+    own strokes for training, and each slice's held-out pixels weigh the same in the choice."""
+    volume, truth = rock
+    scribbled = labels_to_mask(scribbles(truth, slices=(1,), strokes_per_class=6), 3)[1]
+    data = samples_from_arrays([volume[0], volume[1]], [truth[0].astype(np.uint8), scribbled], class_count=3)
+    training, held = hold_out(data, [0, 1])
+    for k in range(3):
+        painted = np.count_nonzero(scribbled == k)
+        kept = np.count_nonzero(training.samples[1].mask == k)
+        assert kept >= 0.6 * painted, (k, kept, painted)  # a fifth of the total would have taken them all
+    assert set(held.targets) == {0, 1} and np.count_nonzero(held.targets[0] != IGNORE) > 3 * np.count_nonzero(
+        held.targets[1] != IGNORE
+    )
+
+    def right_on(position):
+        """Probabilities right on one slice and wrong (a shifted class) on the other."""
+
+        def predict(image):
+            classes = truth[0] if image.tobytes() == data.samples[0].image.tobytes() else truth[1]
+            own = image.tobytes() == data.samples[position].image.tobytes()
+            return one_hot(classes if own else (classes + 1) % 3)
+
+        return predict
+
+    class Forest:
+        predict_proba = staticmethod(right_on(1))
+
+    choice = choose(right_on(0), Forest(), data, held)  # the network: right on the large corrected slice only
+    # the slices weigh the same: right on one each, the two score alike (pooled pixels: the network, by far)
+    assert abs(choice.scores["network"] - choice.scores["forest"]) < 0.05
+    assert choice.choice != "network"  # right on the corrected slice alone is not enough

@@ -5,13 +5,18 @@ labels and a CPU's short time budget the network trained after it can be worse (
 pixels painted on 3 slices: the preview scored 0.62 mean IoU on its slice, the network that replaced
 it 0.35). So before a network's result replaces anything, labels that neither model saw decide:
 
-* :func:`hold_out` sets aside about a fifth of each class's painted pixels as whole strokes
-  (connected components), so held-out pixels are not the neighbours of training pixels; a class
-  painted in one or two large strokes is split in 32 px blocks instead. Dense masks keep all their
+* :func:`hold_out` sets aside about a fifth of each class's painted pixels in each image as whole
+  strokes (connected components), so held-out pixels are not the neighbours of training pixels; a
+  class painted in one or two large strokes is split in 32 px blocks instead. Per image, because a
+  corrected, fully labelled slice holds most of the pixels: a fifth of the total took all the other
+  slices' strokes of a class out of training. Dense masks keep all their
   labels: their validation images, which the network never trains on, are scored instead.
 * The forest is fitted on the rest (:func:`fit_forest`) and the network trains on the rest.
 * :func:`choose` scores the forest, the network and the mean of their probabilities on the held-out
-  labels (mean IoU over the classes present there) and keeps the best. Strokes are painted inside
+  labels (mean IoU over the classes present there, each image's held-out pixels weighing as much as
+  any other image's: blocks of a corrected slice, held out beside that slice's training pixels,
+  flatter a network that learned the slice; the other slices' strokes say how it does elsewhere)
+  and keeps the best. Strokes are painted inside
   the classes, away from their borders, so two candidates often both get them all right: scores
   within :data:`TIE` of the best are a tie, and a tie keeps the forest, the preview the user has
   already seen (then the average, then the network): a network that only matches the forest on the
@@ -106,18 +111,19 @@ def hold_out(
     remaining = {p: int(np.count_nonzero(mask != IGNORE)) for p, mask in masks.items()}
     ranks = {p: rng.permutation(_block_count(mask.shape)) for p, mask in masks.items()}  # one block order per image
     for k in range(data.class_count):
-        strokes = [(p, indices) for p in chosen_images for indices in _components(masks[p] == k)]
-        total = sum(indices.size for _, indices in strokes)
-        if total < MIN_CLASS_PIXELS:
-            continue
-        target = share * total
-        shuffled = [strokes[i] for i in rng.permutation(len(strokes))]
-        chosen = _take(shuffled, target, total, remaining)
-        if not chosen:  # one or two large strokes: blocks of them, in each image's block order
-            chosen = _take(_blocks(masks, chosen_images, k, ranks), target, total, remaining)
-        for p, indices in chosen:
-            held[p].flat[indices] = k
-            masks[p].flat[indices] = IGNORE
+        for image in chosen_images:  # a share of each image's pixels of the class: a corrected slice
+            strokes = [(image, indices) for indices in _components(masks[image] == k)]  # never takes it all
+            total = sum(indices.size for _, indices in strokes)
+            if total < MIN_CLASS_PIXELS:
+                continue
+            target = share * total
+            shuffled = [strokes[i] for i in rng.permutation(len(strokes))]
+            chosen = _take(shuffled, target, total, remaining)
+            if not chosen:  # one or two large strokes: blocks of them, in the image's block order
+                chosen = _take(_blocks(masks, [image], k, ranks), target, total, remaining)
+            for p, indices in chosen:
+                held[p].flat[indices] = k
+                masks[p].flat[indices] = IGNORE
     targets = {p: mask for p, mask in held.items() if (mask != IGNORE).any()}
     samples = list(data.samples)
     for p in targets:
@@ -251,9 +257,9 @@ def choose(
     ``network`` maps a sample's image ``(Y, X, C)`` to class probabilities ``(C, Y, X)``. Without
     held-out labels (or a forest) the network is kept, with NaN scores."""
     count = data.class_count
-    matrices = {name: np.zeros((count, count), dtype=np.int64) for name in CANDIDATES}
+    matrices = {name: np.zeros((count, count), dtype=np.float64) for name in CANDIDATES}  # image-weighted
     losses = dict.fromkeys(CANDIDATES, 0.0)
-    scored = 0
+    scored = pixels = 0
     if forest is not None:
         for position, target in held.targets.items():
             window = _window(target)
@@ -262,21 +268,21 @@ def choose(
             if not valid.any():
                 continue
             scored += 1
+            pixels += int(valid.sum())
+            weight = 1.0 / float(valid.sum())  # each image weighs the same, whatever it holds out
             from_network = np.asarray(network(image), dtype=np.float32)
             from_forest = forest.predict_proba(image)
             candidates = {"network": from_network, "forest": from_forest, "average": (from_network + from_forest) / 2}
             classes = truth[valid].astype(np.int64)
             for name, probabilities in candidates.items():
                 predicted = probabilities.argmax(axis=0)[valid].astype(np.int64)
-                matrices[name] += np.bincount(classes * count + predicted, minlength=count * count).reshape(
-                    count, count
-                )
+                counts = np.bincount(classes * count + predicted, minlength=count * count).reshape(count, count)
+                matrices[name] += weight * counts
                 right = np.take_along_axis(probabilities[:, valid], classes[None], axis=0)[0]
-                losses[name] -= float(np.log(np.maximum(right, PROBABILITY_FLOOR)).sum())
-    pixels = int(matrices["network"].sum())
+                losses[name] -= weight * float(np.log(np.maximum(right, PROBABILITY_FLOOR)).sum())
     per_class = {name: _iou(matrix) for name, matrix in matrices.items()}
     scores = {name: _mean_iou(matrices[name], per_class[name]) for name in CANDIDATES}
-    log_loss = {name: losses[name] / pixels if pixels else math.nan for name in CANDIDATES}
+    log_loss = {name: losses[name] / scored if scored else math.nan for name in CANDIDATES}
     finite = [name for name in CANDIDATES if math.isfinite(scores[name])]
     choice = "network"
     if finite:
