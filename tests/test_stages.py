@@ -243,3 +243,17 @@ def test_a_resumed_run_keeps_the_stages_it_started_with(two_stage_run, painted, 
     training, _ = hold_out(data, [0, 1, 2])
     resumed = Trainer(config, training, copy, resume=True).run()  # no forest positions given: the run folder says
     assert resumed.stage_one is not None and resumed.epochs_completed == 3
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32])
+def test_probabilities_survive_the_encoding_of_every_dtype(painted, dtype):
+    data, _ = painted
+    stage_one = StageOne(stage_two_data(data, [0, 1, 2])[1].forest, 1)
+    plane = (np.random.default_rng(0).random((16, 16, 1)) * 200).astype(dtype)
+    probabilities = np.random.default_rng(1).dirichlet(np.ones(3), size=(16, 16)).transpose(2, 0, 1)
+    encoded = stage_one.encode(plane, probabilities.astype(np.float32))
+    from schism_napari.inference.predictor import StagedSlices
+
+    decoded_back = StagedSlices.stage_one_part(encoded, stage_one)
+    np.testing.assert_allclose(decoded_back, probabilities, atol=0.5 / 255 + 1e-6)  # 8 bits at worst
+    np.testing.assert_array_equal(encoded[..., :1].astype(np.float64), plane.astype(np.float64))

@@ -71,9 +71,12 @@ class StageOne:
 
     def encode(self, plane: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
         """(Y, X, C) stored dtype -> (Y, X, C + K) in the same dtype: the image, then the forest's
-        probabilities scaled to the dtype's unit range."""
+        probabilities scaled to the dtype's unit range. 32- and 64-bit integer images become float32,
+        whose unit range (0..1) is theirs: in their own dtype the probabilities would round to 0 or 1."""
         if probabilities is None:
             probabilities = self.probabilities(plane)
+        if np.issubdtype(plane.dtype, np.integer) and plane.dtype.itemsize > 2:
+            plane = plane.astype(np.float32)
         low, high = unit_range(plane.dtype)
         scaled = np.moveaxis(probabilities, 0, -1) * np.float32(high - low) + np.float32(low)
         if np.issubdtype(plane.dtype, np.integer):

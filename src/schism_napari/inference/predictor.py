@@ -63,8 +63,8 @@ class StagedSlices:
     """Slices as stage 2 of a two-stage model reads them: each plane with stage 1's class
     probabilities as K more channels, in the plane's dtype (:meth:`schism_napari.stages.StageOne.encode`).
 
-    The last plane's probabilities are kept, so a prediction that also mixes the forest into the
-    result (a held-out choice of "average") does not compute them twice."""
+    The last few staged planes are kept, so a prediction that also mixes the forest into the result
+    (a held-out choice of "average") does not compute stage 1 twice."""
 
     def __init__(self, base: Slices, stage_one: Any, image_channels: int):
         self.base, self.stage_one, self.image_channels = base, stage_one, image_channels
