@@ -180,9 +180,10 @@ def _sidecar(item: Exportable, path: Path, fmt: str) -> None:
     if item.stage_one is not None:
         image = item.stage_one.image_channels
         info["stage_one"] = (
-            f"input channels {image}..{item.channels - 1} are the class probabilities (0..1 in the raw units) "
-            f"of stage 1, a scikit-learn random forest on multiscale filter features, which this file does not "
-            f"compute: it is the run folder's {item.stage_one.describe()['file']} "
+            f"input channels {image}..{item.channels - 1} are the class probabilities of stage 1, scaled to the "
+            f"raw dtype's range as the image is (0..255 for uint8; gain and offset map them back to 0..1), from a "
+            f"scikit-learn random forest on multiscale filter features, which this file does not compute: it is "
+            f"the run folder's {item.stage_one.describe()['file']} "
             "(schism_napari.stages.StageOne.load), and schism predict runs both stages"
         )
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(info, indent=2) + "\n")
