@@ -40,13 +40,13 @@ from .data.dataset import SegmentationData
 from .data.io import IGNORE, unit_range
 from .data.normalization import Normalization
 from .errors import SchismError
+from .selection import FOREST_TREES, HOLDOUT_SEED
 
 STAGE_ONE_FILE = "stage_one.npz"
 FOLDS = 3  # out-of-fold forests: each fitted on two thirds of the strokes
 MIN_BLOCK = 64  # px: the smallest grid cell of the block folds (one or two painted images)
 BLOCKS_PER_SIDE = 4  # the block folds' grid, at most, along an image's longer side
-TREES = 24  # as the preview's forest: fitted and predicted in seconds
-SEED = 0
+TREES, SEED = FOREST_TREES, HOLDOUT_SEED  # the preview's forest's: stage 1 is that forest, and the folds alike
 MAX_PIXELS = 64_000_000  # stage 2 keeps K more channels per pixel: larger training sets train one stage
 
 
@@ -137,14 +137,14 @@ def stage_two_data(
     painted = [p for p in forest_positions if _labelled(data, p)]
     if not painted:
         raise SchismError("no painted pixels to fit stage 1 (the forest) on")
-    full = forest if forest is not None else _forest(data, painted, data.class_count, threads)
+    full = forest if forest is not None else _fit(data, painted, threads)
     stage_one = StageOne(full, data.in_channels)
     maps: dict[int, np.ndarray] = {}
     if len(painted) >= FOLDS:
         folds = [painted[f::FOLDS] for f in range(FOLDS)]
         for fold in folds:
             others = [p for p in painted if p not in set(fold)]
-            fold_forest = _forest(data, others, data.class_count, threads)
+            fold_forest = _fit(data, others, threads)
             for position in fold:
                 maps[position] = fold_forest.predict_proba(data.samples[position].image)
         how = f"each of the {len(painted)} painted images from a forest fitted on the others ({FOLDS} folds)"
@@ -182,11 +182,14 @@ def _labelled(data: SegmentationData, position: int) -> bool:
     return mask is not None and bool((mask != IGNORE).any())
 
 
-def _forest(data: SegmentationData, positions: Sequence[int], classes: int, threads: int) -> PixelClassifier:
+def _fit(
+    data: SegmentationData, positions: Sequence[int], threads: int, masks: Sequence[np.ndarray] | None = None
+) -> PixelClassifier:
+    """A forest on the images at ``positions`` (all painted), with their masks or the ``masks`` given."""
     images = [data.samples[p].image for p in positions]
-    masks = [data.samples[p].mask for p in positions]
-    classifier = PixelClassifier("forest", class_count=classes, trees=TREES, seed=SEED, threads=threads)
-    return classifier.fit(images, [m for m in masks if m is not None])
+    labels = masks if masks is not None else [np.asarray(data.samples[p].mask) for p in positions]
+    classifier = PixelClassifier("forest", class_count=data.class_count, trees=TREES, seed=SEED, threads=threads)
+    return classifier.fit(images, labels)
 
 
 def _block_fold_maps(data: SegmentationData, painted: Sequence[int], threads: int) -> dict[int, np.ndarray]:
@@ -203,17 +206,16 @@ def _block_fold_maps(data: SegmentationData, painted: Sequence[int], threads: in
         folds_of[position] = grid[:height, :width]
     maps = {p: np.zeros((data.class_count, *folds_of[p].shape), dtype=np.float32) for p in painted}
     for fold in range(FOLDS):
-        images, masks = [], []
+        positions, masks = [], []
         for position in painted:
             painted_mask = np.asarray(data.samples[position].mask)
             mask = np.where(folds_of[position] == fold, IGNORE, painted_mask).astype(np.uint8)
             if (mask != IGNORE).any():
-                images.append(data.samples[position].image)
+                positions.append(position)
                 masks.append(mask)
-        if not images:
+        if not positions:
             continue
-        forest = PixelClassifier("forest", class_count=data.class_count, trees=TREES, seed=SEED, threads=threads)
-        forest.fit(images, masks)
+        forest = _fit(data, positions, threads, masks)
         for position in painted:
             inside = folds_of[position] == fold
             if inside.any():
