@@ -120,7 +120,7 @@ def hold_out(
             shuffled = [strokes[i] for i in rng.permutation(len(strokes))]
             chosen = _take(shuffled, target, total, remaining)
             if not chosen:  # one or two large strokes: blocks of them, in the image's block order
-                chosen = _take(_blocks(masks, [image], k, ranks), target, total, remaining)
+                chosen = _take(_blocks(masks[image], image, k, ranks[image]), target, total, remaining)
             for p, indices in chosen:
                 held[p].flat[indices] = k
                 masks[p].flat[indices] = IGNORE
@@ -344,26 +344,17 @@ def _block_count(shape: tuple[int, ...]) -> int:
     return -(-shape[0] // BLOCK) * -(-shape[1] // BLOCK)
 
 
-def _blocks(
-    masks: dict[int, np.ndarray], positions: Sequence[int], k: int, rank: dict[int, np.ndarray]
-) -> list[tuple[int, np.ndarray]]:
-    """Class ``k``'s pixels grouped by BLOCK x BLOCK blocks, in the order of each image's random
-    block ranks (shared by all classes, so classes split in blocks tend to lose the same blocks)."""
-    units: list[tuple[int, int, np.ndarray]] = []  # (rank, position, flat indices)
-    for p in positions:
-        mask = masks[p]
-        indices = np.flatnonzero(mask.ravel() == k)
-        if not indices.size:
-            continue
-        width = mask.shape[1]
-        ranks = rank[p][(indices // width // BLOCK) * -(-width // BLOCK) + (indices % width) // BLOCK]
-        by_rank = np.argsort(ranks, kind="stable")
-        sorted_ranks = ranks[by_rank]
-        starts = np.flatnonzero(np.r_[True, sorted_ranks[1:] != sorted_ranks[:-1]])
-        for start, stop in zip(starts, [*starts[1:], sorted_ranks.size], strict=True):
-            units.append((int(sorted_ranks[start]), p, indices[by_rank[start:stop]]))
-    units.sort(key=lambda unit: (unit[0], unit[1]))
-    return [(p, indices) for _, p, indices in units]
+def _blocks(mask: np.ndarray, image: int, k: int, rank: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Class ``k``'s pixels of one image grouped by BLOCK x BLOCK blocks, in the order of the image's
+    random block ranks (shared by all classes, so classes split in blocks tend to lose the same blocks)."""
+    indices = np.flatnonzero(mask.ravel() == k)
+    width = mask.shape[1]
+    ranks = rank[(indices // width // BLOCK) * -(-width // BLOCK) + (indices % width) // BLOCK]
+    by_rank = np.argsort(ranks, kind="stable")
+    sorted_ranks = ranks[by_rank]
+    starts = np.flatnonzero(np.r_[True, sorted_ranks[1:] != sorted_ranks[:-1]])  # called with pixels of k
+    stops = [*starts[1:], sorted_ranks.size]
+    return [(image, indices[by_rank[start:stop]]) for start, stop in zip(starts, stops, strict=True)]
 
 
 def _take(
