@@ -87,6 +87,24 @@ def test_closing_the_dock_mid_training_and_reopening_it_reattaches(qtbot, make_n
     assert training.session.model is not None and reopened.prediction.predict_button.enabled
 
 
+def test_a_closed_dock_stops_following_the_session(make_napari_viewer, tmp_path, notifications):
+    """napari takes a closed dock out of the window without deleting it: its widgets must stop
+    reacting, or every training message is shown once per dock ever opened."""
+    viewer = make_napari_viewer()
+    dock_widget, closed = open_dock(viewer, tmp_path)
+    viewer.window.remove_dock_widget(dock_widget)
+    _, reopened = viewer.window.add_plugin_dock_widget("schism-napari", "SCHISM")
+    job = reopened.training.job
+    assert closed.training.job is job
+
+    job.event.emit(events.Message("two stages: a message from the trainer"))
+    job.event.emit(events.TrainingFinished(tmp_path, epochs_completed=3, stopped=False, reason="finished"))
+    shown = [str(n.message) for n in notifications if "a message from the trainer" in str(n.message)]
+    assert shown == ["two stages: a message from the trainer"]
+    assert "after 3 epochs" in reopened.training.status.value
+    assert "after 3 epochs" not in closed.training.status.value
+
+
 def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, tmp_path, rock):
     viewer = make_napari_viewer()
     _, dock = open_dock(viewer, tmp_path)

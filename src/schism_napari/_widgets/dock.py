@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QLabel, QScrollArea, QSizePolicy, QTabWidget
 
 from .dataset import DatasetWidget
+from .jobs import collect_follows, follow
 from .prediction import PredictionWidget
 from .session import session_for
 from .training import TrainingWidget
@@ -28,9 +29,12 @@ class SchismDock(QTabWidget):
         super().__init__()
         self.setUsesScrollButtons(True)
         session = session_for(viewer)
-        self.dataset = DatasetWidget(viewer, session)
-        self.training = TrainingWidget(viewer, session)
-        self.prediction = PredictionWidget(viewer, session)
+        with collect_follows() as self._follows:  # ended when the dock is closed
+            self.dataset = DatasetWidget(viewer, session)
+            self.training = TrainingWidget(viewer, session)
+            self.prediction = PredictionWidget(viewer, session)
+            # the training tab can show the prediction tab once a model exists
+            follow(self, session.model_changed, self._on_model_changed)
         for title, widget in (("Dataset", self.dataset), ("Training", self.training), ("Prediction", self.prediction)):
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
@@ -43,8 +47,15 @@ class SchismDock(QTabWidget):
             self.addTab(scroll, title)
         for status in (self.dataset.status, self.prediction.status):  # one line, updated often
             status.native.setWordWrap(False)
-        # the training tab can show the prediction tab once a model exists
-        session.model_changed.connect(self._on_model_changed)
+
+    def event(self, event: QEvent | None) -> bool:
+        """A dock closed in napari is taken out of the window (its parent becomes None), not deleted:
+        from then on it and its tabs stop following the session, so only the open dock reacts."""
+        if event is not None and event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            for disconnect in getattr(self, "_follows", ()):
+                disconnect()
+            self._follows = []
+        return super().event(event)
 
     def _on_model_changed(self, model: object) -> None:
         if model is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -192,10 +192,13 @@ class Job:
 
 
 def follow(native: Any, signal: Any, slot: Callable[..., Any]) -> None:
-    """Connect ``slot`` to a session signal for as long as the Qt widget ``native`` exists.
+    """Connect ``slot`` to a session signal for as long as the Qt widget ``native`` is in use.
 
     Widgets come and go (a closed dock, a reopened one) while the session and its jobs stay; a
-    destroyed widget must not be called again.
+    destroyed widget must not be called again, nor one whose dock was closed: napari only takes a
+    closed dock out of the window, and while Python still holds it, it would go on following the
+    session beside the reopened one (each training message shown twice). So a dock collects the
+    follows its widgets make (:func:`collect_follows`) and ends them when it is closed.
     """
     signal.connect(slot)
 
@@ -204,6 +207,23 @@ def follow(native: Any, signal: Any, slot: Callable[..., Any]) -> None:
             signal.disconnect(slot)
 
     native.destroyed.connect(_disconnect)
+    if _COLLECTING:
+        _COLLECTING[-1].append(_disconnect)
+
+
+_COLLECTING: list[list[Callable[..., None]]] = []  # the lists that follow() adds its disconnections to
+
+
+@contextlib.contextmanager
+def collect_follows() -> Iterator[list[Callable[..., None]]]:
+    """The disconnections of every :func:`follow` made inside the block (a dock building its tabs):
+    calling them all stops those widgets following the session."""
+    collected: list[Callable[..., None]] = []
+    _COLLECTING.append(collected)
+    try:
+        yield collected
+    finally:
+        _COLLECTING.pop()
 
 
 class FollowsJob:
