@@ -105,6 +105,50 @@ def test_a_closed_dock_stops_following_the_session(make_napari_viewer, tmp_path,
     assert "after 3 epochs" not in closed.training.status.value
 
 
+def test_keep_improving_trains_rounds_while_the_user_paints(qtbot, make_napari_viewer, tmp_path, rock, monkeypatch):
+    """ "Keep improving": after Train, rounds fine-tune the model in the background. A round starts
+    at once while the last one improved, else after the next stroke; it keeps the best model so far
+    in the preview (no forest in between) until its own choice replaces it; Stop ends the rounds."""
+    from schism_napari._widgets import training as training_module
+
+    improved = iter([True])  # the first Train improved; the round after it did not
+    monkeypatch.setattr(training_module, "_improved", lambda *_: next(improved, False))
+    monkeypatch.setattr(training_module, "ROUND_DELAY_MS", 50)
+    viewer = make_napari_viewer()
+    _, dock = open_dock(viewer, tmp_path)
+    volume, _, painted = rock
+    image, labels = viewer.add_image(volume, name="scan"), viewer.add_labels(painted)
+    add_scribble_pair(viewer, dock, image, labels)
+    training = dock.training
+    small_training(training, epochs=1)
+    training.keep_improving.value = True
+    job = training.job
+    runs = tmp_path / "runs"
+
+    click_and_wait(qtbot, training, training.train_button)  # the first Train, with the forest preview
+    preview = viewer.layers["scan preview"]
+    updates: list = []
+    preview.events.data.connect(updates.append)
+    qtbot.waitUntil(lambda: job.busy, timeout=WAIT_MS)  # a round follows at once
+    with qtbot.waitSignal(training.relay.finished, timeout=WAIT_MS):
+        pass
+    assert len(updates) == 1  # the round's choice only: the forest of the round was not shown
+    assert preview.metadata["schism_preview"] in ("forest", "network", "average")
+    assert len(list(runs.glob("run_*"))) == 2
+    qtbot.wait(300)
+    assert not job.busy and "waiting for new strokes" in training.status.value
+
+    labels.paint((0, 5, 5), 1)  # a new stroke: a round starts once the user stops painting
+    qtbot.waitUntil(lambda: job.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: len(list(runs.glob("run_*"))) == 3, timeout=WAIT_MS)  # made in the worker
+    with qtbot.waitSignal(training.relay.finished, timeout=WAIT_MS):
+        training.stop_button.clicked.emit()
+    assert not training.keep_improving.value and job.state in (RunState.CANCELLED, RunState.DONE)
+    labels.paint((0, 6, 6), 1)
+    qtbot.wait(300)
+    assert not job.busy and len(list(runs.glob("run_*"))) == 3
+
+
 def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, tmp_path, rock):
     viewer = make_napari_viewer()
     _, dock = open_dock(viewer, tmp_path)

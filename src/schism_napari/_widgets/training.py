@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from .. import events
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 
 
 PREVIEW_WAIT_S = 5.0  # the longest the worker waits for the preview layer before training anyway
+ROUND_MINUTES = 0.5  # "keep improving": the time budget of each round after the first (at most)
+ROUND_DELAY_MS = 3000  # "keep improving": a round starts this long after the last stroke
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,14 @@ class TrainingWidget(FollowsJob, Container):
         self.fine_tune = CheckBox(text="continue from current model (fine-tune)", value=False, enabled=False)
         self.preview = CheckBox(text="instant preview (random forest on the painted pixels)", value=True)
         self.session.keep_setting("instant preview", self.preview)
+        self.keep_improving = CheckBox(text="keep improving while I paint", value=False)
+        self.session.keep_setting("keep improving", self.keep_improving)
+        self.keep_improving.tooltip = (
+            f"After Train, go on fine-tuning in the background, in rounds of at most {ROUND_MINUTES:g} minute: a "
+            f"new round starts {ROUND_DELAY_MS / 1000:g} s after you paint, or at once while the last round still "
+            "improved on the held-out strokes. Each round ends with the held-out choice, whose best refreshes "
+            "the preview of the current slice. Stop ends the rounds."
+        )
         self.preview.tooltip = (
             "Before the network trains, a random forest fitted in seconds predicts the current slice into a "
             "'preview' layer. When training ends, the forest, the network and their average are scored on "
@@ -117,6 +128,7 @@ class TrainingWidget(FollowsJob, Container):
                 Container(widgets=[self.runs_folder], labels=True),
                 self.fine_tune,
                 self.preview,
+                self.keep_improving,
                 Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.status,
@@ -132,6 +144,10 @@ class TrainingWidget(FollowsJob, Container):
         self._started_at = 0.0
         self._total_batches = 1
         self._done_batches = 0
+        self._edits = 0  # strokes painted since the dock opened
+        self._round_edits: int | None = None  # ... when the latest round started (None: no round yet)
+        self._round_timer = QTimer(self.native)
+        self._round_timer.setSingleShot(True)
 
         self.load_button.changed.connect(self._ask_load_ini)
         self.save_button.changed.connect(self._ask_save_ini)
@@ -146,6 +162,9 @@ class TrainingWidget(FollowsJob, Container):
         follow(native, self.session.class_count_requested, self._set_class_count)
         follow(native, self.job.event, self._on_event)
         follow(native, self.job.state_changed, self._show_state)
+        follow(native, self.job.state_changed, self._next_round)
+        follow(native, self.session.labels_edited, self._count_edit)
+        follow(native, self._round_timer.timeout, self._start_round)
         self._filling = False
         self.form.on_change(self._form_edited)
         self._show_data()
@@ -208,19 +227,25 @@ class TrainingWidget(FollowsJob, Container):
     def running(self) -> bool:
         return self.job.busy
 
-    def start(self) -> None:
-        """Train on the session's data; one training at a time per viewer."""
+    def start(self, *, round_: bool = False) -> None:
+        """Train on the session's data; one training at a time per viewer. ``round_``: a "keep
+        improving" round, which fine-tunes the session's model for at most ROUND_MINUTES and keeps
+        the preview on the best model so far until its own choice is made."""
         if self.job.busy:
-            show_warning("a training is already running in this viewer: stop it first")
+            if not round_:
+                show_warning("a training is already running in this viewer: stop it first")
             return
+        self._round_timer.stop()
         try:
             config = self.form.config()
             initial = None
-            if self.fine_tune.value and self.session.model is not None:
+            if (self.fine_tune.value or round_) and self.session.model is not None:
                 initial = {k: v.detach().clone() for k, v in self.session.model.model.state_dict().items()}
                 _keep_architecture(config, self.session.model.config)
             self.session.set_config(config)
             sources = self.session.snapshot()
+            if round_:  # the round's own budget, not kept in the session's config (a later Train's)
+                sources = dataclasses.replace(sources, config=_shortened(sources.config))
             folder = Path(self.runs_folder.value).expanduser()
             run_dir = unique_path(folder / time.strftime("run_%Y%m%d_%H%M%S"))
         except SchismError as error:
@@ -241,13 +266,22 @@ class TrainingWidget(FollowsJob, Container):
             control=True,
             on_returned=lambda returned: _take_model(viewer, session, returned),
             on_errored=_report_failure,
-            on_event=lambda event: _on_preview(viewer, session, preview, event),
-            info={"metrics": metrics, "preview": preview},
+            # a round keeps the best model so far in the preview until its own choice is made
+            on_event=lambda event: _on_preview(viewer, session, None if round_ else preview, event),
+            info={
+                "metrics": metrics,
+                "preview": preview,
+                "previous": _score_of(self.session.model) if round_ else None,
+            },
         )
-        self.status.value = "reading the training data…"
+        self._round_edits = self._edits
+        self.status.value = "reading the training data…" if not round_ else "keep improving: a new round…"
 
     def stop(self) -> None:
+        self._round_timer.stop()
         if self.job.busy:
+            if self.keep_improving.value:
+                self.keep_improving.value = False  # Stop ends the rounds too
             self.job.stop()
             self.status.value = "stopping after this batch…"
 
@@ -272,6 +306,30 @@ class TrainingWidget(FollowsJob, Container):
             self.status.value = "stopping after this batch…"
         elif state is RunState.FAILED:
             self.status.value = "training failed"
+
+    # ---- keep improving while the user paints ----------------------------------------------------
+
+    def _count_edit(self) -> None:
+        """A stroke: with "keep improving" on and a model trained, a round starts once the user
+        has stopped painting for ROUND_DELAY_MS (or when the running one ends)."""
+        self._edits += 1
+        if self.keep_improving.value and self.session.model is not None and not self.job.busy:
+            self._round_timer.start(ROUND_DELAY_MS)
+
+    def _next_round(self, state: RunState) -> None:
+        """A training ended: with "keep improving" on, go on at once if strokes were painted meanwhile
+        or the round still improved on the held-out strokes; otherwise wait for the next stroke."""
+        if state is not RunState.DONE or not self.keep_improving.value or self.session.model is None:
+            return
+        painted = self._round_edits is not None and self._edits > self._round_edits
+        if painted or _improved(self.job.info.get("previous"), self.session.model):
+            self._round_timer.start(0)  # in a later turn: relay.finished of this run comes first
+        else:
+            self.status.value += " · keep improving: waiting for new strokes"
+
+    def _start_round(self) -> None:
+        if self.keep_improving.value and self.session.model is not None:
+            self.start(round_=True)
 
     def _on_event(self, event: Any, arrived: float | None = None) -> None:
         now = time.perf_counter() if arrived is None else arrived
@@ -522,6 +580,33 @@ def _take_model(
     show_info(f"training {result.reason}; run folder {result.run_dir}{note}")
     if model.selection is not None:
         show_info(f"{'showing' if preview is not None else 'predicting with'} the {model.selection.describe()}")
+
+
+def _score_of(model: TrainedModel | None) -> float | None:
+    """The held-out mean IoU of the session model's choice (None: no choice was made)."""
+    selection = None if model is None else model.selection
+    if selection is None:
+        return None
+    score = selection.scores.get(selection.choice)
+    return None if score is None or not np.isfinite(score) else float(score)
+
+
+def _improved(previous: float | None, model: TrainedModel) -> bool:
+    """Whether the latest round beat the one before on the same held-out strokes (a first Train,
+    which has no round before it, counts as an improvement)."""
+    from ..selection import TIE
+
+    score = _score_of(model)
+    return score is not None and (previous is None or score > previous + TIE)
+
+
+def _shortened(config: SchismConfig) -> SchismConfig:
+    """A copy of ``config`` that trains for at most ROUND_MINUTES (a budget in epochs stays as it is)."""
+    config = copy.deepcopy(config)
+    budget = config.training.time_budget
+    if budget is not None and budget > ROUND_MINUTES:
+        config.set_given("Training", "time_budget", ROUND_MINUTES)
+    return config
 
 
 def _keep_architecture(config: SchismConfig, model: SchismConfig) -> None:
