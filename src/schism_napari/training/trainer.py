@@ -42,6 +42,7 @@ from ..events import (
     TrainingStarted,
     ignore_events,
 )
+from ..metrics import ConfusionMatrix
 from ..models import build_model
 from ..models.two_stage import is_two_stage_state
 from ..planning import Plan
@@ -65,7 +66,6 @@ from ..runs import (
 from .batches import augment, to_device
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
-from .metrics import ConfusionMatrix
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
 # Time budget: share kept in reserve for a machine that slows down, seconds for the final steps
