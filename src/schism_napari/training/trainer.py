@@ -25,6 +25,7 @@ from torch import nn
 
 from ..atomic import DiskFullError
 from ..config import ConfigError, SchismConfig, canonical_metric
+from ..data.classes import default_class_names
 from ..data.crops import TrainingCrops, fixed_crops
 from ..data.dataset import SegmentationData
 from ..data.io import IGNORE
@@ -57,7 +58,6 @@ from ..runs import (
     METRICS_CSV,
     best_weights_file,
     claimed_run_dir,
-    default_class_names,
     load_weights,
     read_run_info,
     save_weights,
