@@ -34,9 +34,9 @@ from schism_napari.data import load_dataset, samples_from_arrays
 from schism_napari.inference import Predictor
 from schism_napari.inference.ensemble import EnsemblePredictor
 from schism_napari.inference.planes import TriPlanarPredictor
+from schism_napari.metrics import ConfusionMatrix
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import SAMPLE_INI, make_rock
-from schism_napari.training.metrics import ConfusionMatrix
 from schism_napari.training.per_class import train_per_class
 from schism_napari.training.trainer import Trainer
 

@@ -1,8 +1,10 @@
 """The package's import graph: no cycles, inference independent of training, a Qt-free core.
 
-Imports are read from the source with ``ast`` (module level and inside functions alike; only
-``if TYPE_CHECKING:`` blocks are left out, since they never run), so a lazy import cannot hide a
-cycle or an upward edge.
+Imports are read from the source with ``ast`` (module level and inside functions alike), so a lazy
+import cannot hide a cycle or an upward edge. ``if TYPE_CHECKING:`` blocks never run: the direct
+edge tests leave them out, but the cycle test and the transitive tests count them, so a circle
+or a side door hidden behind type annotations fails too. The transitive tests follow every path
+(inference -> evaluation -> training.metrics was one such side door).
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ def _type_checking_only(node: ast.If) -> bool:
     )
 
 
-def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+def _import_nodes(tree: ast.AST, type_checking: bool = False) -> list[ast.Import | ast.ImportFrom]:
+    """The imports of ``tree``; those under ``if TYPE_CHECKING:`` only when ``type_checking``."""
     found: list[ast.Import | ast.ImportFrom] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking_only(node):
+        if not type_checking and isinstance(node, ast.If) and _type_checking_only(node):
             for child in node.orelse:
                 visit(child)
             return
@@ -54,12 +57,12 @@ def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, type_checking: bool = False) -> set[str]:
     """Absolute names of the modules ``path`` imports (a package's submodule when named by ``from . import x``)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets: set[str] = set()
-    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8")), type_checking):
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
             continue
@@ -76,15 +79,43 @@ def imports_of(path: Path) -> set[str]:
     return targets
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
+    """Module -> the names it imports; ``type_checking`` adds the ``if TYPE_CHECKING:`` imports."""
     graph = {}
     for path in sorted(ROOT.rglob("*.py")):
-        graph[module_name(path)] = imports_of(path)
+        graph[module_name(path)] = imports_of(path, type_checking)
     return graph
 
 
 def internal(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` reaches through one import or a chain of them (itself excluded)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen and target != start:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def side_doors(graph: dict[str, set[str]], sources: str, targets: str) -> set[tuple[str, str]]:
+    """(module under ``sources``, module under ``targets`` it reaches, directly or not)."""
+    return {
+        (module, target)
+        for module in graph
+        if _under(module, sources)
+        for target in reachable(graph, module)
+        if _under(target, targets)
+    }
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -119,6 +150,18 @@ def test_the_graph_reader_sees_lazy_and_relative_imports():
     assert "napari.layers" in graph[f"{PACKAGE}._widgets.dataset"]
 
 
+def test_the_graph_reader_sees_type_checking_imports_when_asked():
+    assert f"{PACKAGE}.config" in import_graph(type_checking=True)[f"{PACKAGE}.models"]
+    assert f"{PACKAGE}.config" not in import_graph()[f"{PACKAGE}.models"]
+
+
+def test_reachable_follows_chains():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert reachable(graph, "a") == {"b", "c"}
+    assert reachable(graph, "d") == set()
+    assert side_doors({"x.one": {"m"}, "m": {"y.two"}, "y.two": set()}, "x", "y") == {("x.one", "y.two")}
+
+
 def test_find_cycle_reports_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -127,6 +170,22 @@ def test_find_cycle_reports_a_cycle():
 def test_the_package_has_no_import_cycle():
     cycle = find_cycle(internal(import_graph()))
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_package_has_no_import_cycle_counting_type_checking_imports():
+    """A circle through ``if TYPE_CHECKING:`` imports still ties the modules together (config
+    once imported the model registry, which imported config for its annotations)."""
+    cycle = find_cycle(internal(import_graph(type_checking=True)))
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_registries_are_a_leaf():
+    """The configuration validates names from them without importing torch, smp or itself back."""
+    graph = import_graph(type_checking=True)
+    registries = f"{PACKAGE}.registries"
+    assert internal(graph)[registries] == set()
+    assert not {t for t in graph[registries] if t.split(".")[0] in ("torch", "segmentation_models_pytorch")}
+    assert internal(graph)[f"{PACKAGE}.config"] <= {registries, f"{PACKAGE}.errors", f"{PACKAGE}.atomic", PACKAGE}
 
 
 def test_inference_does_not_depend_on_training():
@@ -139,6 +198,12 @@ def test_inference_does_not_depend_on_training():
         if target.startswith(f"{PACKAGE}.training")
     }
     assert not upward
+
+
+def test_inference_never_reaches_training():
+    """Not even through another module (inference.ensemble -> evaluation -> metrics)."""
+    graph = internal(import_graph(type_checking=True))
+    assert not side_doors(graph, f"{PACKAGE}.inference", f"{PACKAGE}.training")
 
 
 @pytest.mark.parametrize(
@@ -168,9 +233,11 @@ def test_lower_layers_do_not_import_higher_ones(low):
         if module == f"{PACKAGE}.{low}" or module.startswith(f"{PACKAGE}.{low}.")
         for target in targets
         if any(target == f"{PACKAGE}.{h}" or target.startswith(f"{PACKAGE}.{h}.") for h in higher)
-        and not (low == "config" and target == f"{PACKAGE}.training.losses")  # the loss registry, a leaf
     }
     assert not offending
+    reached = internal(import_graph(type_checking=True))
+    for h in higher:
+        assert not side_doors(reached, f"{PACKAGE}.{low}", f"{PACKAGE}.{h}"), h
 
 
 def test_the_core_never_imports_qt_or_napari():
@@ -183,3 +250,28 @@ def test_the_core_never_imports_qt_or_napari():
         if target.split(".")[0] in GUI_MODULES
     }
     assert not offending
+
+
+# The core's one door to napari: ``schism launch`` opens the viewer (launch imports napari lazily).
+NAPARI_DOORS = {(f"{PACKAGE}.cli", f"{PACKAGE}.launch")}
+
+
+def test_the_core_never_reaches_the_widgets():
+    graph = internal(import_graph(type_checking=True))
+    core = [m for m in graph if not m.startswith(NAPARI_SIDE)]
+    offending = {(m, t) for m in core for t in reachable(graph, m) if _under(t, f"{PACKAGE}._widgets")}
+    assert not offending
+
+
+def test_the_core_reaches_qt_or_napari_only_through_launch():
+    """No chain of imports leads from the core to a napari-side module (and so to Qt or napari),
+    besides the ``schism launch`` command's."""
+    graph = internal(import_graph(type_checking=True))
+    core = {m for m in graph if not m.startswith(NAPARI_SIDE)}
+    # follow the core's own imports only, less its doors: nothing outside the core may be reached
+    inside = {m: {t for t in graph[m] if (m, t) not in NAPARI_DOORS} if m in core else set() for m in graph}
+    offending = {(m, t) for m in core for t in reachable(inside, m) if t not in core}
+    assert not offending
+    full = import_graph(type_checking=True)
+    gui = {(m, t) for m in core for t in full[m] if t.split(".")[0] in GUI_MODULES}
+    assert not gui

@@ -853,3 +853,28 @@ def test_samples_from_arrays_classes_beyond_count():
         samples_from_arrays([image], [mask], class_count=3)
     mask[0, 0] = 2
     assert samples_from_arrays([image], [mask], class_count=3).samples[0].labelled_fraction == pytest.approx(1 / 64)
+
+
+def test_one_palette_and_one_default_class_names():
+    """The dock's Labels layers and the overlay videos colour a class alike: one palette, one
+    fallback for class names, both in data.classes (Qt-free) and defined nowhere else."""
+    import ast
+
+    import schism_napari
+    from schism_napari.data import classes, video
+
+    assert video.DEFAULT_COLORS is classes.DEFAULT_COLORS
+    assert classes.default_class_names(3) == ["class 0", "class 1", "class 2"]
+    assert classes.default_colors(12)[10] == classes.DEFAULT_COLORS[0]
+    root = Path(schism_napari.__file__).parent
+    defined = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = {node.name} if isinstance(node, ast.FunctionDef) else set()
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = {t.id for t in targets if isinstance(t, ast.Name)}
+            defined |= {
+                (name, path.relative_to(root).as_posix()) for name in names & {"DEFAULT_COLORS", "default_class_names"}
+            }
+    assert defined == {("DEFAULT_COLORS", "data/classes.py"), ("default_class_names", "data/classes.py")}

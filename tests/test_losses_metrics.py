@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from schism_napari.config import LOSSES, LossConfig, ModelConfig
 from schism_napari.data.io import IGNORE
+from schism_napari.metrics import ConfusionMatrix
 from schism_napari.probabilities import predicted_classes, probabilities_from_logits
 from schism_napari.training.losses import build_loss, class_weights_from_counts
-from schism_napari.training.metrics import ConfusionMatrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -321,3 +321,31 @@ def test_predicted_classes_threshold_for_two_classes() -> None:
     assert predicted_classes(probabilities, threshold=0.7).tolist() == [[[0, 0, 0, 1]]]
     three = torch.tensor([0.2, 0.3, 0.5]).reshape(1, 3, 1, 1)
     assert predicted_classes(three, threshold=0.9).item() == 2  # argmax for more classes
+
+
+def test_score_samples_is_the_one_scoring_of_whole_images() -> None:
+    """evaluate() and the baseline both score through score_samples: samples without a mask are
+    skipped and, with ignore_background, mask class 0 is unlabelled (IGNORE) and out of the means."""
+    from types import SimpleNamespace
+
+    from schism_napari.metrics import jaccard, score_samples
+
+    masks = [np.array([[0, 1], [2, 2]], np.uint8), None, np.array([[1, IGNORE], [0, 2]], np.uint8)]
+    data = SimpleNamespace(
+        class_count=3,
+        samples=[SimpleNamespace(image=np.zeros((2, 2, 1), np.float32), mask=m) for m in masks],
+    )
+    predicted = np.array([[1, 1], [2, 0]], np.int64)
+    calls: list[int] = []
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return predicted
+
+    full = score_samples(predict, data, [0, 1, 2])
+    assert len(calls) == 2  # the unmasked sample is not predicted
+    assert int(full.matrix.sum()) == 7  # IGNORE pixel left out
+    background = score_samples(predict, data, [0, 1, 2], ignore_background=True)
+    assert int(background.matrix.sum()) == 5 and int(background.matrix[0].sum()) == 0
+    assert background.excluded == (0,)
+    np.testing.assert_allclose(jaccard(full.matrix.numpy()), full.per_class()["Jaccard"])

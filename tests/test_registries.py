@@ -59,3 +59,49 @@ def test_tables_list_every_entry_and_a_stale_table_is_rewritten():
 def test_a_missing_marker_is_reported():
     with pytest.raises(SystemExit, match="registry:architectures"):
         registry_tables().render("no markers here")
+
+
+def test_written_out_loss_keywords_match_the_installed_classes():
+    """The registry writes the [Loss] keywords out (reading torch's and smp's signatures would
+    import torch when a config is validated): they must be what the installed classes take."""
+    from schism_napari import registries
+    from schism_napari.training.losses import signature_keywords
+
+    for name in registries.LOSSES:
+        installed = signature_keywords(name)
+        if installed is not None:
+            assert registries.loss_keyword_arguments(name) == installed, name
+
+
+def test_every_registered_name_has_a_builder():
+    from schism_napari import registries
+
+    assert tuple(ARCHITECTURES) == tuple(registries.ARCHITECTURES)
+    assert tuple(LOSS_TERMS) == tuple(registries.LOSSES)
+    for name, entry in registries.ARCHITECTURES.items():
+        assert (ARCHITECTURES[name].origin, ARCHITECTURES[name].keys) == (entry.origin, entry.keys)
+
+
+def test_validating_a_config_imports_neither_torch_nor_smp():
+    """The napari dock validates on the GUI thread: [Model] and [Loss] (names, loss keywords)
+    come from the torch-free registry. [Optimizer] and [Scheduler] read torch.optim's classes,
+    so a whole config's validation still imports torch; everything before them must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from schism_napari.config import SchismConfig\n"
+        "assert 'torch' not in sys.modules, 'importing the config imports torch'\n"
+        "c = SchismConfig()\n"
+        "c.model.model_type = 'unet++'\n"
+        "c.model.validate('x.ini')\n"
+        "c.loss.loss = 'CrossEntropyLoss + 0.5*dice + TverskyLoss'\n"
+        "c.loss.kwargs = {'label_smoothing': 0.1, 'beta': 0.7}\n"
+        "c.loss.validate('x.ini')\n"
+        "assert c.loss.loss == 'CrossEntropyLoss + 0.5*DiceLoss + TverskyLoss', c.loss.loss\n"
+        "leaked = sorted(m for m in ('torch', 'segmentation_models_pytorch', 'torchvision') if m in sys.modules)\n"
+        "assert not leaked, leaked\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

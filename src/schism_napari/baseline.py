@@ -25,6 +25,7 @@ import numpy as np
 
 from .data.io import IGNORE, unit_range
 from .errors import DataError, SchismError
+from .metrics import ConfusionMatrix, score_samples
 
 KINDS = ("forest", "lda")
 MAX_PIXELS_PER_CLASS = 20_000  # enough for a forest to settle, few enough to fit in seconds
@@ -236,20 +237,10 @@ def fit_pixel_classifier(data: Any, positions: Sequence[int], kind: str = "fores
 
 def score_pixel_classifier(
     classifier: PixelClassifier, data: Any, positions: Sequence[int], *, ignore_background: bool = False
-) -> Any:
-    """A :class:`~schism_napari.training.metrics.ConfusionMatrix` of the classifier on the masks at ``positions``."""
-    from .training.metrics import ConfusionMatrix
-
-    matrix = ConfusionMatrix(data.class_count, excluded=(0,) if ignore_background else ())
-    for position in positions:
-        sample = data.samples[position]
-        if sample.mask is None:
-            continue
-        target = sample.mask
-        if ignore_background:
-            target = np.where(target == 0, IGNORE, target).astype(np.uint8)
-        matrix.update(target, classifier.predict(sample.image))
-    return matrix
+) -> ConfusionMatrix:
+    """A :class:`~schism_napari.metrics.ConfusionMatrix` of the classifier on the masks at ``positions``
+    (scored as :func:`~schism_napari.evaluation.evaluate` scores a network)."""
+    return score_samples(classifier.predict, data, positions, ignore_background=ignore_background)
 
 
 def compare_with_baselines(

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import models as _models
+from . import registries
 from .errors import ConfigError, allowed_values
 
-# The registries live with the code that builds what they name (one file to add an entry).
-SMP_ARCHITECTURES = _models.SMP_ARCHITECTURES
-SCHISM_ARCHITECTURES = _models.SCHISM_ARCHITECTURES
-UNET_CONCAT = _models.UNET_CONCAT
-ARCHITECTURES = tuple(_models.ARCHITECTURES)
+# The names come from the torch-free registry; models and training.losses pair them with builders.
+SMP_ARCHITECTURES = registries.SMP_ARCHITECTURES
+SCHISM_ARCHITECTURES = registries.SCHISM_ARCHITECTURES
+UNET_CONCAT = registries.UNET_CONCAT
+ARCHITECTURES = tuple(registries.ARCHITECTURES)
 _ARCHITECTURE_ALIASES = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}
 
 PLANES = ("xy", "xyz")  # slice orientations: XY only, or XY + XZ + YZ (tri-planar)
@@ -38,19 +38,12 @@ OPTIMIZERS = ("Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop", "RAdam",
 UNSUPPORTED_SCHEDULERS = ("LRScheduler", "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler")
 
 
+LOSSES = tuple(registries.LOSSES)
+
+
 def loss_names() -> tuple[str, ...]:
-    """The loss registry's names, read when needed: ``training.losses`` imports torch, and the
-    configuration must import quickly (the napari dock reads it on the GUI thread)."""
-    from .training.losses import LOSS_TERMS
-
-    return tuple(LOSS_TERMS)
-
-
-def __getattr__(name: str) -> Any:
-    """``config.LOSSES`` stays importable, without importing torch when the module loads."""
-    if name == "LOSSES":
-        return loss_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """The loss registry's names (the torch-free :mod:`~schism_napari.registries`)."""
+    return LOSSES
 
 
 _LOSS_ALIASES = {"ce": "CrossEntropyLoss", "bce": "BCEWithLogitsLoss", "dice": "DiceLoss"}
@@ -75,8 +68,8 @@ _METRIC_ALIASES = {
 }
 CONFUSION_MATRIX = "ConfusionMatrix"  # not a score: asks for confusion_matrix.png
 LOCAL_WEIGHTS = (".pth", ".pt", ".safetensors")
-_HUB_WEIGHTS = _models.HUB_WEIGHTS
-is_hub_weights = _models.is_hub_weights
+_HUB_WEIGHTS = registries.HUB_WEIGHTS
+is_hub_weights = registries.is_hub_weights
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -283,9 +276,7 @@ class LossConfig:
     def validate(self, source: str | None) -> None:
         terms = self.terms(source)
         self.loss = " + ".join(name if w == 1.0 else f"{w:g}*{name}" for w, name in terms)
-        from .training.losses import loss_keyword_arguments
-
-        accepted = set().union(*(loss_keyword_arguments(name) for _, name in terms))
+        accepted = set().union(*(registries.loss_keyword_arguments(name) for _, name in terms))
         _check_kwargs("Loss", self.kwargs, tuple(sorted(accepted)), self.loss, source)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .data.dataset import SegmentationData
 from .inference import Predictor
-from .training.metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, score_samples
 
 REPORTED = ("Jaccard", "Dice", "Precision", "Recall", "Accuracy")
 
@@ -51,14 +51,9 @@ def evaluate(
     ignore_background: bool = False,
 ) -> Evaluation:
     """Predict each image whole (tiles, blending) and accumulate one confusion matrix."""
-    matrix = ConfusionMatrix(data.class_count, excluded=(0,) if ignore_background else ())
-    for position in positions:
-        sample = data.samples[position]
-        if sample.mask is None:
-            continue
-        result = predictor.predict(sample.image, rgb=True, keep_probabilities=False)
-        target = sample.mask
-        if ignore_background:
-            target = np.where(target == 0, 255, target).astype(np.uint8)
-        matrix.update(target, result.labels)
+
+    def labels(image: np.ndarray) -> np.ndarray:
+        return predictor.predict(image, rgb=True, keep_probabilities=False).labels
+
+    matrix = score_samples(labels, data, positions, ignore_background=ignore_background)
     return Evaluation(matrix, class_names, len(positions))

@@ -20,6 +20,7 @@ from torch import nn
 
 from .atomic import atomic_write_text
 from .config import SchismConfig, canonical_metric
+from .data.classes import default_class_names
 from .data.dataset import DEFAULT_STATS, STATS_FILE
 from .data.normalization import Normalization, read_stats_file
 from .errors import SchismError
@@ -299,7 +300,3 @@ def load_schism_run(run_dir: Path, metric: str = "loss", dataset: str | None = N
         f"{run_dir} ({path.name}, SCHISM run)",
         run_dir,
     )
-
-
-def default_class_names(class_count: int) -> list[str]:
-    return [f"class {k}" for k in range(class_count)]

@@ -47,6 +47,7 @@ from .baseline import PixelClassifier
 from .data.dataset import SegmentationData
 from .data.io import IGNORE
 from .errors import SchismError
+from .metrics import jaccard
 
 SELECTION_FILE = "selection.json"
 FOREST_FILE = "forest.npz"
@@ -280,7 +281,7 @@ def choose(
                 matrices[name] += weight * counts
                 right = np.take_along_axis(probabilities[:, valid], classes[None], axis=0)[0]
                 losses[name] -= weight * float(np.log(np.maximum(right, PROBABILITY_FLOOR)).sum())
-    per_class = {name: _iou(matrix) for name, matrix in matrices.items()}
+    per_class = {name: jaccard(matrix) for name, matrix in matrices.items()}
     scores = {name: _mean_iou(matrices[name], per_class[name]) for name in CANDIDATES}
     log_loss = {name: losses[name] / scored if scored else math.nan for name in CANDIDATES}
     finite = [name for name in CANDIDATES if math.isfinite(scores[name])]
@@ -387,12 +388,6 @@ def _window(mask: np.ndarray) -> tuple[slice, slice]:
         start = int(np.clip(centre - MAX_SCORED_SIDE // 2, 0, size - MAX_SCORED_SIDE))
         spans.append(slice(start, start + MAX_SCORED_SIDE))
     return spans[0], spans[1]
-
-
-def _iou(matrix: np.ndarray) -> list[float]:
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
-    return [float(t / u) if u else math.nan for t, u in zip(tp, union, strict=True)]
 
 
 def _mean_iou(matrix: np.ndarray, per_class: list[float]) -> float:

@@ -21,6 +21,7 @@ from psygnal import Signal
 
 from ..config import SchismConfig
 from ..data import labels_to_mask, load_dataset, samples_from_arrays
+from ..data.classes import default_class_names, default_colors
 from ..data.dataset import SegmentationData, merge_datasets
 from ..data.labels import Corrections
 from ..errors import DataError
@@ -29,25 +30,6 @@ from .jobs import Job
 
 if TYPE_CHECKING:
     from ..runs import TrainedModel
-
-# class colours when a dataset brings none (label k + 1 is class k); Labels layers get the same
-DEFAULT_COLORS: list[tuple[int, int, int]] = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-def default_class_names(class_count: int) -> list[str]:
-    """As :func:`schism_napari.runs.default_class_names`, without importing torch."""
-    return [f"class {k}" for k in range(class_count)]
 
 
 @dataclass
@@ -397,7 +379,7 @@ class Session:
         count = self.config.model.class_count if count is None else count
         if self.class_colors and len(self.class_colors) == count:
             return [_rgb(c) for c in self.class_colors]
-        return [DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k in range(count)]
+        return default_colors(count)
 
     def set_classes(self, names: list[str], colors: list[tuple[int, int, int]] | None = None) -> None:
         """The user named the classes (and picked colours) in the dock: they go into the next run."""

@@ -32,13 +32,14 @@ from qtpy.QtWidgets import QFileDialog
 
 from .. import events
 from ..atomic import create_unique_folder, unique_path
+from ..data.classes import default_class_names
 from ..data.labels import labelled_pixels
 from ..errors import SchismError
 from .config_form import ConfigForm
 from .curves import CurvesCanvas
 from .jobs import FollowsJob, Job, RunState, follow
 from .relay import describe
-from .session import Session, TrainingSources, default_class_names, session_for, unwrap_viewer
+from .session import Session, TrainingSources, session_for, unwrap_viewer
 from .turns import add_in_turns, prepare_layer_code, run_in_turns
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"

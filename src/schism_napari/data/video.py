@@ -17,13 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, SchismError
+from .classes import DEFAULT_COLORS
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-# class colours when the run has none: distinct, saturated (the sample's first three, then more)
-DEFAULT_COLORS = (
-    (50, 90, 220), (90, 190, 110), (240, 190, 40), (220, 60, 60), (160, 80, 200),
-    (40, 200, 210), (240, 120, 30), (200, 200, 200), (120, 70, 40), (250, 110, 180),
-)  # fmt: skip
 
 
 def is_video(path: Path) -> bool:

@@ -1,11 +1,11 @@
-"""Model registry: smp architectures with any smp encoder, SCHISM's UnetVanilla/UnetSegmentor
+"""Model builders: smp architectures with any smp encoder, SCHISM's UnetVanilla/UnetSegmentor
 (faithful rebuilds, see :mod:`.schism`), and this project's concatenating U-Net (``UnetConcat``),
 which older run folders of this project saved under SCHISM's names.
 
-:data:`ARCHITECTURES` is the one place that names an architecture: the configuration validates
-``model_type`` against it, :func:`build_model` builds from it and ``scripts/registry_tables.py``
-writes the README table from it. Adding an architecture is one entry here (see CONTRIBUTING.md).
-This module does not import the configuration at run time, so the configuration can import it.
+The names, origins and [Model] keys live in the torch-free leaf :mod:`schism_napari.registries`
+(the configuration validates ``model_type`` against it); :data:`ARCHITECTURES` pairs each name
+with its builder, for :func:`build_model` and ``scripts/registry_tables.py``. Adding an
+architecture is one name there and one builder here (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from .._torchvision_compat import ensure_torchvision_importable
 from ..errors import ConfigError, SchismError
+from ..registries import ARCHITECTURES as NAMES
+from ..registries import SCHISM_ARCHITECTURES, SMP_ARCHITECTURES, UNET_CONCAT, is_hub_weights
 
-if TYPE_CHECKING:  # torch is imported where a network is built: the configuration imports this registry
+if TYPE_CHECKING:  # torch is imported where a network is built
     import torch
     from torch import nn
 
@@ -38,18 +40,6 @@ class Architecture:
     build: Builder
     origin: str
     keys: tuple[str, ...] = ()
-
-
-# smp's downloadable encoder weights, named in [Model] encoder_weights instead of a local file
-HUB_WEIGHTS = ("imagenet", "ssl", "swsl", "advprop", "noisy-student", "instagram", "imagenet+background")
-
-
-def is_hub_weights(name: str | None) -> TypeGuard[str]:
-    """``encoder_weights`` names smp's downloadable weights (imagenet, ssl, ...) rather than a file.
-
-    A TypeGuard: where it holds, ``name`` is a string (type checkers narrow it).
-    """
-    return name is not None and name.lower() in HUB_WEIGHTS
 
 
 def output_channels(config: ModelConfig) -> int:
@@ -215,27 +205,13 @@ def _adapt_input_channels(weight: torch.Tensor, target: torch.Tensor) -> torch.T
     return repeated * (have / need)
 
 
-_SMP_KEYS = ("encoder", "encoder_weights")
-# smp classes by name; smp.create_model builds them, so an smp architecture is one line here.
-SMP_ARCHITECTURES = (
-    "Unet",
-    "UnetPlusPlus",
-    "MAnet",
-    "Linknet",
-    "FPN",
-    "PSPNet",
-    "PAN",
-    "DeepLabV3",
-    "DeepLabV3Plus",
-    "UPerNet",
-    "Segformer",
-)
-UNET_CONCAT = "UnetConcat"  # this project's U-Net (concatenated skips), formerly built for SCHISM's names
-_UNET_KEYS = ("n_block", "channels", "k_size", "activation")
-ARCHITECTURES: dict[str, Architecture] = {
-    "UnetVanilla": Architecture(build_schism_model, "SCHISM", _UNET_KEYS),
-    "UnetSegmentor": Architecture(build_schism_model, "SCHISM", (*_UNET_KEYS, "p")),
-    UNET_CONCAT: Architecture(_unet_concat, "schism-napari", (*_UNET_KEYS, "p")),
-    **{name: Architecture(_build_smp, "smp", _SMP_KEYS) for name in SMP_ARCHITECTURES},
+# every name of the registry with its builder; a name without one fails here, at import
+_BUILDERS: dict[str, Builder] = {
+    "UnetVanilla": build_schism_model,
+    "UnetSegmentor": build_schism_model,
+    UNET_CONCAT: _unet_concat,
+    **dict.fromkeys(SMP_ARCHITECTURES, _build_smp),
 }
-SCHISM_ARCHITECTURES = tuple(name for name, a in ARCHITECTURES.items() if a.origin == "SCHISM")
+ARCHITECTURES: dict[str, Architecture] = {
+    name: Architecture(_BUILDERS[name], entry.origin, entry.keys) for name, entry in NAMES.items()
+}

@@ -6,10 +6,10 @@ mode; smp has no class weights for LovaszLoss or for its binary mode.
 Binary models (one logit channel) get the binary form of each loss, so SCHISM INI files that
 say ``CrossEntropyLoss`` with ``num_classes=2`` train as they did there.
 
-:data:`LOSS_TERMS` is the one place that names a loss: the configuration validates ``loss`` and
-its keyword arguments against it, :func:`build_loss` builds from it and
-``scripts/registry_tables.py`` writes the README table from it (see CONTRIBUTING.md). This module
-does not import the configuration at run time, so the configuration can import it.
+The names, origins and [Loss] keywords live in the torch-free leaf :mod:`schism_napari.registries`
+(the configuration validates ``loss`` and its keyword arguments against it); :data:`LOSS_TERMS`
+pairs each name with its builder, for :func:`build_loss` and ``scripts/registry_tables.py`` (see
+CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 
 from .._torchvision_compat import ensure_torchvision_importable
 from ..data.io import IGNORE
+from ..registries import LOSSES, SMP_LOSSES, loss_keyword_arguments
 
 if TYPE_CHECKING:
     from ..config import LossConfig, ModelConfig
@@ -42,11 +43,6 @@ _MANAGED = {
     "reduce",
     "pos_weight",
 }
-
-
-def loss_keyword_arguments(name: str) -> set[str]:
-    """INI keys of [Loss] that a loss term accepts (passed to the torch/smp class)."""
-    return LOSS_TERMS[name].keywords()
 
 
 def _parameters(cls: type) -> set[str]:
@@ -175,7 +171,8 @@ TermBuilder = Callable[[bool, "torch.Tensor | None", dict[str, Any]], nn.Module]
 class LossTerm:
     """One loss name of the INI file: the [Loss] keys it takes and how to build it.
 
-    ``origin`` and ``keywords`` are what the README table shows, so they cannot drift from the code.
+    ``origin`` and ``keywords`` (from :mod:`schism_napari.registries`) are what the README table
+    shows, so they cannot drift from the code.
     """
 
     build: TermBuilder
@@ -197,7 +194,7 @@ def _nll(binary: bool, class_weights: torch.Tensor | None, kwargs: dict[str, Any
     return BinaryCrossEntropy(class_weights) if binary else LogSoftmaxNLL(class_weights)
 
 
-def _smp_term(name: str) -> LossTerm:
+def _smp_term(name: str) -> TermBuilder:
     """An smp loss by class name, in binary or multi-class mode, with class weights where it takes them."""
 
     def build(binary: bool, class_weights: torch.Tensor | None, kwargs: dict[str, Any]) -> nn.Module:
@@ -207,13 +204,35 @@ def _smp_term(name: str) -> LossTerm:
             arguments["class_weights"] = class_weights.tolist()
         return cls(**arguments)
 
-    return LossTerm(build, lambda: _parameters(_smp_class(name)), "smp")
+    return build
+
+
+def signature_keywords(name: str) -> set[str] | None:
+    """The keywords the installed torch/smp class of loss ``name`` takes (None: a loss of this
+    project); the registry's written-out keywords must equal them (tests/test_registries.py)."""
+    if name == "CrossEntropyLoss":
+        return _parameters(nn.CrossEntropyLoss)
+    if name in SMP_LOSSES:
+        return _parameters(_smp_class(name))
+    if name in ("BCEWithLogitsLoss", "NLLLoss"):
+        return set()  # built as this project's modules, which take no INI keywords
+    return None
+
+
+# every name of the registry with its builder; a name without one fails here, at import
+_BUILDERS: dict[str, TermBuilder] = {
+    "CrossEntropyLoss": _cross_entropy,
+    "BCEWithLogitsLoss": _bce,
+    "NLLLoss": _nll,
+    **{name: _smp_term(name) for name in SMP_LOSSES},
+    "FocalDiceLoss": lambda b, w, kwargs: FocalDiceLoss(w, **kwargs),
+}
+
+
+def _keywords(name: str) -> Callable[[], set[str]]:
+    return lambda: loss_keyword_arguments(name)
 
 
 LOSS_TERMS: dict[str, LossTerm] = {
-    "CrossEntropyLoss": LossTerm(_cross_entropy, lambda: _parameters(nn.CrossEntropyLoss), "torch"),
-    "BCEWithLogitsLoss": LossTerm(_bce, set, "torch"),
-    "NLLLoss": LossTerm(_nll, set, "torch (after a log-softmax)"),
-    **{name: _smp_term(name) for name in ("DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "TverskyLoss")},
-    "FocalDiceLoss": LossTerm(lambda b, w, kwargs: FocalDiceLoss(w, **kwargs), lambda: {"gamma", "smooth"}, "sem seed"),
+    name: LossTerm(_BUILDERS[name], _keywords(name), entry.origin) for name, entry in LOSSES.items()
 }

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import SchismConfig
+from ..data.classes import default_class_names
 from ..data.dataset import DEFAULT_STATS, SegmentationData
 from ..data.io import IGNORE
 from ..data.normalization import write_stats_file
@@ -33,7 +34,7 @@ from ..data.splits import Split, make_split, write_split
 from ..errors import SchismError
 from ..events import Message, ProgressCallback, StopToken, ignore_events
 from ..models.per_class import PER_CLASS_KIND, PerClassModel, member_config
-from ..runs import BEST_LOSS, HYPERPARAMETERS, best_weights_file, default_class_names, save_weights, write_run_info
+from ..runs import BEST_LOSS, HYPERPARAMETERS, best_weights_file, save_weights, write_run_info
 
 MEMBERS_FOLDER = "members"
 STACKER_CROP = 128  # stacker fitting windows: pixels enough for a 3x3 stacker, cheap on CPU
@@ -131,7 +132,7 @@ def fit_stacker(
     model: PerClassModel, config: SchismConfig, data: SegmentationData, positions: list[int], *, steps: int = 300
 ) -> dict[str, float]:
     """Fit the stacker by cross-entropy on labelled pixels of ``positions`` (whole images, Adam)."""
-    from .metrics import ConfusionMatrix
+    from ..metrics import ConfusionMatrix
 
     torch.manual_seed(config.training.seed or 0)
     features = _member_features(model, config, data, positions)

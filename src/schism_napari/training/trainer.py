@@ -25,6 +25,7 @@ from torch import nn
 
 from ..atomic import DiskFullError
 from ..config import ConfigError, SchismConfig, canonical_metric
+from ..data.classes import default_class_names
 from ..data.crops import TrainingCrops, fixed_crops
 from ..data.dataset import SegmentationData
 from ..data.io import IGNORE
@@ -42,6 +43,7 @@ from ..events import (
     TrainingStarted,
     ignore_events,
 )
+from ..metrics import ConfusionMatrix
 from ..models import build_model
 from ..models.two_stage import is_two_stage_state
 from ..planning import Plan
@@ -56,7 +58,6 @@ from ..runs import (
     METRICS_CSV,
     best_weights_file,
     claimed_run_dir,
-    default_class_names,
     load_weights,
     read_run_info,
     save_weights,
@@ -65,7 +66,6 @@ from ..runs import (
 from .batches import augment, to_device
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
-from .metrics import ConfusionMatrix
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
 # Time budget: share kept in reserve for a machine that slows down, seconds for the final steps

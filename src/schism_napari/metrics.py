@@ -3,15 +3,25 @@
 Averaging per batch (as SCHISM's torchmetrics did per step) biases scores towards small
 batches; one matrix over all pixels gives the exact dataset-level Dice, IoU, precision,
 recall and accuracy, per class and as the mean over classes.
+
+Training, evaluation, the pixel-classifier baseline and the held-out choice between forest and
+network all score with this module, so it sits below them (inference reaches it through
+evaluation without reaching training). It imports torch only when a matrix is made.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..config import canonical_metric
-from ..data.io import IGNORE
+import numpy as np
+
+from .config import canonical_metric
+from .data.io import IGNORE
+
+if TYPE_CHECKING:
+    import torch
 
 AP_BINS = 1000
 
@@ -20,6 +30,8 @@ class ConfusionMatrix:
     """Rows: true class; columns: predicted class. Unlabeled pixels (IGNORE) are skipped."""
 
     def __init__(self, class_count: int, *, average_precision: bool = False, excluded: tuple[int, ...] = ()):
+        import torch
+
         self.class_count = class_count
         self.excluded = excluded  # classes left out of the means (ignore_background)
         self.matrix = torch.zeros(class_count, class_count, dtype=torch.int64)
@@ -33,6 +45,8 @@ class ConfusionMatrix:
     ) -> None:
         """``target`` and ``predicted`` (..., H, W) classes, target with IGNORE for unlabeled pixels;
         ``probabilities`` (B, C, H, W) only when average precision is wanted."""
+        import torch
+
         target, predicted = _as_tensor(target), _as_tensor(predicted)
         valid = target != IGNORE
         truth, guess = target[valid].long(), predicted[valid].long()
@@ -115,4 +129,36 @@ class ConfusionMatrix:
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    import torch
+
     return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+
+
+def score_samples(
+    predict: Callable[[np.ndarray], np.ndarray],
+    data: Any,
+    positions: Sequence[int],
+    *,
+    ignore_background: bool = False,
+) -> ConfusionMatrix:
+    """One confusion matrix of ``predict(image) -> labels`` against the masks of the samples of
+    ``data`` (a :class:`~schism_napari.data.SegmentationData`) at ``positions``; samples without a
+    mask are skipped. With ``ignore_background`` mask class 0 is unlabelled (IGNORE) and class 0
+    is left out of the means, as in training."""
+    matrix = ConfusionMatrix(data.class_count, excluded=(0,) if ignore_background else ())
+    for position in positions:
+        sample = data.samples[position]
+        if sample.mask is None:
+            continue
+        target = sample.mask
+        if ignore_background:
+            target = np.where(target == 0, IGNORE, target).astype(np.uint8)
+        matrix.update(target, predict(sample.image))
+    return matrix
+
+
+def jaccard(matrix: np.ndarray) -> list[float]:
+    """IoU per class of a confusion matrix (rows: true class), NaN for a class never seen nor predicted."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+    return [float(t / u) if u else math.nan for t, u in zip(tp, union, strict=True)]
