@@ -63,26 +63,12 @@ from ..runs import (
     write_run_info,
 )
 from .batches import augment, to_device
+from .budget import PROBE_STEPS, TimeBudget
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .metrics import ConfusionMatrix
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
-# Time budget: share kept in reserve for a machine that slows down, seconds for the final steps
-# (best weights, plots), for each epoch's bookkeeping besides validation and saving, and the fewest
-# steps an epoch is worth.
-BUDGET_RESERVE = 0.05
-FINISH_SECONDS = 2.0
-EPOCH_OVERHEAD_SECONDS = 0.3
-MIN_STEPS_PER_EPOCH = 4
-# An epoch ends with a validation pass and writes up to ~5 copies of the weights (best loss, best
-# metrics, the checkpoint with the optimizer's two moments). On a CPU that is seconds: a budgeted run
-# spends at most this share of its time on epoch ends, so short runs validate less often and the
-# steps, not the bookkeeping, fill the budget.
-EPOCH_END_SHARE = 0.1
-WEIGHT_COPIES_PER_EPOCH = 5
-PROBE_STEPS = 2  # timed steps after one warm-up step (on a CPU, the last one with a single thread)
-PROBE_LR_DIVISOR = 25  # the probe steps run at OneCycleLR's starting rate
 
 
 @dataclass
@@ -244,7 +230,7 @@ class Trainer:
         self.forest_positions = None if forest_positions is None else list(forest_positions)
         self.stage_one: Any = None
         self.forest = forest
-        self._started = time.perf_counter()
+        self.budget = TimeBudget(self.config.training.time_budget, self.device)  # restarted by _run
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -441,7 +427,7 @@ class Trainer:
 
     def _run(self) -> TrainingResult:
         """Build, then epochs of (train one epoch, end of epoch) until done, stopped or out of time; finish."""
-        self._started = time.perf_counter()
+        self.budget = TimeBudget(self.config.training.time_budget, self.device, self.dist)
         parts = self._build()
         state = self._load_checkpoint(parts) if self.resume else TrainingState()
         state.capture_rng(parts)  # what an epoch starts from, for a resume that repeats it
@@ -529,9 +515,8 @@ class Trainer:
             split=split,
             channels_last=channels_last,
         )
-        budget = cfg.training.time_budget
-        if budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
-            self._plan_steps(parts, budget)
+        if cfg.training.time_budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
+            self._plan_steps(parts)
         parts.crops = TrainingCrops(
             self.data,
             split.train,
@@ -563,7 +548,7 @@ class Trainer:
             self.callback(BatchEnded(epoch, number, batches, losses[-1]))
             if self._stop_requested():
                 return losses, "stop"
-            if self._out_of_time():
+            if self.budget.spent():
                 return losses, "time"
         return losses, None
 
@@ -728,43 +713,31 @@ class Trainer:
 
     # ---- time budget ---------------------------------------------------------------------------
 
-    def _out_of_time(self) -> bool:
-        budget = self.config.training.time_budget
-        if budget is None:
-            return False
-        late = time.perf_counter() - self._started > budget * 60
-        return late if self.dist is None else self.dist.any(late, self.device)
-
-    def _plan_steps(self, parts: _Parts, budget: float) -> None:
-        """Measure a training step and a validation pass on this device, then size epochs to ``budget``
-        (minutes).
-
-        The probe steps are kept as a short warm-up at a low learning rate.
-        """
+    def _plan_steps(self, parts: _Parts) -> None:
+        """Measure a training step, a validation pass and a save on this device, then size the epochs
+        to the time budget (:class:`~.budget.TimeBudget`). The probe steps are kept as a short warm-up
+        at a low learning rate."""
         cfg = self.config
-        step_seconds = self._measure_step(parts)
+        budget = self.budget
+        parts.model.train()
+        step_seconds = budget.measure_step(
+            lambda images, masks, number: self._step(parts, images, masks, 0, number),
+            self._probe_crops(parts.split),
+            parts.optimizer,
+            parts.generator,
+            lambda text: self.callback(Message(text)),
+        )
         started = time.perf_counter()
         self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
         val_seconds = time.perf_counter() - started
-        epoch_end = val_seconds + WEIGHT_COPIES_PER_EPOCH * self._measure_save(parts) + EPOCH_OVERHEAD_SECONDS
-        used = time.perf_counter() - self._started
-        left = budget * 60 * (1 - BUDGET_RESERVE) - used - FINISH_SECONDS
-        epochs = min(cfg.training.epochs, max(1, int(EPOCH_END_SHARE * left // epoch_end)))
-        per_epoch = left / epochs - epoch_end
-        if per_epoch < MIN_STEPS_PER_EPOCH * step_seconds:  # too short for that many epochs: fewer, longer ones
-            epochs = max(1, int(left // (epoch_end + MIN_STEPS_PER_EPOCH * step_seconds)))
-            per_epoch = left / epochs - epoch_end
-        if self.dist is not None:  # every process must run the same epochs (their timings differ)
-            epochs = self.dist.minimum(epochs, self.device)
-            per_epoch = left / epochs - epoch_end
-        steps = max(1, int(per_epoch // step_seconds))
-        if self.dist is not None:
-            steps = self.dist.minimum(steps, self.device)
+        save_seconds = budget.measure_save(parts.model, self.run_dir if self.main else None)
+        epoch_end = budget.epoch_end_seconds(val_seconds, save_seconds)
+        epochs, steps = budget.fit(step_seconds, epoch_end, cfg.training.epochs)
         cfg.training.epochs, cfg.training.steps_per_epoch = epochs, steps
         note = (
             f"measured {step_seconds:.3g} s per step and {epoch_end:.3g} s per epoch end (validation "
             f"{val_seconds:.3g} s) on {self.device}: "
-            f"{epochs} epochs of {steps} steps fit {budget:g} minutes"
+            f"{epochs} epochs of {steps} steps fit {budget.minutes:g} minutes"
         )
         if self.plan is not None:
             self.plan.reasons["Training.steps_per_epoch"] = note
@@ -772,27 +745,13 @@ class Trainer:
                 self.plan.reasons["Training.epochs"] = note
         self.callback(Message("time budget: " + note))
 
-    def _measure_save(self, parts: _Parts) -> float:
-        """Seconds to write the model's weights once into the run folder (a probe file, removed)."""
-        if not self.main:
-            return 0.0
-        probe = self.run_dir / ".save_probe.pth"
-        started = time.perf_counter()
-        try:
-            save_weights(probe, parts.model.state_dict())
-        finally:
-            probe.unlink(missing_ok=True)
-        return time.perf_counter() - started
-
-    def _measure_step(self, parts: _Parts) -> float:
-        """Seconds per training step, from a few real steps at a low learning rate (a warm-up that is
-        kept: on a slow machine these steps are a large part of the budget). Random states are put
-        back, so crops and augmentations afterwards are those of a run without the probe."""
+    def _probe_crops(self, split: Split) -> TrainingCrops:
+        """The batches the step time is measured on: drawn from their own generator, so the run's
+        crops are those of a run without the probe."""
         cfg = self.config
-        global_rng, generator_rng = torch.get_rng_state(), parts.generator.get_state()
-        probe = TrainingCrops(
+        return TrainingCrops(
             self.data,
-            parts.split.train,
+            split.train,
             cfg.data.crop_size,
             cfg.data.crops_per_image,
             cfg.training.batch_size,
@@ -800,31 +759,6 @@ class Trainer:
             steps=PROBE_STEPS + 1,
             class_share=cfg.data.class_crops,
         )
-        rates = [group["lr"] for group in parts.optimizer.param_groups]
-        for group in parts.optimizer.param_groups:
-            group["lr"] = group["lr"] / PROBE_LR_DIVISOR
-        parts.model.train()
-        threads = torch.get_num_threads()
-        # on a CPU shared with other processes one thread can be several times faster than all
-        # cores waiting on each other: the last probe step tries it, and the faster count stays
-        single = self.device.type == "cpu" and threads > 1
-        times: dict[int, list[float]] = {threads: [], 1: []}
-        for number, (images, masks) in enumerate(probe):
-            count = 1 if single and number == PROBE_STEPS else threads
-            torch.set_num_threads(count)
-            started = time.perf_counter()
-            self._step(parts, images, masks, 0, number)
-            if number > 0:  # the first step warms up
-                times[count].append(time.perf_counter() - started)
-        for group, rate in zip(parts.optimizer.param_groups, rates, strict=True):
-            group["lr"] = rate
-        torch.set_rng_state(global_rng)
-        parts.generator.set_state(generator_rng)
-        best = min((count for count in times if times[count]), key=lambda count: float(np.median(times[count])))
-        torch.set_num_threads(best)
-        if best != threads:
-            self.callback(Message(f"training with 1 thread: faster than {threads} on this busy CPU"))
-        return float(np.median(times[best]))
 
     @torch.inference_mode()
     def _validate(
