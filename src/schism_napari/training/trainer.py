@@ -52,88 +52,20 @@ from ..runs import (
     CURVES,
     HISTORY,
     HYPERPARAMETERS,
-    LAST_CHECKPOINT,
     METRICS_CSV,
-    best_weights_file,
     claimed_run_dir,
     default_class_names,
-    load_weights,
     read_run_info,
-    save_weights,
     write_run_info,
 )
 from .batches import augment, to_device
 from .budget import PROBE_STEPS, TimeBudget
+from .checkpoints import Checkpoints, TrainingState
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .metrics import ConfusionMatrix
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
-
-
-@dataclass
-class TrainingState:
-    """What a run has reached, and all a checkpoint needs to continue it exactly.
-
-    ``last_checkpoint.pth`` is this state plus the model, optimizer, scheduler and scaler
-    states. The random states are taken at the end of each epoch: crop positions (numpy),
-    augmentation (a torch generator) and dropout (torch's global generator, and CUDA's), so
-    a resumed run draws what the uninterrupted one would have drawn.
-    """
-
-    epoch: int = 0  # last completed epoch
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, float] = field(default_factory=dict)
-    stale_epochs: int = 0
-    numpy_rng: dict[str, Any] | None = None
-    torch_rng: torch.Tensor | None = None  # the augmentation generator
-    global_torch_rng: torch.Tensor | None = None  # dropout and other torch.rand* calls
-    cuda_rng: list[torch.Tensor] | None = None
-
-    def capture_rng(self, parts: _Parts) -> None:
-        self.numpy_rng = dict(parts.rng.bit_generator.state)
-        self.torch_rng = parts.generator.get_state()
-        self.global_torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-    def restore_rng(self, parts: _Parts) -> None:
-        if self.numpy_rng is not None:
-            parts.rng.bit_generator.state = self.numpy_rng
-        if self.torch_rng is not None:
-            parts.generator.set_state(self.torch_rng)
-        if self.global_torch_rng is not None:
-            torch.set_rng_state(self.global_torch_rng)
-        if self.cuda_rng is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-
-    def checkpoint(self, parts: _Parts, amp: bool) -> dict[str, Any]:
-        return {
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": None if parts.scheduler is None else parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict() if amp else None,
-            "epoch": self.epoch,
-            "history": self.history,
-            "best": self.best,
-            "stale_epochs": self.stale_epochs,
-            "numpy_rng": self.numpy_rng,
-            "torch_rng": self.torch_rng,
-            "global_torch_rng": self.global_torch_rng,
-            "cuda_rng": self.cuda_rng,
-        }
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainingState:
-        return cls(
-            epoch=saved["epoch"],
-            history=saved["history"],
-            best=saved["best"],
-            stale_epochs=saved.get("stale_epochs", 0),
-            numpy_rng=saved.get("numpy_rng"),
-            torch_rng=saved.get("torch_rng"),
-            global_torch_rng=saved.get("global_torch_rng"),  # absent in older checkpoints
-            cuda_rng=saved.get("cuda_rng"),
-        )
 
 
 @dataclass
@@ -176,8 +108,9 @@ class Trainer:
     ``run`` is a short loop of named steps (nnU-Net's ``run_training`` has the same shape):
     ``_build`` (seeds, split, model, crops, optimizer; steps planned from ``time_budget``),
     then per epoch ``_train_epoch`` and ``_end_epoch`` (validation, best weights, checkpoint),
-    and ``_finish``. What a resume needs is the :class:`TrainingState` that ``_save_checkpoint``
-    writes and ``_load_checkpoint`` reads back, random states included.
+    and ``_finish``. What a resume needs is the :class:`~.checkpoints.TrainingState` that
+    ``_save_checkpoint`` writes and ``_load_checkpoint`` reads back (through ``self.checkpoints``,
+    a :class:`~.checkpoints.Checkpoints`), random states included.
 
     An epoch is ``[Training] steps_per_epoch`` optimizer steps, or without it one pass over the
     training images (SCHISM). With ``time_budget`` (minutes) and no steps_per_epoch, the step
@@ -230,6 +163,7 @@ class Trainer:
         self.forest_positions = None if forest_positions is None else list(forest_positions)
         self.stage_one: Any = None
         self.forest = forest
+        self.checkpoints = Checkpoints(self.run_dir)
         self.budget = TimeBudget(self.config.training.time_budget, self.device)  # restarted by _run
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -314,10 +248,6 @@ class Trainer:
             return self.stop.requested
         return self.dist.any(self.stop.requested, self.device)  # one process stopping stops all
 
-    def _save(self, path: Path, state: dict[str, Any]) -> None:
-        if self.main:
-            save_weights(path, state)
-
     def _build_model(self, split: Split) -> nn.Module:
         """The network; with ``forest_positions``, stage 2 of a two-stage model, whose data (the images
         with the forest's probabilities) replaces ``self.data`` here, inside the time budget. Starting
@@ -399,12 +329,13 @@ class Trainer:
                 torch.cuda.set_device(self.device)
             if not self.dist.main:
                 self.callback = ignore_events
+        self.checkpoints.write = self.main
         threads = torch.get_num_threads()
         try:
             with self._claim():
                 return self._run()
         except DiskFullError as error:
-            raise error.with_hint(self._disk_full_hint()) from None
+            raise error.with_hint(self.checkpoints.disk_full_hint()) from None
         finally:
             torch.set_num_threads(threads)  # the probe may have chosen fewer for this run
             if self.dist is not None:
@@ -415,22 +346,12 @@ class Trainer:
         Here, so that every caller (CLI, napari dock, Python) gets it; rank 0 alone writes the folder."""
         return claimed_run_dir(self.run_dir) if self.main else contextlib.nullcontext()
 
-    def _disk_full_hint(self) -> str:
-        """What a full disk left usable: files are replaced only when complete, so the last checkpoint
-        and the best weights written before are intact."""
-        if (self.run_dir / LAST_CHECKPOINT).is_file():
-            return (
-                f"the weights and {LAST_CHECKPOINT} saved before are intact: free some space, then continue "
-                f"with schism train --resume {self.run_dir}"
-            )
-        return "free some space there and train again"
-
     def _run(self) -> TrainingResult:
         """Build, then epochs of (train one epoch, end of epoch) until done, stopped or out of time; finish."""
         self.budget = TimeBudget(self.config.training.time_budget, self.device, self.dist)
         parts = self._build()
         state = self._load_checkpoint(parts) if self.resume else TrainingState()
-        state.capture_rng(parts)  # what an epoch starts from, for a resume that repeats it
+        state.capture_rng(parts.rng, parts.generator)  # what an epoch starts from, for a resume that repeats it
         cfg = self.config
         world = self.dist.world if self.dist else 1
         self.callback(
@@ -601,8 +522,7 @@ class Trainer:
             if np.isfinite(value) and value > state.best.get(name, -math.inf):
                 state.best[name] = value
                 improved.append(name)
-        for name in improved:
-            self._save(self.run_dir / best_weights_file(name), parts.model.state_dict())
+        self.checkpoints.save_best(improved, parts.model)
         lr = parts.optimizer.param_groups[0]["lr"]
         if parts.scheduler is not None and cfg.scheduler.scheduler == "ReduceLROnPlateau":
             parts.scheduler.step(val_loss)
@@ -621,7 +541,7 @@ class Trainer:
         state.epoch = epoch
         if self.main:
             self._write_epoch_outputs(state.history, metrics, curves=self.curves_each_epoch)
-        state.capture_rng(parts)
+        state.capture_rng(parts.rng, parts.generator)
         self._save_checkpoint(parts, state)
         self.callback(
             EpochEnded(
@@ -643,17 +563,17 @@ class Trainer:
         if BEST_LOSS not in state.best:
             val_loss, _ = self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
             state.best[BEST_LOSS] = val_loss
-            self._save(self.run_dir / best_weights_file(BEST_LOSS), parts.model.state_dict())
+            self.checkpoints.save_best([BEST_LOSS], parts.model)
 
     def _save_checkpoint(self, parts: _Parts, state: TrainingState) -> None:
-        self._save(self.run_dir / LAST_CHECKPOINT, state.checkpoint(parts, self.use_amp))
+        scaler = parts.scaler if self.use_amp else None
+        self.checkpoints.save_last(state, parts.model, parts.optimizer, parts.scheduler, scaler)
 
     def _load_checkpoint(self, parts: _Parts) -> TrainingState:
         """Restore weights, optimizer, scheduler, scaler and every random state from ``last_checkpoint``."""
         cfg = self.config
-        saved = load_weights(self.run_dir / LAST_CHECKPOINT)
-        parts.model.load_state_dict(saved["model"])
-        parts.optimizer.load_state_dict(saved["optimizer"])
+        saved = self.checkpoints.load_last()
+        state = self.checkpoints.restore(saved, parts.model, parts.optimizer, parts.scaler)
         schedule = saved.get("scheduler")
         if parts.scheduler is not None and schedule is not None:
             if cfg.scheduler.scheduler == "OneCycleLR" and schedule.get("total_steps") != parts.scheduler.total_steps:
@@ -663,10 +583,7 @@ class Trainer:
                 )
             else:
                 parts.scheduler.load_state_dict(schedule)
-        if saved.get("scaler") is not None:
-            parts.scaler.load_state_dict(saved["scaler"])
-        state = TrainingState.from_checkpoint(saved)
-        state.restore_rng(parts)
+        state.restore_rng(parts.rng, parts.generator)
         if state.epoch + 1 > cfg.training.epochs:
             raise SchismError(
                 f"{self.run_dir}: already trained {state.epoch} of {cfg.training.epochs} epochs; "
@@ -691,11 +608,9 @@ class Trainer:
 
             names = self.data.class_names or default_class_names(self.data.class_count)
             save_confusion_matrix(self.run_dir / CONFUSION, parts.last_matrix.matrix.numpy(), names)
-        best_path = self.run_dir / best_weights_file(BEST_LOSS)
         if self.dist is not None:
             self.dist.barrier()  # the main process has written the best weights
-        if best_path.is_file():
-            parts.model.load_state_dict(load_weights(best_path))
+        self.checkpoints.load_best_loss(parts.model)
         parts.model.eval()
         self.callback(TrainingFinished(self.run_dir, state.epoch, stopped, reason, dict(state.best)))
         return TrainingResult(
