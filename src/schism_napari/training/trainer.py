@@ -64,6 +64,7 @@ from .checkpoints import Checkpoints, TrainingState
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .metrics import ConfusionMatrix
+from .optimizers import build_optimizer, build_scheduler
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
 
@@ -430,7 +431,7 @@ class Trainer:
             val_images=val_images,
             val_masks=val_masks,
             loss_function=loss_function,
-            optimizer=self._optimizer(model),
+            optimizer=build_optimizer(cfg, model),
             scheduler=None,
             scaler=torch.amp.GradScaler("cuda", enabled=self.use_amp),
             rng=rng,
@@ -441,7 +442,7 @@ class Trainer:
         if cfg.training.time_budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
             self._plan_steps(parts)
         parts.crops = self._training_crops(split, crop_rng, rng)
-        parts.scheduler = self._scheduler(parts.optimizer, len(parts.crops))
+        parts.scheduler = build_scheduler(cfg, parts.optimizer, len(parts.crops))
         if self.main:
             self._write_run_description()
         if self.dist is not None:
@@ -558,41 +559,6 @@ class Trainer:
         self.callback(Message("class weights: " + ", ".join(f"{w:.3g}" for w in weights.tolist())))
         return weights.to(self.device)
 
-    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        settings = self.config.optimizer
-        cls = getattr(torch.optim, settings.optimizer)
-        try:
-            return cls(model.parameters(), lr=settings.lr, **settings.kwargs)
-        except (TypeError, ValueError) as error:
-            raise ConfigError("Optimizer", None, None, f"{settings.optimizer}: {error}", self.config.source) from None
-
-    def _scheduler(self, optimizer: torch.optim.Optimizer, batches: int, **overrides: Any) -> Any:
-        settings = self.config.scheduler
-        if settings.scheduler is None:
-            return None
-        kwargs = {**settings.kwargs, **overrides}
-        lr, epochs = self.config.optimizer.lr, self.config.training.epochs
-        name = settings.scheduler
-        length = epochs * batches if settings.per_batch() else epochs  # in scheduler steps
-        if name == "OneCycleLR":
-            kwargs.setdefault("max_lr", lr)
-            if not {"total_steps", "epochs", "steps_per_epoch"} & kwargs.keys():
-                kwargs["total_steps"] = length
-        elif name == "CyclicLR":
-            kwargs.setdefault("base_lr", lr / 10)
-            kwargs.setdefault("max_lr", lr)
-            if "momentum" not in optimizer.defaults:
-                kwargs.setdefault("cycle_momentum", False)
-        elif name == "CosineAnnealingLR":
-            kwargs.setdefault("T_max", length)
-        elif name == "CosineAnnealingWarmRestarts":
-            kwargs.setdefault("T_0", max(1, length // 3))
-        cls = getattr(torch.optim.lr_scheduler, name)
-        try:
-            return cls(optimizer, **kwargs)
-        except (TypeError, ValueError, KeyError) as error:
-            raise ConfigError("Scheduler", None, None, f"{name}: {error}", self.config.source) from None
-
     def _validation_crops(self, split: Split, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The fixed crops every epoch validates on (the training images' when none are held out)."""
         cfg = self.config
@@ -680,8 +646,8 @@ class Trainer:
         if parts.scheduler is not None and schedule is not None:
             if cfg.scheduler.scheduler == "OneCycleLR" and schedule.get("total_steps") != parts.scheduler.total_steps:
                 # more epochs than first planned: the remaining steps anneal over the new total
-                parts.scheduler = self._scheduler(
-                    parts.optimizer, len(parts.crops), last_epoch=schedule["last_epoch"] - 1
+                parts.scheduler = build_scheduler(
+                    cfg, parts.optimizer, len(parts.crops), last_epoch=schedule["last_epoch"] - 1
                 )
             else:
                 parts.scheduler.load_state_dict(schedule)
