@@ -193,6 +193,8 @@ class Trainer:
     # ---- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainingResult:
+        """Train (the hooks, in ``_run``) inside this process's share of the work: the torchrun
+        process group if any, the run folder claimed, the thread count put back afterwards."""
         self.dist = from_environment() if self.distributed else None
         if self.dist is not None:
             if self.device.type == "cuda":
