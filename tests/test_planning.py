@@ -19,6 +19,7 @@ from schism_napari.data.io import IGNORE
 from schism_napari.events import BatchEnded
 from schism_napari.planning import PLAN_FILE, infer_class_count, interactive_config, plan_config
 from schism_napari.runs import load_weights
+from schism_napari.training.budget import TimeBudget
 from schism_napari.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -263,7 +264,7 @@ def test_imagenet_weights_offline_is_one_clear_error(monkeypatch) -> None:
 def test_slow_epoch_ends_mean_fewer_epochs_not_fewer_steps(data, tmp_path, monkeypatch) -> None:
     """Validation and saving the weights take seconds on a CPU: a short budget spends at most a tenth
     of its time on epoch ends, so it plans fewer epochs (validation points) and keeps its steps."""
-    monkeypatch.setattr(Trainer, "_measure_save", lambda self, parts: 0.5)  # a slow disk
+    monkeypatch.setattr(TimeBudget, "measure_save", lambda self, model, folder: 0.5)  # a slow disk
     config = _tiny(epochs=3, time_budget=0.1)
     plan = plan_config(config, data, "cpu")
     result = Trainer(plan.config, data, tmp_path / "run", plan=plan).run()

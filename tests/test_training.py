@@ -373,13 +373,13 @@ def test_reduce_lr_on_plateau_steps_on_the_validation_loss(tiny_config, data, tm
 def test_early_stopping_on_a_plateau(tiny_config, data, tmp_path, monkeypatch) -> None:
     """With a learning rate of 1e-12 nothing is learnt; batch-norm statistics still move the
     validation loss a little, so it is pinned to a plateau to make the test exact."""
-    original = Trainer._validate
+    original = Trainer.validate
 
     def flat_validation(self, *args):
         _loss, matrix = original(self, *args)
         return 1.0, matrix
 
-    monkeypatch.setattr(Trainer, "_validate", flat_validation)
+    monkeypatch.setattr(Trainer, "validate", flat_validation)
     tiny_config.optimizer.lr = 1e-12
     config = _small(tiny_config, epochs=4, crops_per_image=1, early_stopping=True, patience=1)
     recorder = Recorder()

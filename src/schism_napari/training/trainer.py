@@ -54,105 +54,24 @@ from ..runs import (
     CURVES,
     HISTORY,
     HYPERPARAMETERS,
-    LAST_CHECKPOINT,
     METRICS_CSV,
-    best_weights_file,
     claimed_run_dir,
-    load_weights,
     read_run_info,
-    save_weights,
     write_run_info,
 )
 from .batches import augment, to_device
+from .budget import PROBE_STEPS, TimeBudget
+from .checkpoints import Checkpoints, TrainingState
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
+from .optimizers import build_optimizer, build_scheduler
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
-# Time budget: share kept in reserve for a machine that slows down, seconds for the final steps
-# (best weights, plots), for each epoch's bookkeeping besides validation and saving, and the fewest
-# steps an epoch is worth.
-BUDGET_RESERVE = 0.05
-FINISH_SECONDS = 2.0
-EPOCH_OVERHEAD_SECONDS = 0.3
-MIN_STEPS_PER_EPOCH = 4
-# An epoch ends with a validation pass and writes up to ~5 copies of the weights (best loss, best
-# metrics, the checkpoint with the optimizer's two moments). On a CPU that is seconds: a budgeted run
-# spends at most this share of its time on epoch ends, so short runs validate less often and the
-# steps, not the bookkeeping, fill the budget.
-EPOCH_END_SHARE = 0.1
-WEIGHT_COPIES_PER_EPOCH = 5
-PROBE_STEPS = 2  # timed steps after one warm-up step (on a CPU, the last one with a single thread)
-PROBE_LR_DIVISOR = 25  # the probe steps run at OneCycleLR's starting rate
 
 
 @dataclass
-class TrainingState:
-    """What a run has reached, and all a checkpoint needs to continue it exactly.
-
-    ``last_checkpoint.pth`` is this state plus the model, optimizer, scheduler and scaler
-    states. The random states are taken at the end of each epoch: crop positions (numpy),
-    augmentation (a torch generator) and dropout (torch's global generator, and CUDA's), so
-    a resumed run draws what the uninterrupted one would have drawn.
-    """
-
-    epoch: int = 0  # last completed epoch
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, float] = field(default_factory=dict)
-    stale_epochs: int = 0
-    numpy_rng: dict[str, Any] | None = None
-    torch_rng: torch.Tensor | None = None  # the augmentation generator
-    global_torch_rng: torch.Tensor | None = None  # dropout and other torch.rand* calls
-    cuda_rng: list[torch.Tensor] | None = None
-
-    def capture_rng(self, parts: _Parts) -> None:
-        self.numpy_rng = dict(parts.rng.bit_generator.state)
-        self.torch_rng = parts.generator.get_state()
-        self.global_torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-    def restore_rng(self, parts: _Parts) -> None:
-        if self.numpy_rng is not None:
-            parts.rng.bit_generator.state = self.numpy_rng
-        if self.torch_rng is not None:
-            parts.generator.set_state(self.torch_rng)
-        if self.global_torch_rng is not None:
-            torch.set_rng_state(self.global_torch_rng)
-        if self.cuda_rng is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-
-    def checkpoint(self, parts: _Parts, amp: bool) -> dict[str, Any]:
-        return {
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": None if parts.scheduler is None else parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict() if amp else None,
-            "epoch": self.epoch,
-            "history": self.history,
-            "best": self.best,
-            "stale_epochs": self.stale_epochs,
-            "numpy_rng": self.numpy_rng,
-            "torch_rng": self.torch_rng,
-            "global_torch_rng": self.global_torch_rng,
-            "cuda_rng": self.cuda_rng,
-        }
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainingState:
-        return cls(
-            epoch=saved["epoch"],
-            history=saved["history"],
-            best=saved["best"],
-            stale_epochs=saved.get("stale_epochs", 0),
-            numpy_rng=saved.get("numpy_rng"),
-            torch_rng=saved.get("torch_rng"),
-            global_torch_rng=saved.get("global_torch_rng"),  # absent in older checkpoints
-            cuda_rng=saved.get("cuda_rng"),
-        )
-
-
-@dataclass
-class _Parts:
-    """The objects one run trains with (built once by ``Trainer._build``)."""
+class TrainingParts:
+    """The objects one run trains with (built once by ``Trainer.on_train_start``, passed to each hook)."""
 
     model: nn.Module
     network: nn.Module  # what the training steps call: DDP averages gradients across processes
@@ -187,11 +106,25 @@ class TrainingResult:
 class Trainer:
     """Trains one model on one dataset into one run folder; the CLI and the napari widget share it.
 
-    ``run`` is a short loop of named steps (nnU-Net's ``run_training`` has the same shape):
-    ``_build`` (seeds, split, model, crops, optimizer; steps planned from ``time_budget``),
-    then per epoch ``_train_epoch`` and ``_end_epoch`` (validation, best weights, checkpoint),
-    and ``_finish``. What a resume needs is the :class:`TrainingState` that ``_save_checkpoint``
-    writes and ``_load_checkpoint`` reads back, random states included.
+    ``run`` is a short loop of named, public hooks (nnU-Net's ``run_training`` has the same shape),
+    called in this order:
+
+    1. ``on_train_start()`` -> ``(parts, state)``: seeds, split, model, validation crops, loss,
+       optimizer; with ``time_budget`` and no steps_per_epoch, the steps sized by
+       :class:`~.budget.TimeBudget`; training crops, scheduler, the run folder's description; on
+       ``resume`` the :class:`~.checkpoints.TrainingState` read back from the last checkpoint;
+       then :class:`TrainingStarted`.
+    2. For each epoch, ``train_epoch(parts, epoch)``: one ``train_step(...)`` per batch, the stop
+       token and the time budget polled after each; then
+       ``on_epoch_end(parts, state, epoch, losses, seconds)``: ``validate(parts)``, best weights,
+       an epoch scheduler's step, metrics files, the last checkpoint, :class:`EpochEnded`; it
+       returns True when early stopping ends the run. A stop by the user skips ``on_epoch_end``
+       and calls ``on_stop(parts, state)`` instead.
+    3. ``on_train_end(parts, state, stopped, reason)`` -> :class:`TrainingResult`: final plots,
+       the best-loss weights back into the model, :class:`TrainingFinished`.
+
+    The weight files are :class:`~.checkpoints.Checkpoints`' (``self.checkpoints``); the clock is
+    ``self.budget``.
 
     An epoch is ``[Training] steps_per_epoch`` optimizer steps, or without it one pass over the
     training images (SCHISM). With ``time_budget`` (minutes) and no steps_per_epoch, the step
@@ -244,9 +177,298 @@ class Trainer:
         self.forest_positions = None if forest_positions is None else list(forest_positions)
         self.stage_one: Any = None
         self.forest = forest
-        self._started = time.perf_counter()
+        self.checkpoints = Checkpoints(self.run_dir)
+        self.budget = TimeBudget(self.config.training.time_budget, self.device)  # restarted by on_train_start
 
-    # ---- set-up ------------------------------------------------------------------------------
+    @property
+    def use_amp(self) -> bool:
+        """Mixed precision applies on CUDA only."""
+        return self.config.training.amp and self.device.type == "cuda"
+
+    @property
+    def main(self) -> bool:
+        """The process that writes the run folder and reports progress (always, without torchrun)."""
+        return self.dist is None or self.dist.main
+
+    # ---- the run -------------------------------------------------------------------------------
+
+    def run(self) -> TrainingResult:
+        """Train (the hooks, in ``_run``) inside this process's share of the work: the torchrun
+        process group if any, the run folder claimed, the thread count put back afterwards."""
+        self.dist = from_environment() if self.distributed else None
+        if self.dist is not None:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.dist.local_rank)
+                torch.cuda.set_device(self.device)
+            if not self.dist.main:
+                self.callback = ignore_events
+        self.checkpoints.write = self.main
+        threads = torch.get_num_threads()
+        try:
+            with self._claim():
+                return self._run()
+        except DiskFullError as error:
+            raise error.with_hint(self.checkpoints.disk_full_hint()) from None
+        finally:
+            torch.set_num_threads(threads)  # the probe may have chosen fewer for this run
+            if self.dist is not None:
+                self.dist.close()
+
+    def _claim(self) -> contextlib.AbstractContextManager[Any]:
+        """The run folder, held for this run (the CLI may hold it already: claims nest in a thread).
+        Here, so that every caller (CLI, napari dock, Python) gets it; rank 0 alone writes the folder."""
+        return claimed_run_dir(self.run_dir) if self.main else contextlib.nullcontext()
+
+    def _run(self) -> TrainingResult:
+        """The hooks in order: start, epochs until done, stopped or out of time, end."""
+        parts, state = self.on_train_start()
+        cfg = self.config
+        stopped, reason = False, "completed"
+        for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
+            started = time.perf_counter()
+            losses, interrupted = self.train_epoch(parts, epoch)
+            if interrupted == "stop":
+                stopped, reason = True, "stopped by the user"
+                self.on_stop(parts, state)
+                break
+            if self.on_epoch_end(parts, state, epoch, losses, time.perf_counter() - started):
+                stopped = True
+                reason = f"early stopping: no better validation loss for {state.stale_epochs} epochs"
+                break
+            if interrupted == "time":  # the planned end, reached early on a machine that slowed down
+                reason = f"time budget of {cfg.training.time_budget:g} minutes spent"
+                break
+        return self.on_train_end(parts, state, stopped, reason)
+
+    # ---- hooks, in the order the run calls them ------------------------------------------------
+
+    def on_train_start(self) -> tuple[TrainingParts, TrainingState]:
+        """Start the clock, build the parts (steps planned from the time budget), read the last
+        checkpoint back when resuming, report :class:`TrainingStarted`."""
+        self.budget = TimeBudget(self.config.training.time_budget, self.device, self.dist)
+        parts = self._build()
+        state = self._resume(parts) if self.resume else TrainingState()
+        state.capture_rng(parts.rng, parts.generator)  # what an epoch starts from, for a resume that repeats it
+        world = self.dist.world if self.dist else 1
+        self.callback(
+            TrainingStarted(
+                self.run_dir,
+                str(self.device) if world == 1 else f"{self.device} x {world} processes",
+                state.epoch + 1,
+                self.config.training.epochs,
+                len(parts.crops),
+                len(parts.split.train),
+                len(parts.split.val),
+            )
+        )
+        return parts, state
+
+    def train_epoch(self, parts: TrainingParts, epoch: int) -> tuple[list[float], str | None]:
+        """One epoch of optimizer steps; returns the batch losses and "stop"/"time" when cut short."""
+        parts.model.train()
+        losses: list[float] = []
+        batches = len(parts.crops)
+        for number, (images, masks) in enumerate(parts.crops, start=1):
+            losses.append(self.train_step(parts, images, masks, epoch, number))
+            self.callback(BatchEnded(epoch, number, batches, losses[-1]))
+            if self._stop_requested():
+                return losses, "stop"
+            if self.budget.spent():
+                return losses, "time"
+        return losses, None
+
+    def train_step(self, parts: TrainingParts, images: np.ndarray, masks: np.ndarray, epoch: int, number: int) -> float:
+        """One optimizer step on one batch of crops; returns its loss."""
+        cfg = self.config
+        x, y = to_device(images, masks, self.device, cfg.data.img_res)
+        if cfg.data.augment:
+            x, y = augment(x, y, parts.generator, cfg.data.intensity_jitter)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self._target(y)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            loss = parts.loss_function(parts.network(x), y)
+        if not torch.isfinite(loss):
+            raise SchismError(
+                f"the training loss became {loss.item()} at epoch {epoch}, batch {number}; "
+                "lower [Optimizer] lr or check the data"
+            )
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        if cfg.training.grad_clip is not None:
+            parts.scaler.unscale_(parts.optimizer)
+            nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.training.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        if parts.scheduler is not None and cfg.scheduler.per_batch():
+            parts.scheduler.step()
+        return float(loss.item())
+
+    @torch.inference_mode()
+    def validate(self, parts: TrainingParts) -> tuple[float, ConfusionMatrix]:
+        """The model on the fixed validation crops: the mean loss over labelled pixels, and the
+        confusion matrix the scores come from."""
+        cfg = self.config
+        model, images, masks = parts.model, parts.val_images, parts.val_masks
+        model.eval()
+        matrix = ConfusionMatrix(
+            cfg.model.class_count,
+            average_precision=any(canonical_metric(m) == "AveragePrecision" for m in cfg.training.metrics),
+        )
+        weighted_loss, labelled = 0.0, 0
+        for start in range(0, len(images), cfg.training.batch_size):
+            x, y = to_device(
+                images[start : start + cfg.training.batch_size],
+                masks[start : start + cfg.training.batch_size],
+                self.device,
+                cfg.data.img_res,
+                channels_last=self.device.type == "cpu",
+            )
+            y = self._target(y)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                logits = model(x)
+            logits = logits.float()
+            count = int((y != IGNORE).sum())
+            if count:
+                weighted_loss += float(parts.loss_function(logits, y)) * count
+                labelled += count
+            probabilities = probabilities_from_logits(logits)
+            matrix.update(y, predicted_classes(probabilities, cfg.inference.threshold), probabilities)
+        return (weighted_loss / labelled if labelled else math.nan), matrix
+
+    def on_epoch_end(
+        self, parts: TrainingParts, state: TrainingState, epoch: int, losses: list[float], seconds: float
+    ) -> bool:
+        """Validate, keep the best weights, log, save the checkpoint; True when early stopping ends the run."""
+        from ..resources import recheck_threads
+
+        recheck_threads()  # neighbours come and go during a long run: an automatic thread count follows
+        cfg = self.config
+        metrics = cfg.training.score_metrics()
+        val_loss, matrix = self.validate(parts)
+        parts.last_matrix = matrix
+        scores = {name: matrix.mean(name) for name in metrics}
+        per_class = {name: matrix.class_scores(name) for name in metrics}
+        improved = self._record_best(state, val_loss, scores)
+        self.checkpoints.save_best(improved, parts.model)
+        lr = parts.optimizer.param_groups[0]["lr"]
+        self._step_epoch_scheduler(parts, val_loss)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_loss": val_loss,
+            "lr": lr,
+            "seconds": seconds,
+            **scores,
+            **{f"{name}_class{k}": v for name, values in per_class.items() for k, v in enumerate(values)},
+        }
+        state.history.append(record)
+        state.epoch = epoch
+        if self.main:
+            self._write_epoch_outputs(state.history, metrics, curves=self.curves_each_epoch)
+        state.capture_rng(parts.rng, parts.generator)
+        scaler = parts.scaler if self.use_amp else None
+        self.checkpoints.save_last(state, parts.model, parts.optimizer, parts.scheduler, scaler)
+        self.callback(
+            EpochEnded(
+                epoch,
+                cfg.training.epochs,
+                record["train_loss"],
+                val_loss,
+                scores,
+                per_class,
+                lr,
+                seconds,
+                tuple(improved),
+            )
+        )
+        return bool(cfg.training.early_stopping and state.stale_epochs >= cfg.training.effective_patience())
+
+    def on_stop(self, parts: TrainingParts, state: TrainingState) -> None:
+        """Stopped by the user before any epoch ended: keep what was learned as the best so far."""
+        if BEST_LOSS not in state.best:
+            val_loss, _ = self.validate(parts)
+            state.best[BEST_LOSS] = val_loss
+            self.checkpoints.save_best([BEST_LOSS], parts.model)
+
+    def on_train_end(self, parts: TrainingParts, state: TrainingState, stopped: bool, reason: str) -> TrainingResult:
+        """Final plots, the best-loss weights back into the model, the finished event."""
+        if self.main:
+            self._final_plots(parts, state)
+        if self.dist is not None:
+            self.dist.barrier()  # the main process has written the best weights
+        self.checkpoints.load_best_loss(parts.model)
+        parts.model.eval()
+        self.callback(TrainingFinished(self.run_dir, state.epoch, stopped, reason, dict(state.best)))
+        return TrainingResult(
+            self.run_dir,
+            state.epoch,
+            stopped,
+            reason,
+            dict(state.best),
+            state.history,
+            parts.model,
+            self.config,
+            parts.split,
+            self.stage_one,
+        )
+
+    # ---- building the parts --------------------------------------------------------------------
+
+    def _build(self) -> TrainingParts:
+        """Seeds, split, model, crops, loss, optimizer and scheduler; plans the steps from the time budget."""
+        cfg = self.config
+        seed, rng, crop_rng, generator = self._random_sources()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        split = self._prepare_split()
+        if not split.train:
+            raise SchismError("no training images: the split left none (check num_samples and val_split)")
+        model = self._build_network(split)
+        val_images, val_masks = self._validation_crops(split, seed)
+        loss_function = build_loss(cfg.loss, cfg.model, self._class_weights(split)).to(self.device)
+        parts = TrainingParts(
+            model=model,
+            network=model,
+            crops=None,  # type: ignore[arg-type]  # built below, once the steps are planned
+            val_images=val_images,
+            val_masks=val_masks,
+            loss_function=loss_function,
+            optimizer=build_optimizer(cfg, model),
+            scheduler=None,
+            scaler=torch.amp.GradScaler("cuda", enabled=self.use_amp),
+            rng=rng,
+            generator=generator,
+            split=split,
+            channels_last=self.device.type == "cpu",
+        )
+        if cfg.training.time_budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
+            self._plan_steps(parts)
+        parts.crops = self._training_crops(split, crop_rng, rng)
+        parts.scheduler = build_scheduler(cfg, parts.optimizer, len(parts.crops))
+        if self.main:
+            self._write_run_description()
+        if self.dist is not None:
+            parts.network = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        return parts
+
+    def _rank_world(self) -> tuple[int, int]:
+        return (self.dist.rank, self.dist.world) if self.dist else (0, 1)
+
+    def _random_sources(self) -> tuple[int | None, np.random.Generator, np.random.Generator, torch.Generator]:
+        """The seed (shared by all processes), the numpy generator that orders crops, the one that
+        places this process's crops, and the torch generator of augmentations."""
+        seed = self.config.training.seed
+        if seed is None and self.dist is not None:
+            seed = self.dist.shared_seed(self.device)  # every process must split and shuffle alike
+        if seed is not None:
+            torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        rank, world = self._rank_world()
+        crop_rng = rng if world == 1 else np.random.default_rng([seed or 0, rank])  # world > 1: seed is shared
+        generator = torch.Generator().manual_seed((seed if seed is not None else int(rng.integers(2**31))) + rank)
+        return seed, rng, crop_rng, generator
 
     def _prepare_split(self) -> Split:
         if self.resume:
@@ -258,79 +480,20 @@ class Trainer:
             write_split(self.run_dir, self.data, self.split, overwrite=True)
         return self.split
 
-    def _write_run_description(self) -> None:
-        self.config.to_ini(self.run_dir / HYPERPARAMETERS, overwrite=True)
-        if self.plan is not None:
-            self.plan.config = self.config
-            self.plan.write(self.run_dir)
-        used = {name: self.data.normalization(name) for name in self.data.datasets}
-        used["default"] = self.data.stats.get("default") or next(iter(used.values()))
-        if self.stage_one is not None:  # the image's statistics: the probabilities' are fixed
-            used = {name: self.stage_one.image_normalization(value) for name, value in used.items()}
-        write_stats_file(self.run_dir / "data_stats.json", used, overwrite=True)
-        info: dict[str, Any] = {
-            "in_channels": self.config.model.in_channels,
-            "class_names": self.data.class_names or default_class_names(self.data.class_count),
-            "class_colors": self.data.class_colors,
-            "datasets": self.data.datasets,
-            "input_dtypes": sorted({s.image.dtype.name for s in self.data.samples}),
-        }
-        if self.stage_one is not None:
-            self.stage_one.save(self.run_dir)
-            info["stage_one"] = self.stage_one.describe()
-        write_run_info(self.run_dir, info)
-
-    def _class_weights(self, split: Split) -> torch.Tensor | None:
-        if not self.config.loss.weights:
-            return None
-        counts = self.data.class_pixel_counts(split.train)  # ignore_background: unlabeled when read
-        weights = class_weights_from_counts(counts)
-        self.callback(Message("class weights: " + ", ".join(f"{w:.3g}" for w in weights.tolist())))
-        return weights.to(self.device)
-
-    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        settings = self.config.optimizer
-        cls = getattr(torch.optim, settings.optimizer)
-        try:
-            return cls(model.parameters(), lr=settings.lr, **settings.kwargs)
-        except (TypeError, ValueError) as error:
-            raise ConfigError("Optimizer", None, None, f"{settings.optimizer}: {error}", self.config.source) from None
-
-    def _scheduler(self, optimizer: torch.optim.Optimizer, batches: int, **overrides: Any) -> Any:
-        settings = self.config.scheduler
-        if settings.scheduler is None:
-            return None
-        kwargs = {**settings.kwargs, **overrides}
-        lr, epochs = self.config.optimizer.lr, self.config.training.epochs
-        name = settings.scheduler
-        length = epochs * batches if settings.per_batch() else epochs  # in scheduler steps
-        if name == "OneCycleLR":
-            kwargs.setdefault("max_lr", lr)
-            if not {"total_steps", "epochs", "steps_per_epoch"} & kwargs.keys():
-                kwargs["total_steps"] = length
-        elif name == "CyclicLR":
-            kwargs.setdefault("base_lr", lr / 10)
-            kwargs.setdefault("max_lr", lr)
-            if "momentum" not in optimizer.defaults:
-                kwargs.setdefault("cycle_momentum", False)
-        elif name == "CosineAnnealingLR":
-            kwargs.setdefault("T_max", length)
-        elif name == "CosineAnnealingWarmRestarts":
-            kwargs.setdefault("T_0", max(1, length // 3))
-        cls = getattr(torch.optim.lr_scheduler, name)
-        try:
-            return cls(optimizer, **kwargs)
-        except (TypeError, ValueError, KeyError) as error:
-            raise ConfigError("Scheduler", None, None, f"{name}: {error}", self.config.source) from None
-
-    def _stop_requested(self) -> bool:
-        if self.dist is None:
-            return self.stop.requested
-        return self.dist.any(self.stop.requested, self.device)  # one process stopping stops all
-
-    def _save(self, path: Path, state: dict[str, Any]) -> None:
-        if self.main:
-            save_weights(path, state)
+    def _build_network(self, split: Split) -> nn.Module:
+        """The model on the device, its input size checked, with the starting weights if any."""
+        model = self._build_model(split).to(self.device)
+        if self.device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._check_input_size(model)
+        if self.initial_weights is not None:
+            try:
+                model.load_state_dict(self.initial_weights)
+            except RuntimeError as error:
+                raise SchismError(
+                    f"the starting weights do not fit this model ({str(error).splitlines()[0]})"
+                ) from None
+        return model
 
     def _build_model(self, split: Split) -> nn.Module:
         """The network; with ``forest_positions``, stage 2 of a two-stage model, whose data (the images
@@ -390,221 +553,118 @@ class Trainer:
                 self.config.source,
             ) from None
 
-    def _target(self, y: torch.Tensor) -> torch.Tensor:
-        return y  # SCHISM's ignore_background (gray 0 = unlabeled) is applied when masks are read
+    def _class_weights(self, split: Split) -> torch.Tensor | None:
+        if not self.config.loss.weights:
+            return None
+        counts = self.data.class_pixel_counts(split.train)  # ignore_background: unlabeled when read
+        weights = class_weights_from_counts(counts)
+        self.callback(Message("class weights: " + ", ".join(f"{w:.3g}" for w in weights.tolist())))
+        return weights.to(self.device)
 
-    # ---- loop --------------------------------------------------------------------------------
-
-    @property
-    def use_amp(self) -> bool:
-        """Mixed precision applies on CUDA only."""
-        return self.config.training.amp and self.device.type == "cuda"
-
-    @property
-    def main(self) -> bool:
-        """The process that writes the run folder and reports progress (always, without torchrun)."""
-        return self.dist is None or self.dist.main
-
-    def run(self) -> TrainingResult:
-        self.dist = from_environment() if self.distributed else None
-        if self.dist is not None:
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", self.dist.local_rank)
-                torch.cuda.set_device(self.device)
-            if not self.dist.main:
-                self.callback = ignore_events
-        threads = torch.get_num_threads()
-        try:
-            with self._claim():
-                return self._run()
-        except DiskFullError as error:
-            raise error.with_hint(self._disk_full_hint()) from None
-        finally:
-            torch.set_num_threads(threads)  # the probe may have chosen fewer for this run
-            if self.dist is not None:
-                self.dist.close()
-
-    def _claim(self) -> contextlib.AbstractContextManager[Any]:
-        """The run folder, held for this run (the CLI may hold it already: claims nest in a thread).
-        Here, so that every caller (CLI, napari dock, Python) gets it; rank 0 alone writes the folder."""
-        return claimed_run_dir(self.run_dir) if self.main else contextlib.nullcontext()
-
-    def _disk_full_hint(self) -> str:
-        """What a full disk left usable: files are replaced only when complete, so the last checkpoint
-        and the best weights written before are intact."""
-        if (self.run_dir / LAST_CHECKPOINT).is_file():
-            return (
-                f"the weights and {LAST_CHECKPOINT} saved before are intact: free some space, then continue "
-                f"with schism train --resume {self.run_dir}"
-            )
-        return "free some space there and train again"
-
-    def _run(self) -> TrainingResult:
-        """Build, then epochs of (train one epoch, end of epoch) until done, stopped or out of time; finish."""
-        self._started = time.perf_counter()
-        parts = self._build()
-        state = self._load_checkpoint(parts) if self.resume else TrainingState()
-        state.capture_rng(parts)  # what an epoch starts from, for a resume that repeats it
+    def _validation_crops(self, split: Split, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed crops every epoch validates on (the training images' when none are held out)."""
         cfg = self.config
-        world = self.dist.world if self.dist else 1
-        self.callback(
-            TrainingStarted(
-                self.run_dir,
-                str(self.device) if world == 1 else f"{self.device} x {world} processes",
-                state.epoch + 1,
-                cfg.training.epochs,
-                len(parts.crops),
-                len(parts.split.train),
-                len(parts.split.val),
-            )
-        )
-        stopped, reason = False, "completed"
-        for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
-            started = time.perf_counter()
-            losses, interrupted = self._train_epoch(parts, epoch)
-            if interrupted == "stop":
-                stopped, reason = True, "stopped by the user"
-                self._keep_weights_if_none(parts, state)
-                break
-            if self._end_epoch(parts, state, epoch, losses, time.perf_counter() - started):
-                stopped = True
-                reason = f"early stopping: no better validation loss for {state.stale_epochs} epochs"
-                break
-            if interrupted == "time":  # the planned end, reached early on a machine that slowed down
-                reason = f"time budget of {cfg.training.time_budget:g} minutes spent"
-                break
-        return self._finish(parts, state, stopped, reason)
-
-    # ---- named steps ---------------------------------------------------------------------------
-
-    def _build(self) -> _Parts:
-        """Seeds, split, model, crops, loss, optimizer and scheduler; plans the steps from the time budget."""
-        cfg = self.config
-        seed = cfg.training.seed
-        if seed is None and self.dist is not None:
-            seed = self.dist.shared_seed(self.device)  # every process must split and shuffle alike
-        if seed is not None:
-            torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
-        crop_rng = rng if world == 1 else np.random.default_rng([seed or 0, rank])  # world > 1: seed is shared
-        generator = torch.Generator().manual_seed((seed if seed is not None else int(rng.integers(2**31))) + rank)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        split = self._prepare_split()
-        if not split.train:
-            raise SchismError("no training images: the split left none (check num_samples and val_split)")
-
-        model = self._build_model(split).to(self.device)
-        channels_last = self.device.type == "cpu"
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self._check_input_size(model)
-        if self.initial_weights is not None:
-            try:
-                model.load_state_dict(self.initial_weights)
-            except RuntimeError as error:
-                raise SchismError(
-                    f"the starting weights do not fit this model ({str(error).splitlines()[0]})"
-                ) from None
         val_positions = split.val
         if not val_positions:
             val_positions = split.train
             self.callback(Message("no validation images: validating on the training images", "warning"))
-        val_images, val_masks = fixed_crops(
+        return fixed_crops(
             self.data, val_positions, cfg.data.crop_size, cfg.data.crops_per_image, seed, cfg.data.class_crops
         )
-        loss_function = build_loss(cfg.loss, cfg.model, self._class_weights(split)).to(self.device)
-        parts = _Parts(
-            model=model,
-            network=model,
-            crops=None,  # type: ignore[arg-type]  # built below, once the steps are planned
-            val_images=val_images,
-            val_masks=val_masks,
-            loss_function=loss_function,
-            optimizer=self._optimizer(model),
-            scheduler=None,
-            scaler=torch.amp.GradScaler("cuda", enabled=self.use_amp),
-            rng=rng,
-            generator=generator,
-            split=split,
-            channels_last=channels_last,
-        )
-        budget = cfg.training.time_budget
-        if budget is not None and cfg.training.steps_per_epoch is None and not self.resume:
-            self._plan_steps(parts, budget)
-        parts.crops = TrainingCrops(
+
+    def _training_crops(self, split: Split, crop_rng: np.random.Generator, rng: np.random.Generator) -> TrainingCrops:
+        """Each epoch's batches of random crops (this process's share of them under torchrun)."""
+        cfg = self.config
+        return TrainingCrops(
             self.data,
             split.train,
             cfg.data.crop_size,
             cfg.data.crops_per_image,
             cfg.training.batch_size,
             crop_rng,
-            shard=(rank, world),
+            shard=self._rank_world(),
             order_rng=rng,
             steps=cfg.training.steps_per_epoch,
             class_share=cfg.data.class_crops,
         )
-        parts.scheduler = self._scheduler(parts.optimizer, len(parts.crops))
-        if self.main:
-            self._write_run_description()
-        if self.dist is not None:
-            parts.network = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        return parts
 
-    def _train_epoch(self, parts: _Parts, epoch: int) -> tuple[list[float], str | None]:
-        """One epoch of optimizer steps; returns the batch losses and "stop"/"time" when cut short."""
+    # ---- the time budget -----------------------------------------------------------------------
+
+    def _plan_steps(self, parts: TrainingParts) -> None:
+        """Measure a training step, a validation pass and a save on this device, then size the epochs
+        to the time budget (:class:`~.budget.TimeBudget`). The probe steps are kept as a short warm-up
+        at a low learning rate."""
+        cfg = self.config
+        budget = self.budget
         parts.model.train()
-        losses: list[float] = []
-        batches = len(parts.crops)
-        for number, (images, masks) in enumerate(parts.crops, start=1):
-            losses.append(self._step(parts, images, masks, epoch, number))
-            self.callback(BatchEnded(epoch, number, batches, losses[-1]))
-            if self._stop_requested():
-                return losses, "stop"
-            if self._out_of_time():
-                return losses, "time"
-        return losses, None
+        step_seconds = budget.measure_step(
+            lambda images, masks, number: self.train_step(parts, images, masks, 0, number),
+            self._probe_crops(parts.split),
+            parts.optimizer,
+            parts.generator,
+            lambda text: self.callback(Message(text)),
+        )
+        started = time.perf_counter()
+        self.validate(parts)
+        val_seconds = time.perf_counter() - started
+        save_seconds = budget.measure_save(parts.model, self.run_dir if self.main else None)
+        epoch_end = budget.epoch_end_seconds(val_seconds, save_seconds)
+        epochs, steps = budget.fit(step_seconds, epoch_end, cfg.training.epochs)
+        cfg.training.epochs, cfg.training.steps_per_epoch = epochs, steps
+        note = (
+            f"measured {step_seconds:.3g} s per step and {epoch_end:.3g} s per epoch end (validation "
+            f"{val_seconds:.3g} s) on {self.device}: "
+            f"{epochs} epochs of {steps} steps fit {budget.minutes:g} minutes"
+        )
+        if self.plan is not None:
+            self.plan.reasons["Training.steps_per_epoch"] = note
+            if epochs != self.plan.config.training.epochs:
+                self.plan.reasons["Training.epochs"] = note
+        self.callback(Message("time budget: " + note))
 
-    def _step(self, parts: _Parts, images: np.ndarray, masks: np.ndarray, epoch: int, number: int) -> float:
-        """One optimizer step on one batch of crops; returns its loss."""
+    def _probe_crops(self, split: Split) -> TrainingCrops:
+        """The batches the step time is measured on: drawn from their own generator, so the run's
+        crops are those of a run without the probe."""
         cfg = self.config
-        x, y = to_device(images, masks, self.device, cfg.data.img_res)
-        if cfg.data.augment:
-            x, y = augment(x, y, parts.generator, cfg.data.intensity_jitter)
-        if parts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = self._target(y)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            loss = parts.loss_function(parts.network(x), y)
-        if not torch.isfinite(loss):
+        return TrainingCrops(
+            self.data,
+            split.train,
+            cfg.data.crop_size,
+            cfg.data.crops_per_image,
+            cfg.training.batch_size,
+            np.random.default_rng(0),
+            steps=PROBE_STEPS + 1,
+            class_share=cfg.data.class_crops,
+        )
+
+    # ---- checkpoints and the run folder --------------------------------------------------------
+
+    def _resume(self, parts: TrainingParts) -> TrainingState:
+        """Restore weights, optimizer, scheduler, scaler and every random state from ``last_checkpoint``."""
+        cfg = self.config
+        saved = self.checkpoints.load_last()
+        state = self.checkpoints.restore(saved, parts.model, parts.optimizer, parts.scaler)
+        schedule = saved.get("scheduler")
+        if parts.scheduler is not None and schedule is not None:
+            if cfg.scheduler.scheduler == "OneCycleLR" and schedule.get("total_steps") != parts.scheduler.total_steps:
+                # more epochs than first planned: the remaining steps anneal over the new total
+                parts.scheduler = build_scheduler(
+                    cfg, parts.optimizer, len(parts.crops), last_epoch=schedule["last_epoch"] - 1
+                )
+            else:
+                parts.scheduler.load_state_dict(schedule)
+        state.restore_rng(parts.rng, parts.generator)
+        if state.epoch + 1 > cfg.training.epochs:
             raise SchismError(
-                f"the training loss became {loss.item()} at epoch {epoch}, batch {number}; "
-                "lower [Optimizer] lr or check the data"
+                f"{self.run_dir}: already trained {state.epoch} of {cfg.training.epochs} epochs; "
+                "raise [Training] epochs in its hyperparameters.ini to continue"
             )
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
-        if cfg.training.grad_clip is not None:
-            parts.scaler.unscale_(parts.optimizer)
-            nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.training.grad_clip)
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-        if parts.scheduler is not None and cfg.scheduler.per_batch():
-            parts.scheduler.step()
-        return float(loss.item())
+        return state
 
-    def _end_epoch(self, parts: _Parts, state: TrainingState, epoch: int, losses: list[float], seconds: float) -> bool:
-        """Validate, keep the best weights, log, save the checkpoint; True when early stopping ends the run."""
-        from ..resources import recheck_threads
-
-        recheck_threads()  # neighbours come and go during a long run: an automatic thread count follows
-        cfg = self.config
-        metrics = cfg.training.score_metrics()
-        val_loss, matrix = self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
-        parts.last_matrix = matrix
-        scores = {name: matrix.mean(name) for name in metrics}
-        per_class = {name: matrix.class_scores(name) for name in metrics}
+    @staticmethod
+    def _record_best(state: TrainingState, val_loss: float, scores: dict[str, float]) -> list[str]:
+        """Note the epoch's bests in ``state`` (and the epochs without a better loss); returns the
+        names whose best weights this epoch's replace."""
         improved = []
         if val_loss < state.best.get(BEST_LOSS, math.inf):
             state.best[BEST_LOSS] = val_loss
@@ -616,246 +676,52 @@ class Trainer:
             if np.isfinite(value) and value > state.best.get(name, -math.inf):
                 state.best[name] = value
                 improved.append(name)
-        for name in improved:
-            self._save(self.run_dir / best_weights_file(name), parts.model.state_dict())
-        lr = parts.optimizer.param_groups[0]["lr"]
-        if parts.scheduler is not None and cfg.scheduler.scheduler == "ReduceLROnPlateau":
+        return improved
+
+    def _step_epoch_scheduler(self, parts: TrainingParts, val_loss: float) -> None:
+        """A scheduler that steps once an epoch (ReduceLROnPlateau on the validation loss); per-batch
+        schedulers step in ``train_step``."""
+        if parts.scheduler is not None and self.config.scheduler.scheduler == "ReduceLROnPlateau":
             parts.scheduler.step(val_loss)
-        elif parts.scheduler is not None and not cfg.scheduler.per_batch():
+        elif parts.scheduler is not None and not self.config.scheduler.per_batch():
             parts.scheduler.step()
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "val_loss": val_loss,
-            "lr": lr,
-            "seconds": seconds,
-            **scores,
-            **{f"{name}_class{k}": v for name, values in per_class.items() for k, v in enumerate(values)},
-        }
-        state.history.append(record)
-        state.epoch = epoch
-        if self.main:
-            self._write_epoch_outputs(state.history, metrics, curves=self.curves_each_epoch)
-        state.capture_rng(parts)
-        self._save_checkpoint(parts, state)
-        self.callback(
-            EpochEnded(
-                epoch,
-                cfg.training.epochs,
-                record["train_loss"],
-                val_loss,
-                scores,
-                per_class,
-                lr,
-                seconds,
-                tuple(improved),
-            )
-        )
-        return bool(cfg.training.early_stopping and state.stale_epochs >= cfg.training.effective_patience())
 
-    def _keep_weights_if_none(self, parts: _Parts, state: TrainingState) -> None:
-        """Stopped before any epoch ended: keep what was learned as the best so far."""
-        if BEST_LOSS not in state.best:
-            val_loss, _ = self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
-            state.best[BEST_LOSS] = val_loss
-            self._save(self.run_dir / best_weights_file(BEST_LOSS), parts.model.state_dict())
-
-    def _save_checkpoint(self, parts: _Parts, state: TrainingState) -> None:
-        self._save(self.run_dir / LAST_CHECKPOINT, state.checkpoint(parts, self.use_amp))
-
-    def _load_checkpoint(self, parts: _Parts) -> TrainingState:
-        """Restore weights, optimizer, scheduler, scaler and every random state from ``last_checkpoint``."""
+    def _final_plots(self, parts: TrainingParts, state: TrainingState) -> None:
+        """learning_curves.png when it was not drawn each epoch, and the last validation's confusion matrix."""
         cfg = self.config
-        saved = load_weights(self.run_dir / LAST_CHECKPOINT)
-        parts.model.load_state_dict(saved["model"])
-        parts.optimizer.load_state_dict(saved["optimizer"])
-        schedule = saved.get("scheduler")
-        if parts.scheduler is not None and schedule is not None:
-            if cfg.scheduler.scheduler == "OneCycleLR" and schedule.get("total_steps") != parts.scheduler.total_steps:
-                # more epochs than first planned: the remaining steps anneal over the new total
-                parts.scheduler = self._scheduler(
-                    parts.optimizer, len(parts.crops), last_epoch=schedule["last_epoch"] - 1
-                )
-            else:
-                parts.scheduler.load_state_dict(schedule)
-        if saved.get("scaler") is not None:
-            parts.scaler.load_state_dict(saved["scaler"])
-        state = TrainingState.from_checkpoint(saved)
-        state.restore_rng(parts)
-        if state.epoch + 1 > cfg.training.epochs:
-            raise SchismError(
-                f"{self.run_dir}: already trained {state.epoch} of {cfg.training.epochs} epochs; "
-                "raise [Training] epochs in its hyperparameters.ini to continue"
-            )
-        return state
-
-    def _finish(self, parts: _Parts, state: TrainingState, stopped: bool, reason: str) -> TrainingResult:
-        """Final plots, the best-loss weights back into the model, the finished event."""
-        cfg = self.config
-        metrics = cfg.training.score_metrics()
-        if state.history and not self.curves_each_epoch and self.main:
+        if state.history and not self.curves_each_epoch:
             from ..plotting import save_learning_curves
 
-            save_learning_curves(self.run_dir / CURVES, state.history, metrics)
-        if (
-            self.main
-            and parts.last_matrix is not None
-            and any(canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics)
+            save_learning_curves(self.run_dir / CURVES, state.history, cfg.training.score_metrics())
+        if parts.last_matrix is not None and any(
+            canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics
         ):
             from ..plotting import save_confusion_matrix
 
             names = self.data.class_names or default_class_names(self.data.class_count)
             save_confusion_matrix(self.run_dir / CONFUSION, parts.last_matrix.matrix.numpy(), names)
-        best_path = self.run_dir / best_weights_file(BEST_LOSS)
-        if self.dist is not None:
-            self.dist.barrier()  # the main process has written the best weights
-        if best_path.is_file():
-            parts.model.load_state_dict(load_weights(best_path))
-        parts.model.eval()
-        self.callback(TrainingFinished(self.run_dir, state.epoch, stopped, reason, dict(state.best)))
-        return TrainingResult(
-            self.run_dir,
-            state.epoch,
-            stopped,
-            reason,
-            dict(state.best),
-            state.history,
-            parts.model,
-            self.config,
-            parts.split,
-            self.stage_one,
-        )
 
-    # ---- time budget ---------------------------------------------------------------------------
-
-    def _out_of_time(self) -> bool:
-        budget = self.config.training.time_budget
-        if budget is None:
-            return False
-        late = time.perf_counter() - self._started > budget * 60
-        return late if self.dist is None else self.dist.any(late, self.device)
-
-    def _plan_steps(self, parts: _Parts, budget: float) -> None:
-        """Measure a training step and a validation pass on this device, then size epochs to ``budget``
-        (minutes).
-
-        The probe steps are kept as a short warm-up at a low learning rate.
-        """
-        cfg = self.config
-        step_seconds = self._measure_step(parts)
-        started = time.perf_counter()
-        self._validate(parts.model, parts.loss_function, parts.val_images, parts.val_masks)
-        val_seconds = time.perf_counter() - started
-        epoch_end = val_seconds + WEIGHT_COPIES_PER_EPOCH * self._measure_save(parts) + EPOCH_OVERHEAD_SECONDS
-        used = time.perf_counter() - self._started
-        left = budget * 60 * (1 - BUDGET_RESERVE) - used - FINISH_SECONDS
-        epochs = min(cfg.training.epochs, max(1, int(EPOCH_END_SHARE * left // epoch_end)))
-        per_epoch = left / epochs - epoch_end
-        if per_epoch < MIN_STEPS_PER_EPOCH * step_seconds:  # too short for that many epochs: fewer, longer ones
-            epochs = max(1, int(left // (epoch_end + MIN_STEPS_PER_EPOCH * step_seconds)))
-            per_epoch = left / epochs - epoch_end
-        if self.dist is not None:  # every process must run the same epochs (their timings differ)
-            epochs = self.dist.minimum(epochs, self.device)
-            per_epoch = left / epochs - epoch_end
-        steps = max(1, int(per_epoch // step_seconds))
-        if self.dist is not None:
-            steps = self.dist.minimum(steps, self.device)
-        cfg.training.epochs, cfg.training.steps_per_epoch = epochs, steps
-        note = (
-            f"measured {step_seconds:.3g} s per step and {epoch_end:.3g} s per epoch end (validation "
-            f"{val_seconds:.3g} s) on {self.device}: "
-            f"{epochs} epochs of {steps} steps fit {budget:g} minutes"
-        )
+    def _write_run_description(self) -> None:
+        self.config.to_ini(self.run_dir / HYPERPARAMETERS, overwrite=True)
         if self.plan is not None:
-            self.plan.reasons["Training.steps_per_epoch"] = note
-            if epochs != self.plan.config.training.epochs:
-                self.plan.reasons["Training.epochs"] = note
-        self.callback(Message("time budget: " + note))
-
-    def _measure_save(self, parts: _Parts) -> float:
-        """Seconds to write the model's weights once into the run folder (a probe file, removed)."""
-        if not self.main:
-            return 0.0
-        probe = self.run_dir / ".save_probe.pth"
-        started = time.perf_counter()
-        try:
-            save_weights(probe, parts.model.state_dict())
-        finally:
-            probe.unlink(missing_ok=True)
-        return time.perf_counter() - started
-
-    def _measure_step(self, parts: _Parts) -> float:
-        """Seconds per training step, from a few real steps at a low learning rate (a warm-up that is
-        kept: on a slow machine these steps are a large part of the budget). Random states are put
-        back, so crops and augmentations afterwards are those of a run without the probe."""
-        cfg = self.config
-        global_rng, generator_rng = torch.get_rng_state(), parts.generator.get_state()
-        probe = TrainingCrops(
-            self.data,
-            parts.split.train,
-            cfg.data.crop_size,
-            cfg.data.crops_per_image,
-            cfg.training.batch_size,
-            np.random.default_rng(0),
-            steps=PROBE_STEPS + 1,
-            class_share=cfg.data.class_crops,
-        )
-        rates = [group["lr"] for group in parts.optimizer.param_groups]
-        for group in parts.optimizer.param_groups:
-            group["lr"] = group["lr"] / PROBE_LR_DIVISOR
-        parts.model.train()
-        threads = torch.get_num_threads()
-        # on a CPU shared with other processes one thread can be several times faster than all
-        # cores waiting on each other: the last probe step tries it, and the faster count stays
-        single = self.device.type == "cpu" and threads > 1
-        times: dict[int, list[float]] = {threads: [], 1: []}
-        for number, (images, masks) in enumerate(probe):
-            count = 1 if single and number == PROBE_STEPS else threads
-            torch.set_num_threads(count)
-            started = time.perf_counter()
-            self._step(parts, images, masks, 0, number)
-            if number > 0:  # the first step warms up
-                times[count].append(time.perf_counter() - started)
-        for group, rate in zip(parts.optimizer.param_groups, rates, strict=True):
-            group["lr"] = rate
-        torch.set_rng_state(global_rng)
-        parts.generator.set_state(generator_rng)
-        best = min((count for count in times if times[count]), key=lambda count: float(np.median(times[count])))
-        torch.set_num_threads(best)
-        if best != threads:
-            self.callback(Message(f"training with 1 thread: faster than {threads} on this busy CPU"))
-        return float(np.median(times[best]))
-
-    @torch.inference_mode()
-    def _validate(
-        self, model: nn.Module, loss_function: nn.Module, images: np.ndarray, masks: np.ndarray
-    ) -> tuple[float, ConfusionMatrix]:
-        cfg = self.config
-        model.eval()
-        matrix = ConfusionMatrix(
-            cfg.model.class_count,
-            average_precision=any(canonical_metric(m) == "AveragePrecision" for m in cfg.training.metrics),
-        )
-        weighted_loss, labelled = 0.0, 0
-        for start in range(0, len(images), cfg.training.batch_size):
-            x, y = to_device(
-                images[start : start + cfg.training.batch_size],
-                masks[start : start + cfg.training.batch_size],
-                self.device,
-                cfg.data.img_res,
-                channels_last=self.device.type == "cpu",
-            )
-            y = self._target(y)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = model(x)
-            logits = logits.float()
-            count = int((y != IGNORE).sum())
-            if count:
-                weighted_loss += float(loss_function(logits, y)) * count
-                labelled += count
-            probabilities = probabilities_from_logits(logits)
-            matrix.update(y, predicted_classes(probabilities, cfg.inference.threshold), probabilities)
-        return (weighted_loss / labelled if labelled else math.nan), matrix
+            self.plan.config = self.config
+            self.plan.write(self.run_dir)
+        used = {name: self.data.normalization(name) for name in self.data.datasets}
+        used["default"] = self.data.stats.get("default") or next(iter(used.values()))
+        if self.stage_one is not None:  # the image's statistics: the probabilities' are fixed
+            used = {name: self.stage_one.image_normalization(value) for name, value in used.items()}
+        write_stats_file(self.run_dir / "data_stats.json", used, overwrite=True)
+        info: dict[str, Any] = {
+            "in_channels": self.config.model.in_channels,
+            "class_names": self.data.class_names or default_class_names(self.data.class_count),
+            "class_colors": self.data.class_colors,
+            "datasets": self.data.datasets,
+            "input_dtypes": sorted({s.image.dtype.name for s in self.data.samples}),
+        }
+        if self.stage_one is not None:
+            self.stage_one.save(self.run_dir)
+            info["stage_one"] = self.stage_one.describe()
+        write_run_info(self.run_dir, info)
 
     def _write_epoch_outputs(self, history: list[dict[str, Any]], metrics: list[str], *, curves: bool) -> None:
         from ..atomic import atomic_write_text
@@ -875,6 +741,16 @@ class Trainer:
         atomic_write_text(self.run_dir / HISTORY, "\n".join(lines) + "\n", overwrite=True)
         if curves:
             save_learning_curves(self.run_dir / CURVES, history, metrics)
+
+    # ---- small helpers -------------------------------------------------------------------------
+
+    def _stop_requested(self) -> bool:
+        if self.dist is None:
+            return self.stop.requested
+        return self.dist.any(self.stop.requested, self.device)  # one process stopping stops all
+
+    def _target(self, y: torch.Tensor) -> torch.Tensor:
+        return y  # SCHISM's ignore_background (gray 0 = unlabeled) is applied when masks are read
 
 
 def train(
