@@ -15,11 +15,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import SchismError
 from .progress import TqdmProgress
+
+if TYPE_CHECKING:
+    from .planning import Plan
 
 EXIT_USER_ERROR = 2
 
@@ -231,7 +234,6 @@ def stop_on_interrupt(stop: Any) -> Iterator[None]:
 
 def command_train(arguments: argparse.Namespace) -> int:
     from .config import SchismConfig
-    from .data import load_dataset
     from .events import StopToken
     from .outputs import removed_on_failure
     from .runs import (
@@ -243,7 +245,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         read_run_config,
         remove_partial_files,
     )
-    from .training.trainer import Trainer
+    from .workflows import DatasetFolder, TrainRequest, prepare_training, run_training
 
     resume = arguments.resume is not None
     if resume:
@@ -290,111 +292,49 @@ def command_train(arguments: argparse.Namespace) -> int:
         # what a failed first epoch leaves worth keeping: a checkpoint to resume, the best weights to predict
         keep = (LAST_CHECKPOINT, best_weights_file(BEST_LOSS))
         held.enter_context(removed_on_failure(run_dir, created and main_process, keep_if=keep))
-        data = load_dataset(
-            arguments.data,
-            class_count=config.model.class_count,
-            ignore_index=config.data.ignore_index,
-            in_channels=config.model.in_channels,
-            mask=arguments.mask,
-            callback=progress,
-            write_stats=False,
-            planes=config.data.planes,
-            ignore_background=config.loss.ignore_background,
+        request = TrainRequest(
+            config,
+            DatasetFolder(arguments.data, config, mask=arguments.mask, callback=progress),
+            run_dir,
+            resume=resume,
+            classes_from_masks=classes_from_masks,
+            # processes split by a shared random seed: no held-out choice
+            held_out=int(os.environ.get("WORLD_SIZE", "1")) <= 1,
+            per_class=arguments.per_class,
         )
-        if resume and data.stats_path is None:
-            data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
-        plan = None if resume else _plan(config, data, classes_from_masks)
-        if plan is not None:
-            config = plan.config
-        stop = StopToken()
+        prepared = prepare_training(request)
+        if prepared.plan is not None:
+            _print_plan(prepared.plan)
         if arguments.per_class:
-            return _train_per_class(arguments, config, data, run_dir, progress, stop)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # processes split by a shared random seed: no held-out choice
-            with stop_on_interrupt(stop):
-                Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
-            return 0
-        split, training, held = _held_out(config, data, run_dir, resume)
-        from .stages import stage_one_positions
-
+            _check_per_class(arguments)
+        stop = StopToken()
         with stop_on_interrupt(stop):
-            result = Trainer(
-                config,
-                training,
-                run_dir,
-                split=split,
-                resume=resume,
-                callback=progress,
-                stop=stop,
-                plan=plan,
-                forest_positions=stage_one_positions(held),
-            ).run()
-        _choose_and_write(result, data, training, held, progress)
+            outcome = run_training(prepared, callback=progress, stop=stop)
+        if outcome.per_class is not None:
+            result = outcome.per_class
+            progress.write(
+                f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}"
+            )
+        elif outcome.selection is not None:
+            progress.write(f"chose {outcome.selection.describe()}; predictions from {outcome.run_dir} use it")
     return 0
 
 
-def _held_out(config: Any, data: Any, run_dir: Path, resume: bool) -> tuple[Any, Any, Any]:
-    """The split (the run folder's when resuming) and the labels held out from the network and the
-    forest, for the choice between them (see :mod:`schism_napari.selection`)."""
-    from .data.splits import make_split, read_split
-    from .selection import hold_out
-
-    if resume:
-        split = read_split(run_dir, data)
-    else:
-        t = config.training
-        split = make_split(len(data.samples), config.data.num_samples, t.val_split, t.seed)
-    training, held = hold_out(data, split.train + split.val, split.val)
-    return split, training, held
-
-
-def _choose_and_write(result: Any, data: Any, training: Any, held: Any, progress: Any) -> Any:
-    """Score the forest, the network and their average on the held-out labels; the run folder keeps
-    the choice (``selection.json``, and ``forest.npz`` when the forest takes part)."""
-    from .inference import Predictor
-    from .runs import load_trained_model
-    from .selection import choose, fit_forest
-
-    forest = None
-    if held.targets:  # a two-stage model's stage 1 is that forest already
-        forest = result.stage_one.forest if result.stage_one is not None else fit_forest(training, held)
-    network = load_trained_model(result.run_dir)  # the best-loss weights, as prediction will load them
-    predictor = Predictor.from_trained(network, device=result.config.training.device, forest=None)
-    selection = choose(lambda image: predictor.predict(image, rgb=True).probabilities, forest, data, held)
-    selection.write(result.run_dir, forest)
-    progress.write(f"chose {selection.describe()}; predictions from {result.run_dir} use it")
-    return selection
-
-
-def _plan(config: Any, data: Any, classes_from_masks: bool) -> Any:
-    """Fill the keys the INI left out from the data (see :mod:`schism_napari.planning`) and say why."""
-    from .devices import select_device
-    from .planning import plan_config
-
-    plan = plan_config(config, data, select_device(config.training.device).type)
-    if classes_from_masks:
-        plan.reasons["Model.num_classes"] = f"{config.model.num_classes} classes found in the masks"
+def _print_plan(plan: Plan) -> None:
+    """Say why each key the INI left out was planned from the data (see :mod:`schism_napari.planning`)."""
     for key, reason in plan.reasons.items():
         if "." in key:
             section, name = key.split(".", 1)
             # a report, not progress: stdout, so stderr keeps one line when something then fails
             print(f"plan: [{section}] {name} = {getattr(plan.config.section(section), name)}  ({reason})")
-    return plan
 
 
-def _train_per_class(
-    arguments: argparse.Namespace, config: Any, data: Any, run_dir: Path, progress: Any, stop: Any
-) -> int:
-    """``train --per-class``: one-vs-rest members and a stacker, written as one run folder."""
-    from .training.per_class import train_per_class
-
+def _check_per_class(arguments: argparse.Namespace) -> None:
+    """``train --per-class``: one-vs-rest members and a stacker, written as one new run folder."""
     if arguments.resume is not None:
         raise SchismError("--per-class cannot --resume; train a new run folder")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SchismError("--per-class runs in one process; start it without torchrun")
-    with stop_on_interrupt(stop):
-        result = train_per_class(config, data, run_dir, callback=progress, stop=stop)
-    progress.write(f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}")
-    return 0
 
 
 def _classes_from_masks(data: Path, mask: Path | None) -> int:
@@ -407,14 +347,6 @@ def _classes_from_masks(data: Path, mask: Path | None) -> int:
     if count is None:
         raise SchismError(f"--data {data}: the mask values fit no class encoding; set [Model] num_classes in an INI")
     return count
-
-
-def _run_stats(run_dir: Path, computed: dict[str, Any]) -> dict[str, Any]:
-    from .data.dataset import STATS_FILE
-    from .data.normalization import read_stats_file
-
-    path = Path(run_dir) / STATS_FILE
-    return read_stats_file(path) if path.is_file() else computed
 
 
 def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
