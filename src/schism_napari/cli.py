@@ -22,7 +22,11 @@ from .errors import SchismError
 from .progress import TqdmProgress
 
 if TYPE_CHECKING:
+    from .data.dataset import SegmentationData
+    from .inference import Predictor
     from .planning import Plan
+    from .runs import TrainedModel
+    from .workflows import Predictors, PredictRequest
 
 EXIT_USER_ERROR = 2
 
@@ -365,75 +369,32 @@ def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
         raise
 
 
-def _predictor(arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None) -> tuple[Any, Any]:
-    """The first run's TrainedModel and the predictor: one run's, or the ensemble of several.
-    ``dataset`` picks a SCHISM run's normalisation (its data_stats entry for that dataset)."""
-    from .inference.ensemble import EnsemblePredictor
+def _predict_request(arguments: argparse.Namespace, dataset: str | None = None) -> PredictRequest:
+    """The run folder(s) and the inference options of ``predict`` or ``evaluate``. ``dataset`` picks
+    a SCHISM run's normalisation (its data_stats entry for that dataset)."""
+    from .workflows import InferenceOverrides, PredictRequest
 
-    trained, predictors = _member_predictors(arguments, callback, dataset)
-    if len(predictors) == 1:
-        return trained[0], predictors[0]
-    return trained[0], EnsemblePredictor(predictors, names=[str(w) for w in _weights(arguments)])
+    overrides = InferenceOverrides(
+        tile_size=arguments.tile_size,
+        overlap=arguments.overlap,
+        halo=arguments.halo,
+        batch_size=arguments.batch_size,
+        tta=arguments.tta,
+        planes=getattr(arguments, "planes", None),
+        voxel_ratio=getattr(arguments, "voxel_ratio", None),
+    )
+    return PredictRequest(
+        runs=_weights(arguments),
+        metric=arguments.metric,
+        dataset=dataset,
+        overrides=overrides,
+        device=arguments.device,
+        threads=arguments.threads,
+    )
 
 
 def _weights(arguments: argparse.Namespace) -> list[Path]:
     return arguments.weights if isinstance(arguments.weights, list) else [arguments.weights]
-
-
-def _member_predictors(
-    arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None
-) -> tuple[list[Any], list[Any]]:
-    from .inference.ensemble import load_members
-
-    members = load_members(_weights(arguments), arguments.metric, dataset=dataset)
-    # members predict in lockstep: the first one's progress stands for all (one progress bar)
-    predictors = [
-        _member_predictor(arguments, trained, callback if i == 0 else None) for i, trained in enumerate(members)
-    ]
-    return members, predictors
-
-
-def _member_predictor(arguments: argparse.Namespace, trained: Any, callback: Any = None) -> Any:
-    from .inference import Predictor
-
-    settings = trained.config.inference
-    if arguments.tile_size is not None:
-        settings.tile_size = arguments.tile_size
-    if arguments.overlap is not None:
-        settings.overlap = arguments.overlap
-    if arguments.halo is not None:
-        settings.halo = arguments.halo
-    if arguments.batch_size is not None:
-        settings.batch_size = arguments.batch_size
-    if arguments.tta:
-        settings.tta = True
-    if getattr(arguments, "planes", None) is not None:
-        settings.planes = arguments.planes
-    if getattr(arguments, "voxel_ratio", None) is not None:
-        settings.voxel_ratio = arguments.voxel_ratio
-    settings.validate(source="command line")
-    from .resources import apply_threads
-
-    apply_threads(arguments.threads)
-    options = {} if callback is None else {"callback": callback}
-    return Predictor.from_trained(trained, settings=settings, device=arguments.device, **options)
-
-
-def _planar(arguments: argparse.Namespace, predictor: Any, settings: Any, path: Path) -> Any:
-    """Wrap the predictor for [Inference] planes = xyz, with the voxel ratio given or read from ``path``."""
-    from .data.video import is_video
-    from .inference.planes import DEFAULT_SLAB_DEPTH, planar_predictor, voxel_ratio_from_file
-
-    if settings.planes == "xy":
-        return predictor
-    if is_video(path):
-        raise SchismError(f"{path}: a video's frames are moments, not slices of a volume; use --planes xy")
-    ratio = settings.voxel_ratio if settings.voxel_ratio is not None else voxel_ratio_from_file(path)
-    slab = arguments.slab_depth or (DEFAULT_SLAB_DEPTH if getattr(arguments, "zarr", False) else None)
-    try:
-        return planar_predictor(predictor, settings.planes, voxel_ratio=ratio, slab_depth=slab)
-    except SchismError as error:
-        raise SchismError(f"{path}: {error}") from None
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
@@ -441,8 +402,10 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from .data.discovery import list_image_files
     from .data.io import gray_levels
     from .inference.files import predict_to_files
+    from .inference.planes import DEFAULT_SLAB_DEPTH
     from .inputs import CheckedSlices
     from .outputs import output_folder, removed_on_failure
+    from .workflows import build_predictors, planar
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
     if arguments.dask_scheduler or arguments.workers:
@@ -460,12 +423,12 @@ def command_predict(arguments: argparse.Namespace) -> int:
                 raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
     _check_video_options(arguments, inputs)
     progress = TqdmProgress()
-    loaded: dict[str | None, tuple[Any, Any]] = {}
+    loaded: dict[str | None, Predictors] = {}
 
-    def predictor_for(path: Path) -> tuple[Any, Any]:
+    def predictor_for(path: Path) -> Predictors:
         dataset = schism_dataset_name(path)  # a SCHISM run normalises with that dataset's stats
         if dataset not in loaded:
-            loaded[dataset] = _predictor(arguments, progress, dataset)
+            loaded[dataset] = build_predictors(_predict_request(arguments, dataset), callback=progress)
         return loaded[dataset]
 
     targets = [
@@ -479,14 +442,17 @@ def command_predict(arguments: argparse.Namespace) -> int:
     # outputs claimed at once: a second command writing the same files is refused before any work
     with removed_on_failure(out, created), claimed_outputs(targets):
         planned: list[int] = []
-        opened = [_open_checked(arguments, path, predictor_for(path)[0], out, planned) for path, *_ in plans]
+        opened = [_open_checked(arguments, path, predictor_for(path).first, out, planned) for path, *_ in plans]
         for (path, labels_path, probabilities_path), (slices, view, voxel_size) in zip(plans, opened, strict=True):
-            trained, predictor = predictor_for(path)
+            predictors = predictor_for(path)
+            trained = predictors.first
             levels = gray_levels(trained.class_count) if gray else None
             labels_path.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
+            # [Inference] planes = xyz: the mean of the XY, XZ and YZ passes, the voxel ratio given or the file's
+            slab = arguments.slab_depth or (DEFAULT_SLAB_DEPTH if arguments.zarr else None)
             written = predict_to_files(
-                _planar(arguments, predictor, trained.config.inference, path),
+                planar(predictors.predictor, trained.config.inference, slab_depth=slab, source=path),
                 slices,
                 labels_path,
                 probabilities_path if arguments.probabilities else None,
@@ -541,7 +507,7 @@ def _output_plans(arguments: argparse.Namespace, inputs: list[Path]) -> list[tup
 
 
 def _open_checked(
-    arguments: argparse.Namespace, path: Path, trained: Any, out: Path, planned: list[int]
+    arguments: argparse.Namespace, path: Path, trained: TrainedModel, out: Path, planned: list[int]
 ) -> tuple[Any, Any, Any]:
     """Open one input lazily (a video frame by frame) and check it (channels, size against memory
     and disk, beside the ``planned`` outputs of the inputs before it, to which its own are added)
@@ -589,7 +555,7 @@ def _check_video_options(arguments: argparse.Namespace, inputs: list[Path]) -> N
         raise SchismError("--max-frames and --every apply to video inputs (.mp4, .avi, ...)")
 
 
-def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Any) -> Path:
+def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: TrainedModel) -> Path:
     import tifffile
 
     from .data.video import write_overlay
@@ -689,19 +655,13 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     from .data.splits import read_split
     from .evaluation import evaluate
     from .schism_runs import locate_run
+    from .workflows import build_predictors, dataset_options
 
-    members, predictors = _member_predictors(arguments)
-    trained = members[0]
-    config = trained.config
-    data = load_dataset(
-        arguments.data,
-        class_count=config.model.class_count,
-        ignore_index=config.data.ignore_index,
-        in_channels=trained.in_channels,
-        mask=arguments.mask,
-        write_stats=False,
-        ignore_background=config.loss.ignore_background,
-    )
+    built = build_predictors(_predict_request(arguments))
+    members, predictors = built.members, built.each
+    trained = built.first
+    options = dataset_options(trained.config, in_channels=trained.in_channels)
+    data = load_dataset(arguments.data, mask=arguments.mask, write_stats=False, **options)
     runs = [locate_run(run) for run in _weights(arguments)]  # a SCHISM run: the folder it was given holds it
     positions = read_split(runs[0], data).part(arguments.split)
     if not positions:
@@ -732,7 +692,12 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _evaluate_ensemble(
-    arguments: argparse.Namespace, runs: list[Path], members: Any, predictors: Any, data: Any, positions: Any
+    arguments: argparse.Namespace,
+    runs: list[Path],
+    members: list[TrainedModel],
+    predictors: list[Predictor],
+    data: SegmentationData,
+    positions: list[int],
 ) -> int:
     """Each member, then the ensemble, on the same images (the first run's split); one CSV for all."""
     from .atomic import atomic_write_text

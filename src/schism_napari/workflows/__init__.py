@@ -5,6 +5,7 @@ calls the workflow; the engines (:mod:`schism_napari.training`, :mod:`schism_nap
 stay unaware of front ends. Nothing here imports Qt, and torch only when a request runs.
 """
 
+from .predict import AnyPredictor, InferenceOverrides, Predictors, PredictRequest, build_predictors, planar
 from .train import (
     DatasetFolder,
     DataSource,
