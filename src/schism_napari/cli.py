@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .inference import Predictor
     from .planning import Plan
     from .runs import TrainedModel
-    from .workflows import Predictors, PredictRequest
+    from .workflows import InferenceOverrides, Predictors, PredictRequest
 
 EXIT_USER_ERROR = 2
 
@@ -369,12 +370,11 @@ def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
         raise
 
 
-def _predict_request(arguments: argparse.Namespace, dataset: str | None = None) -> PredictRequest:
-    """The run folder(s) and the inference options of ``predict`` or ``evaluate``. ``dataset`` picks
-    a SCHISM run's normalisation (its data_stats entry for that dataset)."""
-    from .workflows import InferenceOverrides, PredictRequest
+def _inference_overrides(arguments: argparse.Namespace) -> InferenceOverrides:
+    """The inference options given on the command line, over each run's [Inference]."""
+    from .workflows import InferenceOverrides
 
-    overrides = InferenceOverrides(
+    return InferenceOverrides(
         tile_size=arguments.tile_size,
         overlap=arguments.overlap,
         halo=arguments.halo,
@@ -383,11 +383,18 @@ def _predict_request(arguments: argparse.Namespace, dataset: str | None = None) 
         planes=getattr(arguments, "planes", None),
         voxel_ratio=getattr(arguments, "voxel_ratio", None),
     )
+
+
+def _predict_request(arguments: argparse.Namespace, dataset: str | None = None) -> PredictRequest:
+    """The run folder(s) and the inference options of ``predict`` or ``evaluate``. ``dataset`` picks
+    a SCHISM run's normalisation (its data_stats entry for that dataset)."""
+    from .workflows import PredictRequest
+
     return PredictRequest(
         runs=_weights(arguments),
         metric=arguments.metric,
         dataset=dataset,
-        overrides=overrides,
+        overrides=_inference_overrides(arguments),
         device=arguments.device,
         threads=arguments.threads,
     )
@@ -594,12 +601,9 @@ def command_predict_distributed(arguments: argparse.Namespace) -> int:
     if len(weights) > 1:
         raise SchismError("--dask-scheduler/--workers predict with one run folder; give one --weights")
     trained = load_trained_model(weights[0], arguments.metric)
-    settings = trained.config.inference
-    for name in ("tile_size", "overlap", "halo", "batch_size"):
-        if getattr(arguments, name) is not None:
-            setattr(settings, name, getattr(arguments, name))
-    settings.tta = settings.tta or arguments.tta
-    settings.validate(source="command line")
+    # the workers tile each slice as one run does: planes and voxel ratio do not apply
+    overrides = dataclasses.replace(_inference_overrides(arguments), planes=None, voxel_ratio=None)
+    settings = overrides.apply(trained.config.inference)
     threads = arguments.threads
     if threads is None and not arguments.dask_scheduler:  # a local cluster shares this machine's free cores
         threads = max(1, choose_threads() // arguments.workers)
