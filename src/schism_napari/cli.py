@@ -24,6 +24,7 @@ from .progress import TqdmProgress
 
 if TYPE_CHECKING:
     from .data.dataset import SegmentationData
+    from .events import StopToken
     from .inference import Predictor
     from .planning import Plan
     from .runs import TrainedModel
@@ -214,7 +215,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_interrupt(stop: Any) -> Iterator[None]:
+def stop_on_interrupt(stop: StopToken) -> Iterator[None]:
     """First Ctrl-C asks the loop to stop after this batch; the second one aborts."""
 
     def handler(signum: int, frame: Any) -> None:

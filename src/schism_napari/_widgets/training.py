@@ -443,7 +443,9 @@ def _forest_preview(
 
 
 def _take_model(
-    viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None, Plan, TrainedModel]
+    viewer: Any,
+    session: Session,
+    returned: tuple[TrainingResult, SegmentationData, np.ndarray | None, Plan, TrainedModel],
 ) -> None:
     """In the GUI thread, whether or not a dock is open: the new model (the network, the forest or
     their average, as the held-out strokes chose) joins the session, the form shows the planned
