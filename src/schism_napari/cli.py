@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import SchismError
 from .progress import TqdmProgress
+
+if TYPE_CHECKING:
+    from .data.dataset import SegmentationData
+    from .events import StopToken
+    from .inference import Predictor
+    from .planning import Plan
+    from .runs import TrainedModel
+    from .workflows import InferenceOverrides, Predictors, PredictRequest
 
 EXIT_USER_ERROR = 2
 
@@ -206,7 +215,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_interrupt(stop: Any) -> Iterator[None]:
+def stop_on_interrupt(stop: StopToken) -> Iterator[None]:
     """First Ctrl-C asks the loop to stop after this batch; the second one aborts."""
 
     def handler(signum: int, frame: Any) -> None:
@@ -231,7 +240,6 @@ def stop_on_interrupt(stop: Any) -> Iterator[None]:
 
 def command_train(arguments: argparse.Namespace) -> int:
     from .config import SchismConfig
-    from .data import load_dataset
     from .events import StopToken
     from .outputs import removed_on_failure
     from .runs import (
@@ -243,7 +251,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         read_run_config,
         remove_partial_files,
     )
-    from .training.trainer import Trainer
+    from .workflows import DatasetFolder, TrainRequest, prepare_training, run_training
 
     resume = arguments.resume is not None
     if resume:
@@ -290,111 +298,49 @@ def command_train(arguments: argparse.Namespace) -> int:
         # what a failed first epoch leaves worth keeping: a checkpoint to resume, the best weights to predict
         keep = (LAST_CHECKPOINT, best_weights_file(BEST_LOSS))
         held.enter_context(removed_on_failure(run_dir, created and main_process, keep_if=keep))
-        data = load_dataset(
-            arguments.data,
-            class_count=config.model.class_count,
-            ignore_index=config.data.ignore_index,
-            in_channels=config.model.in_channels,
-            mask=arguments.mask,
-            callback=progress,
-            write_stats=False,
-            planes=config.data.planes,
-            ignore_background=config.loss.ignore_background,
+        request = TrainRequest(
+            config,
+            DatasetFolder(arguments.data, config, mask=arguments.mask, callback=progress),
+            run_dir,
+            resume=resume,
+            classes_from_masks=classes_from_masks,
+            # processes split by a shared random seed: no held-out choice
+            held_out=int(os.environ.get("WORLD_SIZE", "1")) <= 1,
+            per_class=arguments.per_class,
         )
-        if resume and data.stats_path is None:
-            data.stats = _run_stats(run_dir, data.stats)  # the normalisation the run started with
-        plan = None if resume else _plan(config, data, classes_from_masks)
-        if plan is not None:
-            config = plan.config
-        stop = StopToken()
+        prepared = prepare_training(request)
+        if prepared.plan is not None:
+            _print_plan(prepared.plan)
         if arguments.per_class:
-            return _train_per_class(arguments, config, data, run_dir, progress, stop)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # processes split by a shared random seed: no held-out choice
-            with stop_on_interrupt(stop):
-                Trainer(config, data, run_dir, resume=resume, callback=progress, stop=stop, plan=plan).run()
-            return 0
-        split, training, held = _held_out(config, data, run_dir, resume)
-        from .stages import stage_one_positions
-
+            _check_per_class(arguments)
+        stop = StopToken()
         with stop_on_interrupt(stop):
-            result = Trainer(
-                config,
-                training,
-                run_dir,
-                split=split,
-                resume=resume,
-                callback=progress,
-                stop=stop,
-                plan=plan,
-                forest_positions=stage_one_positions(held),
-            ).run()
-        _choose_and_write(result, data, training, held, progress)
+            outcome = run_training(prepared, callback=progress, stop=stop)
+        if outcome.per_class is not None:
+            result = outcome.per_class
+            progress.write(
+                f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}"
+            )
+        elif outcome.selection is not None:
+            progress.write(f"chose {outcome.selection.describe()}; predictions from {outcome.run_dir} use it")
     return 0
 
 
-def _held_out(config: Any, data: Any, run_dir: Path, resume: bool) -> tuple[Any, Any, Any]:
-    """The split (the run folder's when resuming) and the labels held out from the network and the
-    forest, for the choice between them (see :mod:`schism_napari.selection`)."""
-    from .data.splits import make_split, read_split
-    from .selection import hold_out
-
-    if resume:
-        split = read_split(run_dir, data)
-    else:
-        t = config.training
-        split = make_split(len(data.samples), config.data.num_samples, t.val_split, t.seed)
-    training, held = hold_out(data, split.train + split.val, split.val)
-    return split, training, held
-
-
-def _choose_and_write(result: Any, data: Any, training: Any, held: Any, progress: Any) -> Any:
-    """Score the forest, the network and their average on the held-out labels; the run folder keeps
-    the choice (``selection.json``, and ``forest.npz`` when the forest takes part)."""
-    from .inference import Predictor
-    from .runs import load_trained_model
-    from .selection import choose, fit_forest
-
-    forest = None
-    if held.targets:  # a two-stage model's stage 1 is that forest already
-        forest = result.stage_one.forest if result.stage_one is not None else fit_forest(training, held)
-    network = load_trained_model(result.run_dir)  # the best-loss weights, as prediction will load them
-    predictor = Predictor.from_trained(network, device=result.config.training.device, forest=None)
-    selection = choose(lambda image: predictor.predict(image, rgb=True).probabilities, forest, data, held)
-    selection.write(result.run_dir, forest)
-    progress.write(f"chose {selection.describe()}; predictions from {result.run_dir} use it")
-    return selection
-
-
-def _plan(config: Any, data: Any, classes_from_masks: bool) -> Any:
-    """Fill the keys the INI left out from the data (see :mod:`schism_napari.planning`) and say why."""
-    from .devices import select_device
-    from .planning import plan_config
-
-    plan = plan_config(config, data, select_device(config.training.device).type)
-    if classes_from_masks:
-        plan.reasons["Model.num_classes"] = f"{config.model.num_classes} classes found in the masks"
+def _print_plan(plan: Plan) -> None:
+    """Say why each key the INI left out was planned from the data (see :mod:`schism_napari.planning`)."""
     for key, reason in plan.reasons.items():
         if "." in key:
             section, name = key.split(".", 1)
             # a report, not progress: stdout, so stderr keeps one line when something then fails
             print(f"plan: [{section}] {name} = {getattr(plan.config.section(section), name)}  ({reason})")
-    return plan
 
 
-def _train_per_class(
-    arguments: argparse.Namespace, config: Any, data: Any, run_dir: Path, progress: Any, stop: Any
-) -> int:
-    """``train --per-class``: one-vs-rest members and a stacker, written as one run folder."""
-    from .training.per_class import train_per_class
-
+def _check_per_class(arguments: argparse.Namespace) -> None:
+    """``train --per-class``: one-vs-rest members and a stacker, written as one new run folder."""
     if arguments.resume is not None:
         raise SchismError("--per-class cannot --resume; train a new run folder")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SchismError("--per-class runs in one process; start it without torchrun")
-    with stop_on_interrupt(stop):
-        result = train_per_class(config, data, run_dir, callback=progress, stop=stop)
-    progress.write(f"per-class run ({len(result.member_runs)} members + stacker) in {result.seconds:.0f}s: {run_dir}")
-    return 0
 
 
 def _classes_from_masks(data: Path, mask: Path | None) -> int:
@@ -407,14 +353,6 @@ def _classes_from_masks(data: Path, mask: Path | None) -> int:
     if count is None:
         raise SchismError(f"--data {data}: the mask values fit no class encoding; set [Model] num_classes in an INI")
     return count
-
-
-def _run_stats(run_dir: Path, computed: dict[str, Any]) -> dict[str, Any]:
-    from .data.dataset import STATS_FILE
-    from .data.normalization import read_stats_file
-
-    path = Path(run_dir) / STATS_FILE
-    return read_stats_file(path) if path.is_file() else computed
 
 
 def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
@@ -433,75 +371,38 @@ def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
         raise
 
 
-def _predictor(arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None) -> tuple[Any, Any]:
-    """The first run's TrainedModel and the predictor: one run's, or the ensemble of several.
-    ``dataset`` picks a SCHISM run's normalisation (its data_stats entry for that dataset)."""
-    from .inference.ensemble import EnsemblePredictor
+def _inference_overrides(arguments: argparse.Namespace) -> InferenceOverrides:
+    """The inference options given on the command line, over each run's [Inference]."""
+    from .workflows import InferenceOverrides
 
-    trained, predictors = _member_predictors(arguments, callback, dataset)
-    if len(predictors) == 1:
-        return trained[0], predictors[0]
-    return trained[0], EnsemblePredictor(predictors, names=[str(w) for w in _weights(arguments)])
+    return InferenceOverrides(
+        tile_size=arguments.tile_size,
+        overlap=arguments.overlap,
+        halo=arguments.halo,
+        batch_size=arguments.batch_size,
+        tta=arguments.tta,
+        planes=getattr(arguments, "planes", None),
+        voxel_ratio=getattr(arguments, "voxel_ratio", None),
+    )
+
+
+def _predict_request(arguments: argparse.Namespace, dataset: str | None = None) -> PredictRequest:
+    """The run folder(s) and the inference options of ``predict`` or ``evaluate``. ``dataset`` picks
+    a SCHISM run's normalisation (its data_stats entry for that dataset)."""
+    from .workflows import PredictRequest
+
+    return PredictRequest(
+        runs=_weights(arguments),
+        metric=arguments.metric,
+        dataset=dataset,
+        overrides=_inference_overrides(arguments),
+        device=arguments.device,
+        threads=arguments.threads,
+    )
 
 
 def _weights(arguments: argparse.Namespace) -> list[Path]:
     return arguments.weights if isinstance(arguments.weights, list) else [arguments.weights]
-
-
-def _member_predictors(
-    arguments: argparse.Namespace, callback: Any = None, dataset: str | None = None
-) -> tuple[list[Any], list[Any]]:
-    from .inference.ensemble import load_members
-
-    members = load_members(_weights(arguments), arguments.metric, dataset=dataset)
-    # members predict in lockstep: the first one's progress stands for all (one progress bar)
-    predictors = [
-        _member_predictor(arguments, trained, callback if i == 0 else None) for i, trained in enumerate(members)
-    ]
-    return members, predictors
-
-
-def _member_predictor(arguments: argparse.Namespace, trained: Any, callback: Any = None) -> Any:
-    from .inference import Predictor
-
-    settings = trained.config.inference
-    if arguments.tile_size is not None:
-        settings.tile_size = arguments.tile_size
-    if arguments.overlap is not None:
-        settings.overlap = arguments.overlap
-    if arguments.halo is not None:
-        settings.halo = arguments.halo
-    if arguments.batch_size is not None:
-        settings.batch_size = arguments.batch_size
-    if arguments.tta:
-        settings.tta = True
-    if getattr(arguments, "planes", None) is not None:
-        settings.planes = arguments.planes
-    if getattr(arguments, "voxel_ratio", None) is not None:
-        settings.voxel_ratio = arguments.voxel_ratio
-    settings.validate(source="command line")
-    from .resources import apply_threads
-
-    apply_threads(arguments.threads)
-    options = {} if callback is None else {"callback": callback}
-    return Predictor.from_trained(trained, settings=settings, device=arguments.device, **options)
-
-
-def _planar(arguments: argparse.Namespace, predictor: Any, settings: Any, path: Path) -> Any:
-    """Wrap the predictor for [Inference] planes = xyz, with the voxel ratio given or read from ``path``."""
-    from .data.video import is_video
-    from .inference.planes import DEFAULT_SLAB_DEPTH, planar_predictor, voxel_ratio_from_file
-
-    if settings.planes == "xy":
-        return predictor
-    if is_video(path):
-        raise SchismError(f"{path}: a video's frames are moments, not slices of a volume; use --planes xy")
-    ratio = settings.voxel_ratio if settings.voxel_ratio is not None else voxel_ratio_from_file(path)
-    slab = arguments.slab_depth or (DEFAULT_SLAB_DEPTH if getattr(arguments, "zarr", False) else None)
-    try:
-        return planar_predictor(predictor, settings.planes, voxel_ratio=ratio, slab_depth=slab)
-    except SchismError as error:
-        raise SchismError(f"{path}: {error}") from None
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
@@ -509,8 +410,10 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from .data.discovery import list_image_files
     from .data.io import gray_levels
     from .inference.files import predict_to_files
+    from .inference.planes import DEFAULT_SLAB_DEPTH
     from .inputs import CheckedSlices
     from .outputs import output_folder, removed_on_failure
+    from .workflows import build_predictors, planar
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
     if arguments.dask_scheduler or arguments.workers:
@@ -528,12 +431,12 @@ def command_predict(arguments: argparse.Namespace) -> int:
                 raise SchismError(f"{target} already exists; not overwriting it (choose another --out)")
     _check_video_options(arguments, inputs)
     progress = TqdmProgress()
-    loaded: dict[str | None, tuple[Any, Any]] = {}
+    loaded: dict[str | None, Predictors] = {}
 
-    def predictor_for(path: Path) -> tuple[Any, Any]:
+    def predictor_for(path: Path) -> Predictors:
         dataset = schism_dataset_name(path)  # a SCHISM run normalises with that dataset's stats
         if dataset not in loaded:
-            loaded[dataset] = _predictor(arguments, progress, dataset)
+            loaded[dataset] = build_predictors(_predict_request(arguments, dataset), callback=progress)
         return loaded[dataset]
 
     targets = [
@@ -547,14 +450,17 @@ def command_predict(arguments: argparse.Namespace) -> int:
     # outputs claimed at once: a second command writing the same files is refused before any work
     with removed_on_failure(out, created), claimed_outputs(targets):
         planned: list[int] = []
-        opened = [_open_checked(arguments, path, predictor_for(path)[0], out, planned) for path, *_ in plans]
+        opened = [_open_checked(arguments, path, predictor_for(path).first, out, planned) for path, *_ in plans]
         for (path, labels_path, probabilities_path), (slices, view, voxel_size) in zip(plans, opened, strict=True):
-            trained, predictor = predictor_for(path)
+            predictors = predictor_for(path)
+            trained = predictors.first
             levels = gray_levels(trained.class_count) if gray else None
             labels_path.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
+            # [Inference] planes = xyz: the mean of the XY, XZ and YZ passes, the voxel ratio given or the file's
+            slab = arguments.slab_depth or (DEFAULT_SLAB_DEPTH if arguments.zarr else None)
             written = predict_to_files(
-                _planar(arguments, predictor, trained.config.inference, path),
+                planar(predictors.predictor, trained.config.inference, slab_depth=slab, source=path),
                 slices,
                 labels_path,
                 probabilities_path if arguments.probabilities else None,
@@ -609,7 +515,7 @@ def _output_plans(arguments: argparse.Namespace, inputs: list[Path]) -> list[tup
 
 
 def _open_checked(
-    arguments: argparse.Namespace, path: Path, trained: Any, out: Path, planned: list[int]
+    arguments: argparse.Namespace, path: Path, trained: TrainedModel, out: Path, planned: list[int]
 ) -> tuple[Any, Any, Any]:
     """Open one input lazily (a video frame by frame) and check it (channels, size against memory
     and disk, beside the ``planned`` outputs of the inputs before it, to which its own are added)
@@ -657,7 +563,7 @@ def _check_video_options(arguments: argparse.Namespace, inputs: list[Path]) -> N
         raise SchismError("--max-frames and --every apply to video inputs (.mp4, .avi, ...)")
 
 
-def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Any) -> Path:
+def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: TrainedModel) -> Path:
     import tifffile
 
     from .data.video import write_overlay
@@ -696,12 +602,9 @@ def command_predict_distributed(arguments: argparse.Namespace) -> int:
     if len(weights) > 1:
         raise SchismError("--dask-scheduler/--workers predict with one run folder; give one --weights")
     trained = load_trained_model(weights[0], arguments.metric)
-    settings = trained.config.inference
-    for name in ("tile_size", "overlap", "halo", "batch_size"):
-        if getattr(arguments, name) is not None:
-            setattr(settings, name, getattr(arguments, name))
-    settings.tta = settings.tta or arguments.tta
-    settings.validate(source="command line")
+    # the workers tile each slice as one run does: planes and voxel ratio do not apply
+    overrides = dataclasses.replace(_inference_overrides(arguments), planes=None, voxel_ratio=None)
+    settings = overrides.apply(trained.config.inference)
     threads = arguments.threads
     if threads is None and not arguments.dask_scheduler:  # a local cluster shares this machine's free cores
         threads = max(1, choose_threads() // arguments.workers)
@@ -757,19 +660,13 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     from .data.splits import read_split
     from .evaluation import evaluate
     from .schism_runs import locate_run
+    from .workflows import build_predictors, dataset_options
 
-    members, predictors = _member_predictors(arguments)
-    trained = members[0]
-    config = trained.config
-    data = load_dataset(
-        arguments.data,
-        class_count=config.model.class_count,
-        ignore_index=config.data.ignore_index,
-        in_channels=trained.in_channels,
-        mask=arguments.mask,
-        write_stats=False,
-        ignore_background=config.loss.ignore_background,
-    )
+    built = build_predictors(_predict_request(arguments))
+    members, predictors = built.members, built.each
+    trained = built.first
+    options = dataset_options(trained.config, in_channels=trained.in_channels)
+    data = load_dataset(arguments.data, mask=arguments.mask, write_stats=False, **options)
     runs = [locate_run(run) for run in _weights(arguments)]  # a SCHISM run: the folder it was given holds it
     positions = read_split(runs[0], data).part(arguments.split)
     if not positions:
@@ -800,7 +697,12 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _evaluate_ensemble(
-    arguments: argparse.Namespace, runs: list[Path], members: Any, predictors: Any, data: Any, positions: Any
+    arguments: argparse.Namespace,
+    runs: list[Path],
+    members: list[TrainedModel],
+    predictors: list[Predictor],
+    data: SegmentationData,
+    positions: list[int],
 ) -> int:
     """Each member, then the ensemble, on the same images (the first run's split); one CSV for all."""
     from .atomic import atomic_write_text

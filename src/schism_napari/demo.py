@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SchismConfig
-from .data import load_dataset, samples_from_arrays
+from .data import samples_from_arrays
 from .data.io import read_image
 from .evaluation import Evaluation, evaluate
 from .events import Message, ProgressCallback, ignore_events
-from .inference import Predictor, Slices
+from .inference import Slices
 from .inference.files import predict_to_files
-from .runs import load_trained_model, prepare_run_dir
+from .runs import prepare_run_dir
 from .sample import SampleFiles, write_sample
-from .training.trainer import Trainer
+from .workflows import DatasetFolder, PredictRequest, TrainRequest, build_predictors, train
 
 DEMO_EPOCHS = 12
 
@@ -38,12 +38,14 @@ def run_demo(out: str | Path, *, epochs: int | None = None, callback: ProgressCa
     config.data.num_samples = 20
     config.data.crops_per_image = 3
     config.validate()
-    data = load_dataset(sample.datasets, class_count=config.model.class_count, callback=callback)
     run_dir = root / "run"
-    Trainer(config, data, run_dir, callback=callback).run()
+    data = DatasetFolder(sample.datasets, config, callback=callback, planes=False)
+    # the demo's settings as they are: no plan, no held-out choice
+    train(TrainRequest(config, data, run_dir, planned=False, held_out=False), callback=callback)
 
-    trained = load_trained_model(run_dir, "loss")
-    predictor = Predictor.from_trained(trained, callback=callback)
+    request = PredictRequest(runs=[run_dir], metric="loss", set_threads=False)
+    predictors = build_predictors(request, callback=callback)
+    trained, predictor = predictors.first, predictors.each[0]  # one run: its own predictor
     predictions = root / "predictions"
     volume_labels, volume_probabilities = predict_to_files(
         predictor,

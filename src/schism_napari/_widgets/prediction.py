@@ -91,7 +91,11 @@ PROBABILITY_STYLE = {
 if TYPE_CHECKING:
     import napari
 
+    from ..config import InferenceConfig
+    from ..events import ProgressCallback, StopToken
+    from ..inference import PredictionResult
     from ..runs import TrainedModel
+    from ..workflows.predict import AnyPredictor
 
 
 class PredictionWidget(FollowsJob, Container):
@@ -920,31 +924,42 @@ def _slices_per_turn(shape: tuple[int, ...]) -> int:
 
 
 def _predictor(
-    model: Any, settings: Any, runs: list[Path], *, callback: Any, stop: Any, slab_depth: int | None = None
-) -> Any:
+    model: TrainedModel,
+    settings: InferenceConfig,
+    runs: list[Path],
+    *,
+    callback: ProgressCallback,
+    stop: StopToken,
+    slab_depth: int | None = None,
+) -> AnyPredictor:
     """In the worker: the model's predictor (or the mean of it and ``runs``; tri-planar for
     ``settings.planes = xyz``, in slabs of ``slab_depth``); torch is imported here, not at dock time."""
-    from ..inference import Predictor
-    from ..inference.ensemble import EnsemblePredictor, load_members
-    from ..inference.planes import planar_predictor
-    from ..resources import apply_threads
+    from ..workflows import PredictRequest, build_predictors, planar
 
-    apply_threads(model.config.training.threads, leave_for_gui=True)  # one core stays with the GUI
+    request = PredictRequest(
+        runs=runs,
+        model=model,
+        metric=BEST_LOSS,
+        settings=settings,
+        device=model.config.training.device,
+        threads=model.config.training.threads,
+        leave_for_gui=True,  # one core stays with the GUI
+    )
     prepare_layer_code()  # here, not when the result layers are created in the GUI thread
-    device = model.config.training.device
-    predictor: Any = Predictor.from_trained(model, settings=settings, device=device, callback=callback, stop=stop)
-    if runs:  # members predict in lockstep: the first one's progress stands for all
-        others = [
-            Predictor.from_trained(member, settings=settings, device=device, stop=stop)
-            for member in load_members(runs, BEST_LOSS)
-        ]
-        predictor = EnsemblePredictor([predictor, *others], names=[model.source, *map(str, runs)])
-    return planar_predictor(predictor, settings.planes, voxel_ratio=settings.voxel_ratio, slab_depth=slab_depth)
+    predictors = build_predictors(request, callback=callback, stop=stop)
+    return planar(predictors.predictor, settings, slab_depth=slab_depth)
 
 
 def _predict(
-    model: Any, settings: Any, data: Any, rgb: bool, runs: list[Path], *, callback: Any, stop: Any
-) -> tuple[Any, np.ndarray]:
+    model: TrainedModel,
+    settings: InferenceConfig,
+    data: Any,
+    rgb: bool,
+    runs: list[Path],
+    *,
+    callback: ProgressCallback,
+    stop: StopToken,
+) -> tuple[PredictionResult, np.ndarray]:
     """In the worker: tiled prediction and its uncertainty map, in memory."""
     predictor = _predictor(model, settings, runs, callback=callback, stop=stop)
     result = predictor.predict(data, rgb=rgb)
@@ -953,16 +968,16 @@ def _predict(
 
 
 def _predict_streamed(
-    model: Any,
-    settings: Any,
+    model: TrainedModel,
+    settings: InferenceConfig,
     data: Any,
     runs: list[Path],
     store: Any,
     first: int,
     only_first: bool,
     *,
-    callback: Any,
-    stop: Any,
+    callback: ProgressCallback,
+    stop: StopToken,
 ) -> int:
     """In the worker: a stack into its store on disk, slice ``first`` before the others (see
     :mod:`schism_napari.inference.streaming`); tri-planar in slabs, as ``schism predict --zarr``."""

@@ -26,9 +26,12 @@ from ..data.dataset import SegmentationData, merge_datasets
 from ..data.labels import Corrections
 from ..errors import DataError
 from ..planning import interactive_config, plan_config
+from ..workflows.train import TrainRequest, dataset_options
 from .jobs import Job
 
 if TYPE_CHECKING:
+    import torch
+
     from ..runs import TrainedModel
 
 
@@ -106,15 +109,7 @@ class TrainingSources:
         config = self.config
         parts = []
         if self.folder is not None:
-            parts.append(
-                load_dataset(
-                    self.folder,
-                    class_count=config.model.class_count,
-                    ignore_index=config.data.ignore_index,
-                    in_channels=config.model.in_channels,
-                    ignore_background=config.loss.ignore_background,
-                )
-            )
+            parts.append(load_dataset(self.folder, **dataset_options(config)))
         if self.images:
             parts.append(
                 samples_from_arrays(
@@ -136,6 +131,10 @@ class TrainingSources:
         if self.class_colors and len(self.class_colors) == count:
             data.class_colors = [_rgb(c) for c in self.class_colors]
         return data
+
+    def train_request(self, run_dir: Path, initial_weights: dict[str, torch.Tensor] | None = None) -> TrainRequest:
+        """The dock's training request: these sources, read in the worker, into a new ``run_dir``."""
+        return TrainRequest(self.config, self, run_dir, interactive=True, initial_weights=initial_weights)
 
 
 class Session:

@@ -31,8 +31,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from .. import events
-from ..atomic import create_unique_folder, unique_path
-from ..data.classes import default_class_names
+from ..atomic import unique_path
 from ..data.labels import labelled_pixels
 from ..errors import SchismError
 from .config_form import ConfigForm
@@ -47,12 +46,16 @@ DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 
 if TYPE_CHECKING:
     import napari
+    import torch
 
+    from ..baseline import PixelClassifier
     from ..config import SchismConfig
     from ..data.dataset import SegmentationData
+    from ..events import ProgressCallback, StopToken
     from ..planning import Plan
     from ..runs import TrainedModel
     from ..training.trainer import TrainingResult
+    from ..workflows import TrainOutcome
 
 
 PREVIEW_WAIT_S = 5.0  # the longest the worker waits for the preview layer before training anyway
@@ -419,93 +422,49 @@ class TrainingWidget(FollowsJob, Container):
 def _train(
     sources: TrainingSources,
     run_dir: Path,
-    initial: dict[str, Any] | None,
+    initial: dict[str, torch.Tensor] | None,
     preview: tuple[np.ndarray, bool, int | None] | None,
     *,
-    callback: Any,
-    stop: Any,
+    callback: ProgressCallback,
+    stop: StopToken,
 ) -> tuple[TrainingResult, SegmentationData, np.ndarray | None, Plan, TrainedModel]:
-    """In the worker: read the data, plan the keys the user left alone, hold out strokes, fit the
-    forest and show its preview, train, choose between the forest, the network and their average,
-    predict the preview slice with the choice. One core is left to the GUI."""
-    from ..data.splits import make_split
-    from ..planning import plan_config
+    """In the worker: the session's training request (read the data, plan the keys the user left
+    alone, hold out strokes, fit the forest, train, choose between the forest, the network and their
+    average; see :mod:`schism_napari.workflows.train`), with the forest's preview shown before the
+    network trains and the preview slice predicted with the choice. One core is left to the GUI."""
     from ..resources import apply_threads
-    from ..selection import hold_out
-    from ..stages import stage_one_positions
-    from ..training.trainer import Trainer
+    from ..workflows import train
 
     apply_threads(sources.config.training.threads, leave_for_gui=True)
     if preview is not None:
         prepare_layer_code()  # the preview layer is made in the GUI thread: its one-time costs are paid here
-    data = sources.load()
-    plan = plan_config(sources.config, data, interactive=True)
-    settings = plan.config.training
-    split = make_split(len(data.samples), plan.config.data.num_samples, settings.val_split, settings.seed)
-    training, held = hold_out(data, split.train + split.val, split.val)
-    forest = _fit_forest(training, held)
     image, rgb, z = preview if preview is not None else (None, False, None)
-    forest_slice = None
-    if image is not None and forest is not None:
-        forest_slice = _forest_preview(forest, image, z, callback)
-    # created here, exclusively (the name was chosen in the GUI thread), and claimed by the Trainer
-    run_dir = create_unique_folder(run_dir)
-    trainer = Trainer(
-        plan.config,
-        training,
-        run_dir,
-        split=split,
-        initial_weights=initial,
-        callback=callback,
-        stop=stop,
-        curves_each_epoch=False,  # the dock draws them live
-        plan=copy.deepcopy(plan),  # plan.json as from the CLI, with the measured steps; the form keeps the plan
-        forest_positions=stage_one_positions(held) if forest is not None else None,
-        forest=forest,  # the preview's forest is stage 1 of a two-stage model
-    )
-    result = trainer.run()
-    model, shown = _choose(result, data, held, forest, image, rgb, forest_slice)
-    return result, data, shown, plan, model
+    forest_slices: list[np.ndarray | None] = []
+
+    def show_forest(forest: PixelClassifier) -> None:
+        if image is not None:
+            forest_slices.append(_forest_preview(forest, image, z, callback))
+
+    outcome = train(sources.train_request(run_dir, initial), callback=callback, stop=stop, on_forest=show_forest)
+    assert outcome.result is not None and outcome.plan is not None and outcome.model is not None
+    shown = None
+    if image is not None:
+        shown = _chosen_preview(outcome, image, rgb, forest_slices[0] if forest_slices else None)
+    return outcome.result, outcome.data, shown, outcome.plan, outcome.model
 
 
-def _fit_forest(training: SegmentationData, held: Any) -> Any:
-    """The forest on the labels left for training; None when it cannot be fitted (a courtesy:
-    training goes on, and the network is kept)."""
-    from ..selection import fit_forest
-
-    try:
-        return fit_forest(training, held)
-    except (SchismError, ValueError):
-        return None
-
-
-def _choose(
-    result: TrainingResult,
-    data: SegmentationData,
-    held: Any,
-    forest: Any,
-    image: np.ndarray | None,
-    rgb: bool,
-    forest_slice: np.ndarray | None,
-) -> tuple[TrainedModel, np.ndarray | None]:
-    """Score the forest, the network and their average on the held-out strokes, write the choice
-    into the run folder, and return the session's model and the chosen probabilities of the preview slice."""
-    from ..inference import Predictor
-    from ..selection import choose
-
-    network = _trained_model(result, data)
-    predictor = Predictor.from_trained(network, device=result.config.training.device)
-    selection = choose(lambda plane: predictor.predict(plane, rgb=True).probabilities, forest, data, held)
-    selection.write(result.run_dir, forest)
-    model = dataclasses.replace(network, forest=forest if selection.forest_weight > 0 else None, selection=selection)
-    if image is None:
-        return model, None
+def _chosen_preview(
+    outcome: TrainOutcome, image: np.ndarray, rgb: bool, forest_slice: np.ndarray | None
+) -> np.ndarray | None:
+    """The preview slice's probabilities from what the held-out strokes chose."""
+    selection, forest, predictor = outcome.selection, outcome.forest, outcome.predictor
+    assert selection is not None and predictor is not None
     if forest_slice is None and forest is not None and selection.forest_weight > 0:
         forest_slice = forest.predict_proba(image if image.ndim == 3 else image[..., None])
     from_network = None
     if selection.forest_weight < 1 or forest_slice is None:
         from_network = np.asarray(predictor.predict(image, rgb=rgb).probabilities)
-    return model, selection.probabilities(from_network, forest_slice)
+    return selection.probabilities(from_network, forest_slice)
 
 
 def _on_preview(viewer: Any, session: Session, preview: tuple[Any, int | None] | None, event: Any) -> None:
@@ -527,7 +486,9 @@ def _preview_slice(preview: tuple[Any, int | None] | None) -> tuple[np.ndarray, 
     return np.array(data, copy=True), bool(layer.rgb), z
 
 
-def _forest_preview(forest: Any, image: np.ndarray, z: int | None, callback: Any) -> np.ndarray | None:
+def _forest_preview(
+    forest: PixelClassifier, image: np.ndarray, z: int | None, callback: ProgressCallback
+) -> np.ndarray | None:
     """Send the forest's prediction of the preview slice and wait (at most PREVIEW_WAIT_S) until the
     GUI thread has shown it; return it (None when the forest cannot predict that slice)."""
     try:
@@ -535,30 +496,15 @@ def _forest_preview(forest: Any, image: np.ndarray, z: int | None, callback: Any
     except (SchismError, ValueError):
         return None  # a preview is a courtesy: training goes on without it
     event = ForestPreview(np.asarray(probabilities, dtype=np.float32), z)
-    callback(event)
+    callback(event)  # the dock's own event, for its relay
     event.shown.wait(PREVIEW_WAIT_S)
     return event.probabilities
 
 
-def _trained_model(result: TrainingResult, data: SegmentationData) -> TrainedModel:
-    from ..runs import TrainedModel
-
-    names = data.class_names or default_class_names(data.class_count)
-    return TrainedModel(
-        result.config,
-        result.model,
-        data.stats["default"],
-        data.in_channels,
-        list(names),
-        data.class_colors,
-        f"{result.run_dir} (model_best_loss.pth{', two stages' if result.stage_one is not None else ''})",
-        run_dir=result.run_dir,  # its run_info.json tells an export the input dtype
-        stage_one=result.stage_one,
-    )
-
-
 def _take_model(
-    viewer: Any, session: Session, returned: tuple[Any, Any, np.ndarray | None, Plan, TrainedModel]
+    viewer: Any,
+    session: Session,
+    returned: tuple[TrainingResult, SegmentationData, np.ndarray | None, Plan, TrainedModel],
 ) -> None:
     """In the GUI thread, whether or not a dock is open: the new model (the network, the forest or
     their average, as the held-out strokes chose) joins the session, the form shows the planned
