@@ -202,9 +202,14 @@ def follow(native: Any, signal: Any, slot: Callable[..., Any]) -> None:
     """
     signal.connect(slot)
 
+    connected = True
+
     def _disconnect(*_: Any) -> None:
-        with contextlib.suppress(ValueError, RuntimeError):
-            signal.disconnect(slot)
+        nonlocal connected
+        if connected:  # once: a closed dock's widgets are released, then destroyed
+            connected = False
+            with contextlib.suppress(ValueError, RuntimeError, TypeError):  # Qt's signals raise TypeError
+                signal.disconnect(slot)
 
     native.destroyed.connect(_disconnect)
     if _COLLECTING:
