@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +114,26 @@ def test_cgroup_quota_caps_the_cores(tmp_path):
     cpu_max.write_text("max 100000\n")
     assert resources.cgroup_quota(cpu_max) is None
     assert resources.cgroup_quota(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="threads are reniced one by one on Linux only")
+def test_a_worker_yields_to_the_gui_thread_and_the_gui_thread_keeps_its_priority():
+    """napari's workers: every thread but the main (GUI) one is reniced WORKER_NICE below it; the main
+    thread itself is never lowered (a process cannot raise it back)."""
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert resources.yield_to_gui() is False  # called from the main thread: nothing changes
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
+    seen = {}
+
+    def worker():
+        seen["yielded"] = resources.yield_to_gui()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"yielded": True, "nice": main_nice + resources.WORKER_NICE}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
 
 
 def test_threads_leave_busy_cores_and_one_for_the_gui(monkeypatch):

@@ -6,6 +6,9 @@ Driven as a user would, under Xvfb (pytest-xvfb); trainings are tiny, the model 
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
@@ -55,7 +58,7 @@ def test_form_counts_only_the_fields_the_user_edited_as_given(qtbot):
     assert "Planned" not in form.widget("Data", "crop_size").tooltip
 
 
-def test_train_plans_untouched_keys_from_the_data_and_leaves_a_core_to_the_gui(qtbot, dock, rock, monkeypatch):
+def test_train_plans_untouched_keys_from_the_data_and_yields_to_the_gui(qtbot, dock, rock, monkeypatch):
     viewer, dock = dock
     training = dock.training
     volume, _, painted = rock
@@ -70,8 +73,9 @@ def test_train_plans_untouched_keys_from_the_data_and_leaves_a_core_to_the_gui(q
     real_apply = resources.apply_threads
 
     def recording(requested=None, *, leave_for_gui=False):
-        calls.append((requested, leave_for_gui, resources.choose_threads(requested, leave_for_gui=leave_for_gui)))
-        return real_apply(requested, leave_for_gui=leave_for_gui)
+        threads = real_apply(requested, leave_for_gui=leave_for_gui)
+        calls.append((requested, leave_for_gui, threads, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return threads
 
     monkeypatch.setattr(resources, "apply_threads", recording)
     monkeypatch.setattr(resources, "allowed_cores", lambda: 3)
@@ -84,7 +88,9 @@ def test_train_plans_untouched_keys_from_the_data_and_leaves_a_core_to_the_gui(q
         click_and_wait(qtbot, training, training.train_button)
     finally:
         torch.set_num_threads(threads)
-    assert calls == [(None, True, 2)]  # 3 cores, none busy, one left to the GUI
+    gui_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    # 3 cores, none busy: all three, in a worker thread reniced below the GUI thread's priority
+    assert calls == [(None, True, 3, gui_nice + resources.WORKER_NICE)]
 
     result = training.last_result
     assert result.config.data.crop_size == 96 and result.config.data.img_res == 96  # the 96 px images

@@ -7,20 +7,28 @@ already keep some cores busy. Threads that outnumber the free cores wait on each
 barrier: beside one CPU-bound process, two threads on a 2-core machine took 2.6x their idle time
 and were 1.5x slower than one thread. So the thread count is chosen from the cores this process
 may use, minus the cores other runnable processes really take from it (weighed by priority: a
-niced neighbour takes almost nothing), minus one for the napari GUI when asked; ``[Training]
-threads`` / ``--threads`` override it.
+niced neighbour takes almost nothing); ``[Training] threads`` / ``--threads`` override it.
+
+In napari the GUI thread must stay responsive while a worker trains or predicts. Leaving it a whole
+core halves training on a 2-core machine. Where threads can be reniced (Linux), the worker's threads
+run at :data:`WORKER_NICE` instead and use every free core: the GUI thread preempts them whenever it
+has work. Measured on 2 cores (a training thread beside a 10 ms GUI tick): two reniced threads made
+1.75x the steps of one thread, with the same tick latency (p99 10.4 ms against 14 ms for two threads
+at normal priority). Elsewhere one core is left to the GUI.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 PROC = Path("/proc")
 FAIR_SHARE_PER_NICE = 1.25  # the kernel's CFS weights: each nice level gives about 1.25x less CPU
+WORKER_NICE = 10  # how much nicer than the GUI thread a napari worker's threads run (about 9x less weight)
 
 
 def allowed_cores(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -128,30 +136,66 @@ class _ThreadChoice:
     """The last automatic choice of :func:`apply_threads`, so a long run can look again."""
 
     leave_for_gui: bool | None = None  # None: the count was set by the user (or never chosen)
+    yielding = False  # the worker's threads were reniced below the GUI thread
     checked_at = 0.0
 
 
 def apply_threads(requested: int | None = None, *, leave_for_gui: bool = False) -> int:
-    """Choose the thread count (see :func:`choose_threads`), give it to torch, and return it."""
+    """Choose the thread count (see :func:`choose_threads`), give it to torch, and return it.
+
+    ``leave_for_gui`` (a napari worker): the calling thread and the process's other threads but
+    the GUI's are reniced (:func:`yield_to_gui`) and take every free core; where that is not
+    possible (not Linux, or called from the GUI thread itself), one core is left to the GUI."""
     import torch
 
-    threads = choose_threads(requested, leave_for_gui=leave_for_gui)
+    yielding = leave_for_gui and yield_to_gui()
+    gui_core = leave_for_gui and not yielding
+    threads = choose_threads(requested, leave_for_gui=gui_core)
     torch.set_num_threads(threads)
     automatic = not requested and not os.environ.get("OMP_NUM_THREADS", "").isdigit()
-    _ThreadChoice.leave_for_gui = leave_for_gui if automatic else None
+    _ThreadChoice.leave_for_gui = gui_core if automatic else None
+    _ThreadChoice.yielding = yielding
     _ThreadChoice.checked_at = time.monotonic()
     return threads
 
 
+def yield_to_gui(increment: int = WORKER_NICE, tasks: Path = PROC / "self" / "task") -> bool:
+    """Renice every thread of this process but the main (GUI) one to ``increment`` above the GUI's
+    nice, so it preempts them; threads they start later inherit it. False, and nothing changed, when
+    called from the main thread or where threads cannot be reniced (Linux renices one thread by id)."""
+    main = threading.main_thread()
+    if threading.current_thread() is main or not hasattr(os, "setpriority") or not tasks.is_dir():
+        return False
+    try:
+        target = os.getpriority(os.PRIO_PROCESS, main.native_id or os.getpid()) + increment
+        ids = [int(entry.name) for entry in os.scandir(tasks) if entry.name.isdigit()]
+    except OSError:
+        return False
+    for task in ids:
+        if task == main.native_id:
+            continue
+        try:
+            if os.getpriority(os.PRIO_PROCESS, task) < target:
+                os.setpriority(os.PRIO_PROCESS, task, target)
+        except OSError:  # the thread ended meanwhile, or the system refuses
+            continue
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) >= target
+    except OSError:
+        return False
+
+
 def recheck_threads(every: float = RECHECK_EVERY_S) -> int | None:
     """During a long run (at epoch ends): choose the thread count again when it was chosen
-    automatically and ``every`` seconds have passed, since neighbours come and go. Returns the new
-    count when it changed, else None."""
+    automatically and ``every`` seconds have passed, since neighbours come and go (and a napari
+    worker's newer threads are reniced too). Returns the new count when it changed, else None."""
     if _ThreadChoice.leave_for_gui is None or time.monotonic() - _ThreadChoice.checked_at < every:
         return None
     import torch
 
     _ThreadChoice.checked_at = time.monotonic()
+    if _ThreadChoice.yielding:
+        yield_to_gui()
     threads = choose_threads(None, leave_for_gui=_ThreadChoice.leave_for_gui)
     if threads == torch.get_num_threads():
         return None

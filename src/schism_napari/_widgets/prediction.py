@@ -943,7 +943,7 @@ def _predictor(
         settings=settings,
         device=model.config.training.device,
         threads=model.config.training.threads,
-        leave_for_gui=True,  # one core stays with the GUI
+        leave_for_gui=True,  # the GUI thread keeps priority (resources.yield_to_gui)
     )
     prepare_layer_code()  # here, not when the result layers are created in the GUI thread
     predictors = build_predictors(request, callback=callback, stop=stop)

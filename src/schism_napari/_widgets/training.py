@@ -431,7 +431,8 @@ def _train(
     """In the worker: the session's training request (read the data, plan the keys the user left
     alone, hold out strokes, fit the forest, train, choose between the forest, the network and their
     average; see :mod:`schism_napari.workflows.train`), with the forest's preview shown before the
-    network trains and the preview slice predicted with the choice. One core is left to the GUI."""
+    network trains and the preview slice predicted with the choice. The GUI thread keeps priority
+    over its threads (:func:`~schism_napari.resources.apply_threads`)."""
     from ..resources import apply_threads
     from ..workflows import train
 

@@ -69,7 +69,7 @@ class PredictRequest:
     their probabilities), the first one's progress standing for all. ``settings``: one
     ``[Inference]`` section for every member (the dock's form); without it each member keeps its
     own, with ``overrides`` applied. ``threads``: CPU threads for torch (None: the free cores),
-    ``leave_for_gui`` keeping one core for napari; ``set_threads=False`` leaves torch's count alone.
+    ``leave_for_gui`` keeping napari's GUI thread first; ``set_threads=False`` leaves torch's count alone.
     """
 
     runs: Sequence[Path] = ()
