@@ -57,6 +57,31 @@ def wait_for_preview(session: Any, image: Any, viewer: Any, timeout: float = 120
     raise TimeoutError("no forest preview appeared")
 
 
+class GapRecorder:
+    """The GUI event loop's lateness: a 10 ms Qt timer's gaps between ticks."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self.last = time.perf_counter()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+        self.timer.start(10)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((now - self.last) * 1000)
+        self.last = now
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def describe(self) -> str:
+        gaps = sorted(self.gaps)
+        return f"ticks {len(gaps)}, median {np.median(gaps):.0f} ms, p99 {gaps[int(len(gaps) * 0.99)]:.0f} ms"
+
+
 def slice_iou(truth: np.ndarray, labels: np.ndarray, class_count: int) -> float:
     return mean_iou(truth[None], labels[None], class_count)
 
@@ -65,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--isbi", type=Path, default=ISBI, help="the isbi2012-em folder")
     parser.add_argument("--cycles", type=int, default=2, help="correct -> retrain -> predict cycles")
+    parser.add_argument(
+        "--gui-core",
+        action="store_true",
+        help="leave the GUI a whole core (the behaviour before workers yielded to the GUI thread), to compare",
+    )
     args = parser.parse_args(argv)
+    if args.gui_core:
+        from schism_napari import resources
+
+        resources.yield_to_gui = lambda *_, **__: False
 
     from schism_napari.launch import load_triton_before_opengl
 
@@ -74,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
+    from schism_napari import events
     from schism_napari._widgets.session import session_for
 
     volume, truth = load_stack(args.isbi, (25, 512, 512))
@@ -108,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(session.job("prediction"))
         return np.asarray(prediction.labels_layer.data)
 
+    gaps = GapRecorder()
     started = train()
     preview = wait_for_preview(session, image, viewer)
     preview_seconds = time.perf_counter() - started
     rows.append(("forest preview", f"slice {z}", slice_iou(truth[z], preview[z], class_count), preview_seconds))
     print(f"forest preview after {preview_seconds:.1f} s: slice {z} mean IoU {rows[-1][2]:.3f}", flush=True)
     wait_for(session.job("training"))
+    gaps.stop()
+    steps = sum(isinstance(event, events.BatchEnded) for _, event in session.job("training").history)
+    print(f"first training: {steps} optimizer steps; GUI event loop while training: {gaps.describe()}", flush=True)
     replaced = np.asarray(session.results_for(image, viewer.layers).preview.data)
     choice = session.model.selection.choice if session.model.selection is not None else "network"
     seconds = time.perf_counter() - started
