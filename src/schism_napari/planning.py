@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from .config import SchismConfig, format_value
+from .data.crops import SPARSE_FRACTION
 from .data.io import IGNORE
 
 PLAN_FILE = "plan.json"
-SPARSE_LABELS = 0.5  # below this labelled fraction the masks are scribbles (as data.crops)
+SPARSE_LABELS = SPARSE_FRACTION  # below this labelled fraction the masks are scribbles (as in data.crops)
 # Minutes of training when the user sets neither a budget nor epochs/steps: the widgets wait less
 BUDGET_MINUTES = {("cpu", True): 1.5, ("cpu", False): 4.0, ("gpu", True): 3.0, ("gpu", False): 15.0}
 CLASS_CROPS = 0.33  # nnU-Net oversamples foreground in a third of its patches

@@ -89,10 +89,10 @@ def hold_out(
     """Set aside held-out labels from the samples at ``positions`` (the training and validation
     images); returns the data to train on (held-out pixels unlabeled) and what was held out.
 
-    Scribbles (mean labelled fraction under :data:`~schism_napari.planning.SPARSE_LABELS`) lose
+    Scribbles (mean labelled fraction under :data:`~schism_napari.data.crops.SPARSE_FRACTION`) lose
     about ``share`` of each class's pixels as whole strokes; dense masks with ``validation`` images
     lose nothing and those images are scored instead. An image never loses all its labels."""
-    from .planning import SPARSE_LABELS
+    from .data.crops import SPARSE_FRACTION as SPARSE_LABELS
 
     labelled = [p for p in sorted(set(positions)) if data.samples[p].mask is not None]
     if not labelled:
