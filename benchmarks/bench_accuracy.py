@@ -18,7 +18,7 @@ reports mean IoU on held-out images and the wall time of:
 * (e) ``choice``: the first minutes in napari (issue #18): ~1 % of the pixels scribbled on only
   ``--painted-slices`` slices (3), the widgets' starting values and budget, and what replaces the
   forest preview: a fifth of each class's strokes is held out from both the forest and the network
-  (:mod:`schism_napari.selection`), forest, network and their average are scored on those strokes,
+  (:mod:`schism_napari.forest.selection`), forest, network and their average are scored on those strokes,
   and the best is kept. The table gives all three and the chosen one on the held-out data; the
   note gives the held-out strokes' scores the choice was made on.
 
@@ -48,17 +48,17 @@ from typing import Any
 
 import numpy as np
 
-from schism_napari.baseline import PixelClassifier
 from schism_napari.config import SchismConfig
 from schism_napari.data import SegmentationData, load_dataset
 from schism_napari.data.io import IGNORE
 from schism_napari.data.splits import make_split
+from schism_napari.forest.classifier import PixelClassifier
+from schism_napari.forest.selection import LABELS, choose, fit_forest, hold_out
+from schism_napari.forest.stages import stage_one_positions
 from schism_napari.inference import Predictor
-from schism_napari.planning import infer_class_count, interactive_config, plan_config
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import scribbles, write_sample
-from schism_napari.selection import LABELS, choose, fit_forest, hold_out
-from schism_napari.stages import stage_one_positions
+from schism_napari.training.planning import infer_class_count, interactive_config, plan_config
 from schism_napari.training.trainer import Trainer
 
 _ROOT = Path(__file__).resolve().parents[1]

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from schism_napari.launch import load_triton_before_opengl
+    from schism_napari.cli.launch import load_triton_before_opengl
 
     load_triton_before_opengl()
 

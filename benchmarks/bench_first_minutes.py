@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.gui_core:
-        from schism_napari import resources
+        from schism_napari.plumbing import resources
 
         resources.yield_to_gui = lambda *_, **__: False
 
-    from schism_napari.launch import load_triton_before_opengl
+    from schism_napari.cli.launch import load_triton_before_opengl
 
     load_triton_before_opengl()
     import tempfile

@@ -37,8 +37,8 @@ import torch
 from schism_napari.config import InferenceConfig, SchismConfig
 from schism_napari.data import samples_from_arrays
 from schism_napari.inference import Predictor
-from schism_napari.probabilities import probabilities_from_logits
-from schism_napari.resources import allowed_cores, choose_threads
+from schism_napari.models.probabilities import probabilities_from_logits
+from schism_napari.plumbing.resources import allowed_cores, choose_threads
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import make_rock
 from schism_napari.training.trainer import Trainer

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(8, 192, 192), metavar=("Z", "Y", "X"))
     args = parser.parse_args(argv)
 
-    from schism_napari.launch import load_triton_before_opengl
+    from schism_napari.cli.launch import load_triton_before_opengl
 
     load_triton_before_opengl()
 

@@ -31,10 +31,10 @@ import torch
 
 from schism_napari.config import SchismConfig
 from schism_napari.data import load_dataset, samples_from_arrays
+from schism_napari.evaluation.metrics import ConfusionMatrix
 from schism_napari.inference import Predictor
 from schism_napari.inference.ensemble import EnsemblePredictor
 from schism_napari.inference.planes import TriPlanarPredictor
-from schism_napari.metrics import ConfusionMatrix
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import SAMPLE_INI, make_rock
 from schism_napari.training.per_class import train_per_class

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schism_napari.baseline import PixelClassifier
 from schism_napari.data.io import IGNORE
+from schism_napari.forest.classifier import PixelClassifier
 from schism_napari.sample import make_rock, scribbles
 
 

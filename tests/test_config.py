@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import SCHISM_README_INI
-from schism_napari.atomic import OutputExistsError
 from schism_napari.config import (
     ARCHITECTURES,
     SMP_ARCHITECTURES,
@@ -13,6 +12,7 @@ from schism_napari.config import (
     canonical_metric,
 )
 from schism_napari.errors import ConfigError
+from schism_napari.plumbing.atomic import OutputExistsError
 
 
 def load(text: str, source: str = "test.ini") -> SchismConfig:

@@ -12,7 +12,6 @@ import pytest
 import tifffile
 from PIL import Image
 
-from schism_napari.atomic import OutputExistsError
 from schism_napari.data import crops as crops_module
 from schism_napari.data import (
     discover_datasets,
@@ -29,6 +28,7 @@ from schism_napari.data.io import IGNORE, decode_mask, gray_levels, infer_class_
 from schism_napari.data.normalization import Normalization, StatsAccumulator
 from schism_napari.data.splits import INDEX_FILES, Split, make_split, read_split, write_split
 from schism_napari.errors import DataError
+from schism_napari.plumbing.atomic import OutputExistsError
 from schism_napari.sample import CLASS_COLORS
 
 CLASS_NAMES = ["pore", "matrix", "mineral"]
@@ -152,7 +152,7 @@ def test_16bit_png(tmp_path):
 
 
 def test_16bit_png_memory_check_counts_two_bytes_a_pixel(tmp_path, monkeypatch):
-    from schism_napari import inputs
+    from schism_napari.plumbing import input_checks as inputs
 
     path = write_png(tmp_path / "gray16.png", np.full((100, 100), 1000, np.uint16))
     # reading holds about twice the decoded pixels: 40 000 bytes at 2 bytes a pixel, 20 000 at one

@@ -13,9 +13,9 @@ import torch
 
 from schism_napari.cli import main
 from schism_napari.config import ModelConfig, SchismConfig
-from schism_napari.export import TOLERANCE, exportable
 from schism_napari.models import build_model
 from schism_napari.runs import HYPERPARAMETERS, load_trained_model, save_weights
+from schism_napari.runs.export import TOLERANCE, exportable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,7 +71,7 @@ def test_onnx_and_torchscript_match_torch(which, concat_run, tmp_path):
 def test_bioimageio_package_passes_bioimageio_core_test(tmp_path):
     import zipfile
 
-    from schism_napari.export import check_bioimageio
+    from schism_napari.runs.export import check_bioimageio
 
     run = tmp_path / "schism_out"
     shutil.copytree(SCHISM_RUN, run)
@@ -100,7 +100,7 @@ def test_bioimageio_package_of_an_smp_network_ships_torchscript_and_passes(tmp_p
     """smp's code cannot travel in a package: the smp U-Net (the planned default) leaves as TorchScript."""
     import zipfile
 
-    from schism_napari.export import check_bioimageio
+    from schism_napari.runs.export import check_bioimageio
 
     run = tmp_path / "run"
     run.mkdir()
@@ -122,7 +122,7 @@ def test_unknown_format_and_missing_package_are_one_line_errors(tmp_path, monkey
     import sys
 
     from schism_napari.errors import SchismError
-    from schism_napari.export import export_model
+    from schism_napari.runs.export import export_model
 
     with pytest.raises(SchismError, match="not one of bioimageio, onnx, torchscript"):
         export_model(SCHISM_RUN, "keras", tmp_path / "m.h5", metric="Jaccard")

@@ -15,7 +15,6 @@ import zarr
 from torch import nn
 
 from conftest import PointwiseModel
-from schism_napari.atomic import OutputExistsError
 from schism_napari.config import InferenceConfig
 from schism_napari.data.io import gray_levels
 from schism_napari.data.normalization import Normalization
@@ -23,6 +22,7 @@ from schism_napari.errors import Cancelled
 from schism_napari.events import PredictionProgress, StopToken
 from schism_napari.inference import Predictor, Slices, importance_map, tile_starts
 from schism_napari.inference.files import open_lazy, predict_to_files
+from schism_napari.plumbing.atomic import OutputExistsError
 from schism_napari.runs import load_trained_model
 
 # ---- helpers -----------------------------------------------------------------------------------

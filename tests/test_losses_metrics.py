@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from schism_napari.config import LOSSES, LossConfig, ModelConfig
 from schism_napari.data.io import IGNORE
-from schism_napari.metrics import ConfusionMatrix
-from schism_napari.probabilities import predicted_classes, probabilities_from_logits
+from schism_napari.evaluation.metrics import ConfusionMatrix
+from schism_napari.models.probabilities import predicted_classes, probabilities_from_logits
 from schism_napari.training.losses import build_loss, class_weights_from_counts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -328,7 +328,7 @@ def test_score_samples_is_the_one_scoring_of_whole_images() -> None:
     skipped and, with ignore_background, mask class 0 is unlabelled (IGNORE) and out of the means."""
     from types import SimpleNamespace
 
-    from schism_napari.metrics import jaccard, score_samples
+    from schism_napari.evaluation.metrics import jaccard, score_samples
 
     masks = [np.array([[0, 1], [2, 2]], np.uint8), None, np.array([[1, IGNORE], [0, 2]], np.uint8)]
     data = SimpleNamespace(

@@ -236,7 +236,7 @@ def test_torchvision_shim_makes_smp_importable_in_a_fresh_interpreter() -> None:
     script = textwrap.dedent(
         """
         import sys
-        from schism_napari._torchvision_compat import ensure_torchvision_importable
+        from schism_napari.plumbing.torchvision_compat import ensure_torchvision_importable
         assert "torchvision" not in sys.modules
         first = ensure_torchvision_importable()
         assert isinstance(first, bool)
@@ -260,7 +260,7 @@ def test_torchvision_shim_is_safe_from_two_threads_at_once() -> None:
     script = textwrap.dedent(
         """
         import sys, threading
-        from schism_napari._torchvision_compat import ensure_torchvision_importable
+        from schism_napari.plumbing.torchvision_compat import ensure_torchvision_importable
         errors, start = [], threading.Barrier(4)
         def run():
             start.wait()

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from conftest import PointwiseModel
-from schism_napari._zarr_compat import create_array
 from schism_napari.config import InferenceConfig, SchismConfig
 from schism_napari.data.normalization import Normalization
 from schism_napari.errors import ConfigError, DataError
 from schism_napari.inference import Predictor, Slices
 from schism_napari.inference.planes import TriPlanarPredictor, planar_predictor, voxel_ratio_from_file
+from schism_napari.plumbing.zarr_compat import create_array
 
 
 class RowMeanModel(nn.Module):

@@ -17,9 +17,9 @@ from schism_napari.data import load_dataset, samples_from_arrays
 from schism_napari.data.crops import CropSampler
 from schism_napari.data.io import IGNORE
 from schism_napari.events import BatchEnded
-from schism_napari.planning import PLAN_FILE, infer_class_count, interactive_config, plan_config
 from schism_napari.runs import load_weights
 from schism_napari.training.budget import TimeBudget
+from schism_napari.training.planning import PLAN_FILE, infer_class_count, interactive_config, plan_config
 from schism_napari.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -241,9 +241,9 @@ def test_evaluate_baseline_prints_lda_and_forest_beside_the_network(trained_run,
 
 def test_imagenet_weights_offline_is_one_clear_error(monkeypatch) -> None:
     """encoder_weights = imagenet goes through smp's download; offline that is one line naming the key."""
-    from schism_napari._torchvision_compat import ensure_torchvision_importable
     from schism_napari.errors import SchismError
     from schism_napari.models import build_model
+    from schism_napari.plumbing.torchvision_compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import segmentation_models_pytorch as smp

@@ -91,7 +91,7 @@ def test_core_imports_without_qt_or_napari():
 
     code = (
         "import sys\n"
-        "import schism_napari.cli, schism_napari.training.trainer, schism_napari.inference, schism_napari.demo\n"
+        "import schism_napari.cli, schism_napari.training.trainer, schism_napari.inference, schism_napari.cli.demo\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
@@ -100,7 +100,7 @@ def test_core_imports_without_qt_or_napari():
 
 
 def test_launch_sets_up_napari_with_the_sample_and_the_dock(make_napari_viewer):
-    from schism_napari.launch import setup_viewer
+    from schism_napari.cli.launch import setup_viewer
 
     viewer = make_napari_viewer()
     dock = setup_viewer(viewer)

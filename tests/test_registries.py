@@ -29,7 +29,7 @@ def test_config_names_come_from_the_registries():
 
 
 def test_smp_entries_name_smp_classes():
-    from schism_napari._torchvision_compat import ensure_torchvision_importable
+    from schism_napari.plumbing.torchvision_compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import segmentation_models_pytorch as smp

@@ -23,9 +23,9 @@ import torch
 import zarr
 
 from conftest import TINY_INI
-from schism_napari.atomic import atomic_write_text, current_umask
 from schism_napari.cli import main
 from schism_napari.data.voxels import read_voxel_size
+from schism_napari.plumbing.atomic import atomic_write_text, current_umask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -425,10 +425,10 @@ def test_training_writes_stats_to_the_run_folder_only(sample_files, tmp_path):
 
 
 def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
-    from schism_napari._zarr_compat import create_array, open_v2_group
     from schism_napari.data.voxels import VoxelSize
     from schism_napari.inference.files import open_lazy
-    from schism_napari.inputs import ngff_multiscales
+    from schism_napari.plumbing.input_checks import ngff_multiscales
+    from schism_napari.plumbing.zarr_compat import create_array, open_v2_group
 
     volume = np.arange(3 * 8 * 10, dtype=np.uint16).reshape(3, 8, 10)
     ome = tmp_path / "scan.ome.tif"
@@ -464,7 +464,7 @@ def test_voxel_size_read_from_ome_tiff_zarr_and_plain_files(tmp_path):
 def test_lazy_inputs_name_the_file_when_reading_fails_or_axes_are_too_many(tmp_path):
     from schism_napari.errors import DataError
     from schism_napari.inference.files import open_lazy
-    from schism_napari.inputs import CheckedSlices
+    from schism_napari.plumbing.input_checks import CheckedSlices
 
     class Broken:
         shape, dtype = (4, 8, 8), np.dtype(np.uint16)
@@ -536,7 +536,7 @@ def test_unsafe_weight_files_are_refused_in_one_line_everywhere(where, sample_fi
 
 def test_a_damaged_weights_file_is_not_called_unsafe(tmp_path):
     from schism_napari.errors import SchismError
-    from schism_napari.weights_io import load_torch_file
+    from schism_napari.plumbing.weights_io import load_torch_file
 
     damaged = tmp_path / "damaged.pth"
     damaged.write_bytes(b"\x80\x02garbage" * 20)  # a pickle protocol header, then nonsense
@@ -711,7 +711,7 @@ def test_prediction_fills_a_real_small_disk(small_disk, sample_files, trained_ru
 _HOLDER = """
 import sys
 from pathlib import Path
-from schism_napari.claims import claim
+from schism_napari.plumbing.claims import claim
 with claim(Path(sys.argv[1]), name=sys.argv[2]):
     print("held", flush=True)
     sys.stdin.read()
@@ -798,7 +798,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(sample_files, trained_run,
     assert main(["train", "--data", str(data), "--resume", str(run), "--epochs", "9"]) == 0
     assert not (run / ".schism.lock").exists()  # released at the end
 
-    from schism_napari.claims import FolderInUse, claim
+    from schism_napari.plumbing.claims import FolderInUse, claim
 
     alive = _write_lock(tmp_path / "alive", os.getppid(), socket.gethostname())  # a live pid on this host
     with pytest.raises(FolderInUse, match=f"pid {os.getppid()} on "), claim(alive.parent):
@@ -814,7 +814,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(sample_files, trained_run,
 def test_claims_nest_in_a_thread_refuse_other_threads_and_end_on_ctrl_c(tmp_path):
     import threading
 
-    from schism_napari.claims import FolderInUse, claim
+    from schism_napari.plumbing.claims import FolderInUse, claim
 
     folder = tmp_path / "run"
     with claim(folder), claim(folder):  # the CLI, then the Trainer, in one thread
@@ -833,7 +833,7 @@ def test_claims_nest_in_a_thread_refuse_other_threads_and_end_on_ctrl_c(tmp_path
 
 
 def _claim_into(folder: Path, errors: list) -> None:
-    from schism_napari.claims import claim
+    from schism_napari.plumbing.claims import claim
 
     try:
         with claim(folder):
@@ -844,8 +844,8 @@ def _claim_into(folder: Path, errors: list) -> None:
 
 def test_the_trainer_claims_its_run_folder(sample_files, tiny_config, tmp_path):
     """The napari dock trains through the Trainer: it is refused like the CLI."""
-    from schism_napari.claims import FolderInUse
     from schism_napari.data import load_dataset
+    from schism_napari.plumbing.claims import FolderInUse
     from schism_napari.training.trainer import Trainer
 
     run = tmp_path / "run"
@@ -896,7 +896,7 @@ def test_two_trainings_started_together_on_one_out(sample_files, tmp_path):
 
 def test_the_dock_creates_its_run_folder_exclusively(tmp_path):
     """Two napari windows pressing Train within one second choose the same name: each gets its own."""
-    from schism_napari.atomic import create_unique_folder
+    from schism_napari.plumbing.atomic import create_unique_folder
 
     first = create_unique_folder(tmp_path / "runs" / "run_20260101_120000")
     second = create_unique_folder(tmp_path / "runs" / "run_20260101_120000")
@@ -907,7 +907,7 @@ def test_the_dock_creates_its_run_folder_exclusively(tmp_path):
 _RACER = """
 import sys
 from pathlib import Path
-from schism_napari.claims import FolderInUse, claim
+from schism_napari.plumbing.claims import FolderInUse, claim
 try:
     with claim(Path(sys.argv[1])):
         print("won", flush=True)

@@ -19,7 +19,7 @@ from schism_napari.errors import SchismError
 from schism_napari.inference import Predictor
 from schism_napari.models import build_model
 from schism_napari.runs import load_trained_model, load_weights
-from schism_napari.schism_runs import SchismInput, is_schism_run, locate_run
+from schism_napari.runs.schism import SchismInput, is_schism_run, locate_run
 
 DATA = Path(__file__).parent / "data" / "schism"
 STAMP = "01-12-26-22-50-00"

@@ -12,17 +12,14 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from schism_napari import baseline
-from schism_napari.baseline import PixelClassifier
 from schism_napari.cli import main
 from schism_napari.data import load_dataset, samples_from_arrays
 from schism_napari.data.io import IGNORE
 from schism_napari.data.labels import labels_to_mask
 from schism_napari.errors import SchismError
-from schism_napari.inference import Predictor
-from schism_napari.runs import load_trained_model
-from schism_napari.sample import make_rock, scribbles
-from schism_napari.selection import (
+from schism_napari.forest import classifier as baseline
+from schism_napari.forest.classifier import PixelClassifier
+from schism_napari.forest.selection import (
     FOREST_FILE,
     SELECTION_FILE,
     Selection,
@@ -31,6 +28,9 @@ from schism_napari.selection import (
     hold_out,
     read_selection,
 )
+from schism_napari.inference import Predictor
+from schism_napari.runs import load_trained_model
+from schism_napari.sample import make_rock, scribbles
 
 
 @pytest.fixture(scope="module")

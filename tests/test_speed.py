@@ -13,11 +13,11 @@ import pytest
 import tifffile
 import torch
 
-from schism_napari import resources
 from schism_napari.config import InferenceConfig, SchismConfig
 from schism_napari.errors import ConfigError
 from schism_napari.inference import Predictor
 from schism_napari.inference.tiling import auto_halo, auto_tile_size, fit_tile, halo_starts, ramp_map
+from schism_napari.plumbing import resources
 from schism_napari.runs import load_trained_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -269,7 +269,7 @@ def test_dask_prediction_matches_one_process(trained_run, sample_files, tmp_path
     assert axes == ["z", "y", "x"]
     # the same OME-NGFF metadata as a one-process --zarr output: the input's voxel size as the scale
     from schism_napari.data.voxels import read_voxel_size
-    from schism_napari.inputs import ngff_multiscales
+    from schism_napari.plumbing.input_checks import ngff_multiscales
 
     assert labels.attrs["multiscales"] == ngff_multiscales("labels.ome", "zyx", read_voxel_size(sample_files.volume))
     pids = {chunk["pid"] for chunk in result.chunks}

@@ -12,19 +12,19 @@ import tifffile
 import torch
 
 from conftest import TINY_INI
-from schism_napari.baseline import PixelClassifier
 from schism_napari.cli import main
 from schism_napari.config import SchismConfig
 from schism_napari.data import samples_from_arrays
 from schism_napari.data.io import IGNORE
 from schism_napari.data.labels import labels_to_mask
 from schism_napari.errors import SchismError
+from schism_napari.forest.classifier import PixelClassifier
+from schism_napari.forest.selection import hold_out
+from schism_napari.forest.stages import SEED, STAGE_ONE_FILE, TREES, StageOne, stage_one_positions, stage_two_data
 from schism_napari.inference import Predictor
 from schism_napari.models.two_stage import ForestPrior
 from schism_napari.runs import load_trained_model, read_run_info
 from schism_napari.sample import make_rock, scribbles
-from schism_napari.selection import hold_out
-from schism_napari.stages import SEED, STAGE_ONE_FILE, TREES, StageOne, stage_one_positions, stage_two_data
 from schism_napari.training.trainer import Trainer
 
 
@@ -170,7 +170,7 @@ def test_a_two_stage_export_carries_stage_two_and_says_where_stage_one_is(two_st
     scripted = torch.jit.load(str(out))
     assert scripted(torch.zeros(1, 4, 64, 64)).shape == (1, 3, 64, 64)
     with pytest.raises(SchismError, match=r"two-stage model .* cannot be a bioimage\.io package"):
-        from schism_napari.export import export_model
+        from schism_napari.runs.export import export_model
 
         export_model(run_dir, "bioimageio", tmp_path / "model.zip")
 

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from schism_napari import selection as selection_module
 from schism_napari.data.labels import mask_to_labels
 from schism_napari.errors import DataError
+from schism_napari.forest import selection as selection_module
 from schism_napari.runs import load_trained_model
 from schism_napari.sample import make_rock, scribbles
 from test_widgets import WAIT_MS, click_and_wait, errors, notifications, set_fields

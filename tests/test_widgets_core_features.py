@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from schism_napari import resources
 from schism_napari._widgets import prediction as prediction_module
+from schism_napari.plumbing import resources
 from test_widgets import add_scribble_pair, click_and_wait, dock, errors, notifications, rock, small_training
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -38,7 +38,7 @@ def predict(qtbot, viewer, prediction, image) -> np.ndarray:
 
 def test_form_counts_only_the_fields_the_user_edited_as_given(qtbot):
     from schism_napari._widgets.config_form import ConfigForm
-    from schism_napari.planning import interactive_config
+    from schism_napari.training.planning import interactive_config
 
     start = interactive_config()
     form = ConfigForm()

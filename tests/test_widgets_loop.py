@@ -361,8 +361,8 @@ def test_corrections_survive_predictions_and_a_reopened_dock(
 def test_class_colours_recolour_every_result_layer(qtbot, make_napari_viewer, tmp_path, trained_run, rock):
     """Class names and colours set in the dock reach the preview, the prediction and the per-class
     probability layers of every image, and survive a reopened dock."""
+    from schism_napari._widgets.layer_turns import run_in_turns
     from schism_napari._widgets.training import show_preview
-    from schism_napari._widgets.turns import run_in_turns
 
     viewer = make_napari_viewer()
     dock_widget, dock = open_dock(viewer, tmp_path)
@@ -475,7 +475,7 @@ class WatchTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, WatchTorch())
-from schism_napari.launch import load_triton_before_opengl
+from schism_napari.cli.launch import load_triton_before_opengl
 
 load_triton_before_opengl()  # CUDA torch builds: triton after Mesa's llvmpipe segfaults (not torch)
 import napari
@@ -511,7 +511,7 @@ def test_the_form_shows_the_cpu_plan_at_once_and_an_accelerator_replans_untouche
     qtbot, make_napari_viewer, tmp_path, monkeypatch
 ):
     from schism_napari._widgets import session as session_module
-    from schism_napari.planning import interactive_config
+    from schism_napari.training.planning import interactive_config
 
     viewer = make_napari_viewer()
     monkeypatch.setattr(session_module, "_import_the_core", lambda: "cuda")  # a machine with a GPU

@@ -61,8 +61,8 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Labels (0 unpainted, k + 1 class k) -> TIFF mask with classes 0..C-1 and 255 for unpainted."""
     import tifffile
 
-    from .atomic import atomic_write
     from .data.io import IGNORE
+    from .plumbing.atomic import atomic_write
 
     labels = np.asarray(data)
     if labels.max(initial=0) > IGNORE:

@@ -625,7 +625,7 @@ class SchismConfig:
 
     def to_ini(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write atomically; refuses to replace an existing file unless ``overwrite``."""
-        from .atomic import atomic_write_text
+        from .plumbing.atomic import atomic_write_text
 
         return atomic_write_text(Path(path), self.to_ini_string(), overwrite=overwrite)
 

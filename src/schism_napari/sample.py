@@ -121,8 +121,8 @@ def write_sample(
     """
     import tifffile
 
-    from .atomic import atomic_write, atomic_write_text
     from .data.io import gray_levels
+    from .plumbing.atomic import atomic_write, atomic_write_text
     from .runs import prepare_run_dir
 
     levels = gray_levels(len(CLASS_NAMES)).astype(np.uint8)

@@ -39,6 +39,7 @@ from ..data.volume_store import should_stream, store_labels, threshold_labels
 from ..errors import Cancelled, SchismError
 from .config_form import ConfigForm
 from .jobs import FollowsJob, Job, RunState, follow
+from .layer_turns import Steps, add_in_turns, camera_kept, prepare_layer_code, run_in_turns
 from .relay import EventRelay, describe
 from .session import (
     ResultLayers,
@@ -49,7 +50,6 @@ from .session import (
     session_for,
     unwrap_viewer,
 )
-from .turns import Steps, add_in_turns, camera_kept, prepare_layer_code, run_in_turns
 from .volumes import (
     StreamedRun,
     full_resolution,
@@ -991,7 +991,7 @@ def _predict_streamed(
 
 def _export(model: Any, fmt: str, out: Path) -> tuple[Path, str | None]:
     """In the worker: export and check the model (bioimage.io packages also get bioimageio.core's test)."""
-    from ..export import check_bioimageio, export_bioimageio, export_onnx, export_torchscript, exportable
+    from ..runs.export import check_bioimageio, export_bioimageio, export_onnx, export_torchscript, exportable
 
     write = {"onnx": export_onnx, "torchscript": export_torchscript, "bioimageio": export_bioimageio}[fmt]
     try:

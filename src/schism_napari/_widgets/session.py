@@ -25,7 +25,7 @@ from ..data.classes import default_class_names, default_colors
 from ..data.dataset import SegmentationData, merge_datasets
 from ..data.labels import Corrections
 from ..errors import DataError
-from ..planning import interactive_config, plan_config
+from ..training.planning import interactive_config, plan_config
 from ..workflows.train import TrainRequest, dataset_options
 from .jobs import Job
 
@@ -512,7 +512,7 @@ def _import_the_core() -> str:
     so that the first Train neither waits for them nor imports beside the GUI; return the device type."""
     import importlib
 
-    from ..devices import select_device
+    from ..plumbing.devices import select_device
 
     device = select_device("auto").type
     interactive_config(device)  # validates: torch.optim, the schedulers, smp's losses

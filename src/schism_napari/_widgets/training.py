@@ -9,7 +9,7 @@ Pressing Train first fits a random forest on the painted pixels (seconds, in the
 shows its prediction of the current slice as a preview layer. A fifth of each class's strokes is
 held out from both the forest and the network; when training ends, the forest, the network and
 their average are scored on those strokes and the best of them replaces the preview and becomes
-the session's model (:mod:`schism_napari.selection`), so what replaces the preview is never worse
+the session's model (:mod:`schism_napari.forest.selection`), so what replaces the preview is never worse
 on labels neither saw. torch is imported only inside the worker.
 """
 
@@ -31,15 +31,15 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from .. import events
-from ..atomic import unique_path
 from ..data.labels import labelled_pixels
 from ..errors import SchismError
+from ..plumbing.atomic import unique_path
 from .config_form import ConfigForm
 from .curves import CurvesCanvas
 from .jobs import FollowsJob, Job, RunState, follow
+from .layer_turns import add_in_turns, prepare_layer_code, run_in_turns
 from .relay import describe
 from .session import Session, TrainingSources, session_for, unwrap_viewer
-from .turns import add_in_turns, prepare_layer_code, run_in_turns
 
 DEFAULT_RUNS = Path.home() / "schism-napari-runs"
 
@@ -48,12 +48,12 @@ if TYPE_CHECKING:
     import napari
     import torch
 
-    from ..baseline import PixelClassifier
     from ..config import SchismConfig
     from ..data.dataset import SegmentationData
     from ..events import ProgressCallback, StopToken
-    from ..planning import Plan
+    from ..forest.classifier import PixelClassifier
     from ..runs import TrainedModel
+    from ..training.planning import Plan
     from ..training.trainer import TrainingResult
     from ..workflows import TrainOutcome
 
@@ -432,8 +432,8 @@ def _train(
     alone, hold out strokes, fit the forest, train, choose between the forest, the network and their
     average; see :mod:`schism_napari.workflows.train`), with the forest's preview shown before the
     network trains and the preview slice predicted with the choice. The GUI thread keeps priority
-    over its threads (:func:`~schism_napari.resources.apply_threads`)."""
-    from ..resources import apply_threads
+    over its threads (:func:`~schism_napari.plumbing.resources.apply_threads`)."""
+    from ..plumbing.resources import apply_threads
     from ..workflows import train
 
     apply_threads(sources.config.training.threads, leave_for_gui=True)
@@ -542,7 +542,7 @@ def _score_of(model: TrainedModel | None) -> float | None:
 def _improved(previous: float | None, model: TrainedModel) -> bool:
     """Whether the latest round beat the one before on the same held-out strokes (a first Train,
     which has no round before it, counts as an improvement)."""
-    from ..selection import TIE
+    from ..forest.selection import TIE
 
     score = _score_of(model)
     return score is not None and (previous is None or score > previous + TIE)

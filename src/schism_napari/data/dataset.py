@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..events import Message, ProgressCallback, ignore_events
-from ..inputs import finite_check
+from ..plumbing.input_checks import finite_check
 from .discovery import DatasetFolder, discover_datasets
 from .io import IGNORE, as_integer_mask, decode_mask, read_class_dict, read_image, read_mask, shared_encoding
 from .normalization import Normalization, StatsAccumulator, read_stats_file

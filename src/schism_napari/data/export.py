@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write, unique_path
 from ..errors import DataError
+from ..plumbing.atomic import atomic_write, unique_path
 from .volume_store import iter_slabs
 
 

@@ -71,7 +71,7 @@ def _read_with_axes(path: Path) -> tuple[np.ndarray, str]:
 
 def _check_declared_size(shape: tuple[int, ...], dtype: np.dtype, path: Path) -> None:
     """A header can declare any size: check it against the memory available before decoding."""
-    from ..inputs import check_memory
+    from ..plumbing.input_checks import check_memory
 
     size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
     check_memory(2 * size, path, f"reading its {'x'.join(str(v) for v in shape)} pixels")

@@ -109,7 +109,7 @@ def read_stats_file(path: Path) -> dict[str, Normalization]:
 
 
 def write_stats_file(path: Path, stats: dict[str, Normalization], *, overwrite: bool = False) -> Path:
-    from ..atomic import atomic_write_text
+    from ..plumbing.atomic import atomic_write_text
 
     content = {name: value.to_json() for name, value in stats.items()}
     return atomic_write_text(Path(path), json.dumps(content, indent=2) + "\n", overwrite=overwrite)

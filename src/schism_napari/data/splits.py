@@ -37,7 +37,7 @@ def make_split(count: int, num_samples: int, val_split: float, seed: int | None)
 
 
 def write_split(run_dir: Path, data: SegmentationData, split: Split, *, overwrite: bool = False) -> None:
-    from ..atomic import atomic_write_text
+    from ..plumbing.atomic import atomic_write_text
 
     for part, filename in INDEX_FILES.items():
         lines = [f"{data.samples[p].dataset}, {data.samples[p].index}" for p in split.part(part)]

@@ -149,7 +149,7 @@ def write_overlay(
     ``labels`` is a ``(T, Y, X)`` array (a memory-mapped TIFF works), read one frame at a time.
     H.264 (yuv420p) needs even sides: odd sides are padded by one pixel at the bottom/right.
     """
-    from ..atomic import atomic_path
+    from ..plumbing.atomic import atomic_path
 
     av = _av()
     colors = list(colors or DEFAULT_COLORS)

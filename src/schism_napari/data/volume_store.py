@@ -80,7 +80,7 @@ class VolumeStore:
     (bool: every pixel found corrected so far)."""
 
     def __init__(self, folder: str | Path, shape: tuple[int, ...], class_count: int):
-        from .._zarr_compat import create_array, open_v2_group
+        from ..plumbing.zarr_compat import create_array, open_v2_group
 
         if len(shape) != 3:
             raise DataError(f"a volume store holds a (Z, Y, X) stack, not shape {tuple(shape)}")

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import OutputExistsError, full_disk_error
 from ..config import InferenceConfig
 from ..errors import SchismError
 from ..events import PredictionProgress, ProgressCallback, ignore_events
+from ..plumbing.atomic import OutputExistsError, full_disk_error
 
 LOADS: dict[tuple[Any, ...], int] = {}  # model loads per cache key in this process (what the tests check)
 

@@ -73,7 +73,7 @@ class MemberComparison:
     """Evaluations of each member and of their ensemble on the same images, with their times."""
 
     names: list[str]  # members' names, then "ensemble"
-    evaluations: list[Any]  # schism_napari.evaluation.Evaluation, same order
+    evaluations: list[Any]  # schism_napari.evaluation.scoring.Evaluation, same order
     seconds: list[float]
 
     def rows(self) -> list[dict[str, object]]:
@@ -109,7 +109,7 @@ def compare_members(
     ignore_background: bool = False,
 ) -> MemberComparison:
     """Score every member alone and their (mean) ensemble, per class, on ``positions`` of ``data``."""
-    from ..evaluation import evaluate
+    from ..evaluation.scoring import evaluate
 
     candidates = [*predictors, EnsemblePredictor(predictors, names=names)]
     evaluations, seconds = [], []

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data.voxels import VoxelSize
 from ..errors import DataError, SchismError
-from ..inputs import CheckedSlices, ngff_multiscales
+from ..plumbing.input_checks import CheckedSlices, ngff_multiscales
 
 
 def open_lazy(path: Path) -> tuple[Any, bool]:
@@ -125,8 +125,8 @@ def predict_to_files(
     (C, Z, Y, X) or (C, Y, X) in OME-Zarr (NGFF puts the channel axis before space). Every output
     carries ``voxel_size``. Existing outputs are refused before any work starts.
     """
-    from ..atomic import OutputExistsError
-    from ..claims import claimed_outputs
+    from ..plumbing.atomic import OutputExistsError
+    from ..plumbing.claims import claimed_outputs
 
     targets = [target for target in (labels_path, probabilities_path) if target is not None]
     classes = predictor.class_count
@@ -196,7 +196,7 @@ def tiff_output(
     the block succeeds. Axes are YX, ZYX, CYX or ZCYX, so readers tell slices from classes."""
     import tifffile
 
-    from ..atomic import atomic_path
+    from ..plumbing.atomic import atomic_path
 
     data_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     # pixels written slice by slice into a sparse file: a full disk shows up mid-way, as one line
@@ -273,7 +273,7 @@ def create_ome_zarr(
     """Create an OME-Zarr image (NGFF 0.4, zarr format 2) at ``path``: one array ``0`` of ``shape``
     filled with zeros, one zarr chunk per plane, ``axes`` such as "zyx" or "czyx", the input's voxel
     size as its scale. Returns the array."""
-    from .._zarr_compat import create_array, open_v2_group
+    from ..plumbing.zarr_compat import create_array, open_v2_group
 
     group = open_v2_group(path, mode="w-")
     chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
@@ -288,7 +288,7 @@ def ome_zarr_output(
     """An OME-Zarr image (NGFF 0.4, zarr format 2) of probabilities (C, [Z,] Y, X) in a temporary
     folder, renamed to ``path`` when the block succeeds. Returns what the predictor writes
     (Z, C, Y, X) slices into."""
-    from ..atomic import OutputExistsError, full_disk_error
+    from ..plumbing.atomic import OutputExistsError, full_disk_error
 
     if path.exists():
         raise OutputExistsError(f"{path} already exists; not overwriting it (choose another output)")

@@ -21,11 +21,11 @@ from torch import nn
 
 from ..config import InferenceConfig
 from ..data.normalization import Normalization
-from ..devices import select_device
 from ..errors import Cancelled, DataError
 from ..events import PredictionProgress, ProgressCallback, StopToken, ignore_events
 from ..models import size_divisor
-from ..probabilities import probabilities_from_logits
+from ..models.probabilities import probabilities_from_logits
+from ..plumbing.devices import select_device
 from .tiling import auto_halo, auto_tile_size, fit_tile, halo_starts, importance_map, ramp_map, tile_starts
 
 
@@ -61,7 +61,7 @@ RECENT_PLANES = 4  # batches of tiles span a few slices; a mixed-in forest reads
 
 class StagedSlices:
     """Slices as stage 2 of a two-stage model reads them: each plane with stage 1's class
-    probabilities as K more channels, in the plane's dtype (:meth:`schism_napari.stages.StageOne.encode`).
+    probabilities as K more channels, in the plane's dtype (:meth:`schism_napari.forest.stages.StageOne.encode`).
 
     The last few staged planes are kept, so a prediction that also mixes the forest into the result
     (a held-out choice of "average") does not compute stage 1 twice."""
@@ -124,12 +124,12 @@ class Predictor:
     older gaussian-blended layout. The model runs in ``channels_last`` under ``torch.inference_mode``;
     on CUDA also in fp16 autocast, with cuDNN benchmarking and pinned, non-blocking tile copies.
 
-    ``forest`` (a :class:`~schism_napari.baseline.PixelClassifier`, or anything with its
+    ``forest`` (a :class:`~schism_napari.forest.classifier.PixelClassifier`, or anything with its
     ``predict_proba(plane)``) and ``forest_weight`` mix a forest's probabilities into each slice's:
     0.5 is their mean, 1 the forest alone (the network is then not run), as a run's held-out choice
-    says (:mod:`schism_napari.selection`).
+    says (:mod:`schism_napari.forest.selection`).
 
-    ``stage_one`` (a :class:`~schism_napari.stages.StageOne`) makes ``model`` the second stage of a
+    ``stage_one`` (a :class:`~schism_napari.forest.stages.StageOne`) makes ``model`` the second stage of a
     two-stage model: each slice is given to it with the forest's class probabilities as K more
     channels (:class:`StagedSlices`), computed once per slice before its tiles.
     """

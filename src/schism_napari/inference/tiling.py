@@ -75,7 +75,7 @@ def auto_tile_size(
     """Tile side (image pixels) from the memory free on the device: a quarter of it (half on CUDA)
     for one batch of tiles, capped by :data:`MAX_TILE`, a multiple of ``divisor``, at least 128."""
     if free_bytes is None:
-        from ..resources import available_memory
+        from ..plumbing.resources import available_memory
 
         free_bytes = available_memory(device_type)
     share = 0.5 if device_type == "cuda" else 0.25

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._torchvision_compat import ensure_torchvision_importable
 from ..errors import ConfigError, SchismError
+from ..plumbing.torchvision_compat import ensure_torchvision_importable
 from ..registries import ARCHITECTURES as NAMES
 from ..registries import SCHISM_ARCHITECTURES, SMP_ARCHITECTURES, UNET_CONCAT, is_hub_weights
 
@@ -154,7 +154,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     """Load local encoder weights without executing code (safetensors or weights_only torch.load)."""
     from torch import nn
 
-    from ..weights_io import first_line, load_torch_file
+    from ..plumbing.weights_io import first_line, load_torch_file
 
     if not path.is_file():
         raise SchismError(f"{path}: encoder weights file not found ([Model] encoder_weights)")

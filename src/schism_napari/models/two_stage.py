@@ -1,6 +1,6 @@
 """Stage 2 of a two-stage model: a network that corrects the forest's class probabilities.
 
-See :mod:`schism_napari.stages`. The input is ``(B, C + K, H, W)``: the normalised image, then
+See :mod:`schism_napari.forest.stages`. The input is ``(B, C + K, H, W)``: the normalised image, then
 stage 1's K class probabilities (normalised with mean 0 and std 1, so they arrive as
 probabilities, up to the intensity jitter of training). The output is the network's logits plus
 ``log p`` (for a binary model, one channel: ``log p1 - log p0``). The network's last convolution

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._torchvision_compat import ensure_torchvision_importable
 from ..data.io import IGNORE
+from ..plumbing.torchvision_compat import ensure_torchvision_importable
 from ..registries import LOSSES, SMP_LOSSES, loss_keyword_arguments
 
 if TYPE_CHECKING:

@@ -132,7 +132,7 @@ def fit_stacker(
     model: PerClassModel, config: SchismConfig, data: SegmentationData, positions: list[int], *, steps: int = 300
 ) -> dict[str, float]:
     """Fit the stacker by cross-entropy on labelled pixels of ``positions`` (whole images, Adam)."""
-    from ..metrics import ConfusionMatrix
+    from ..evaluation.metrics import ConfusionMatrix
 
     torch.manual_seed(config.training.seed or 0)
     features = _member_features(model, config, data, positions)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import DiskFullError
 from ..config import ConfigError, SchismConfig, canonical_metric
 from ..data.classes import default_class_names
 from ..data.crops import TrainingCrops, fixed_crops
@@ -31,8 +30,8 @@ from ..data.dataset import SegmentationData
 from ..data.io import IGNORE
 from ..data.normalization import write_stats_file
 from ..data.splits import Split, make_split, read_split, write_split
-from ..devices import select_device
 from ..errors import SchismError
+from ..evaluation.metrics import ConfusionMatrix
 from ..events import (
     BatchEnded,
     EpochEnded,
@@ -43,11 +42,11 @@ from ..events import (
     TrainingStarted,
     ignore_events,
 )
-from ..metrics import ConfusionMatrix
 from ..models import build_model
+from ..models.probabilities import predicted_classes, probabilities_from_logits
 from ..models.two_stage import is_two_stage_state
-from ..planning import Plan
-from ..probabilities import predicted_classes, probabilities_from_logits
+from ..plumbing.atomic import DiskFullError
+from ..plumbing.devices import select_device
 from ..runs import (
     BEST_LOSS,
     CONFUSION,
@@ -65,6 +64,7 @@ from .checkpoints import Checkpoints, TrainingState
 from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .optimizers import build_optimizer, build_scheduler
+from .planning import Plan
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
 
@@ -152,9 +152,9 @@ class Trainer:
         """``curves_each_epoch=False`` draws learning_curves.png once at the end: the napari dock
         shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms.
         ``distributed`` joins the torch.distributed process group that torchrun describes, if any.
-        ``plan`` (from :func:`schism_napari.planning.plan_config`) is written to ``plan.json``
+        ``plan`` (from :func:`schism_napari.training.planning.plan_config`) is written to ``plan.json``
         with the steps the time budget gives. ``forest_positions`` makes the model two-stage (see
-        :mod:`schism_napari.stages`): a forest fitted on those samples' labels, whose probabilities the
+        :mod:`schism_napari.forest.stages`): a forest fitted on those samples' labels, whose probabilities the
         network reads; its fitting counts in the time budget (``forest``: that forest, fitted already)."""
         self.config = config.copy()
         self.curves_each_epoch = curves_each_epoch
@@ -340,7 +340,7 @@ class Trainer:
         self, parts: TrainingParts, state: TrainingState, epoch: int, losses: list[float], seconds: float
     ) -> bool:
         """Validate, keep the best weights, log, save the checkpoint; True when early stopping ends the run."""
-        from ..resources import recheck_threads
+        from ..plumbing.resources import recheck_threads
 
         recheck_threads()  # neighbours come and go during a long run: an automatic thread count follows
         cfg = self.config
@@ -510,8 +510,8 @@ class Trainer:
             self.forest_positions = list(split.train)
         if self.forest_positions is None or not self._two_stage_possible():
             return build_model(cfg.model, self.data.in_channels, source=cfg.source)
+        from ..forest.stages import stage_two_data
         from ..models.two_stage import ForestPrior
-        from ..stages import stage_two_data
 
         self.data, self.stage_one = stage_two_data(
             self.data, self.forest_positions, report=lambda text: self.callback(Message(text)), forest=self.forest
@@ -522,8 +522,8 @@ class Trainer:
     def _two_stage_possible(self) -> bool:
         """Stage 2 takes C + K channels: not SCHISM's gray-or-RGB networks, not weights of one stage,
         not data too large to copy with K more channels."""
+        from ..forest.stages import fits_in_memory
         from ..models import SCHISM_ARCHITECTURES
-        from ..stages import fits_in_memory
 
         if self.config.model.model_type in SCHISM_ARCHITECTURES:
             return False
@@ -690,13 +690,13 @@ class Trainer:
         """learning_curves.png when it was not drawn each epoch, and the last validation's confusion matrix."""
         cfg = self.config
         if state.history and not self.curves_each_epoch:
-            from ..plotting import save_learning_curves
+            from .plotting import save_learning_curves
 
             save_learning_curves(self.run_dir / CURVES, state.history, cfg.training.score_metrics())
         if parts.last_matrix is not None and any(
             canonical_metric(m) == "ConfusionMatrix" for m in cfg.training.metrics
         ):
-            from ..plotting import save_confusion_matrix
+            from .plotting import save_confusion_matrix
 
             names = self.data.class_names or default_class_names(self.data.class_count)
             save_confusion_matrix(self.run_dir / CONFUSION, parts.last_matrix.matrix.numpy(), names)
@@ -724,8 +724,8 @@ class Trainer:
         write_run_info(self.run_dir, info)
 
     def _write_epoch_outputs(self, history: list[dict[str, Any]], metrics: list[str], *, curves: bool) -> None:
-        from ..atomic import atomic_write_text
-        from ..plotting import save_learning_curves
+        from ..plumbing.atomic import atomic_write_text
+        from .plotting import save_learning_curves
 
         columns = list(dict.fromkeys(key for record in history for key in record))
         buffer = io.StringIO()

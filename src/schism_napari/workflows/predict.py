@@ -105,7 +105,7 @@ def build_predictors(
     """Load the members and build their predictor (see :class:`PredictRequest`)."""
     from ..inference import Predictor
     from ..inference.ensemble import EnsemblePredictor, load_members
-    from ..resources import apply_threads
+    from ..plumbing.resources import apply_threads
 
     members = [request.model] if request.model is not None else []
     names = [request.model.source] if request.model is not None else []

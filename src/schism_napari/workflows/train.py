@@ -29,14 +29,14 @@ from ..events import ProgressCallback, StopToken, ignore_events
 if TYPE_CHECKING:
     import torch
 
-    from ..baseline import PixelClassifier
     from ..config import SchismConfig
     from ..data.splits import Split
+    from ..forest.classifier import PixelClassifier
+    from ..forest.selection import HeldOut, Selection
     from ..inference import Predictor
-    from ..planning import Plan
     from ..runs import TrainedModel
-    from ..selection import HeldOut, Selection
     from ..training.per_class import PerClassResult
+    from ..training.planning import Plan
     from ..training.trainer import TrainingResult
 
 
@@ -146,8 +146,8 @@ class TrainOutcome:
 def prepare_training(request: TrainRequest) -> PreparedTraining:
     """Read the data, plan the keys the user left out (not when resuming), split and hold out."""
     from ..data.splits import make_split, read_split
-    from ..planning import plan_config
-    from ..selection import hold_out
+    from ..forest.selection import hold_out
+    from ..training.planning import plan_config
 
     data = request.data if isinstance(request.data, SegmentationData) else request.data.load()
     if request.resume and data.stats_path is None:
@@ -157,7 +157,7 @@ def prepare_training(request: TrainRequest) -> PreparedTraining:
         if request.interactive:
             plan = plan_config(config, data, interactive=True)
         else:
-            from ..devices import select_device
+            from ..plumbing.devices import select_device
 
             plan = plan_config(config, data, select_device(config.training.device).type)
             if request.classes_from_masks:
@@ -187,8 +187,8 @@ def run_training(
     ``on_forest`` is called with the forest of an interactive request as soon as it is fitted,
     before the network trains (the dock shows its preview).
     """
-    from ..atomic import create_unique_folder
-    from ..stages import stage_one_positions
+    from ..forest.stages import stage_one_positions
+    from ..plumbing.atomic import create_unique_folder
     from ..training.trainer import Trainer
 
     request, data, config, plan = prepared.request, prepared.data, prepared.config, prepared.plan
@@ -272,9 +272,9 @@ def _choose(
 ) -> None:
     """Score the forest, the network and their average on the held-out labels; the run folder keeps
     the choice (``selection.json``, and ``forest.npz`` when the forest takes part)."""
+    from ..forest.selection import choose
     from ..inference import Predictor
     from ..runs import load_trained_model
-    from ..selection import choose
 
     data = outcome.data
     # from disk: the best-loss weights, as prediction will load them
@@ -289,7 +289,7 @@ def _choose(
 
 
 def _fit_forest(training: SegmentationData, held: HeldOut) -> PixelClassifier:
-    from ..selection import fit_forest
+    from ..forest.selection import fit_forest
 
     return fit_forest(training, held)
 

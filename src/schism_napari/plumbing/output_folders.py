@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SchismError
+from ..errors import SchismError
 
 
 def output_folder(path: Path, option: str = "--out") -> bool:

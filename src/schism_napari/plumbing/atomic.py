@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import SchismError
+from ..errors import SchismError
 
 
 class OutputExistsError(SchismError):

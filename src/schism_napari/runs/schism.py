@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SCHISM_ARCHITECTURES, SchismConfig
-from .data.normalization import Normalization, read_stats_file
-from .errors import SchismError
+from ..config import SCHISM_ARCHITECTURES, SchismConfig
+from ..data.normalization import Normalization, read_stats_file
+from ..errors import SchismError
 
 RUN_NAME = re.compile(r"^(?P<model>\w+?)__(?P<stamp>\d\d-\d\d-\d\d-\d\d-\d\d-\d\d)$")
 INI_NAMES = ("hyperparameters.ini", "Hyperparameters.ini")

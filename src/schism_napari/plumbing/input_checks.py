@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.voxels import VoxelSize
-from .errors import DataError
+from ..data.voxels import VoxelSize
+from ..errors import DataError
 
 GB = 1024**3
 # float32 accumulator + blended probabilities per class, normalised input, weights: bytes per pixel

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .data.io import IGNORE, unit_range
-from .errors import DataError, SchismError
-from .metrics import ConfusionMatrix, score_samples
+from ..data.io import IGNORE, unit_range
+from ..errors import DataError, SchismError
+from ..evaluation.metrics import ConfusionMatrix, score_samples
 
 KINDS = ("forest", "lda")
 MAX_PIXELS_PER_CLASS = 20_000  # enough for a forest to settle, few enough to fit in seconds
@@ -161,7 +161,7 @@ class PixelClassifier:
         atomically (a run folder's file: replaced if there)."""
         import json
 
-        from .atomic import atomic_path
+        from ..plumbing.atomic import atomic_path
 
         if self.samples is None:
             raise RuntimeError("fit the classifier first")
@@ -238,8 +238,8 @@ def fit_pixel_classifier(data: Any, positions: Sequence[int], kind: str = "fores
 def score_pixel_classifier(
     classifier: PixelClassifier, data: Any, positions: Sequence[int], *, ignore_background: bool = False
 ) -> ConfusionMatrix:
-    """A :class:`~schism_napari.metrics.ConfusionMatrix` of the classifier on the masks at ``positions``
-    (scored as :func:`~schism_napari.evaluation.evaluate` scores a network)."""
+    """A :class:`~schism_napari.evaluation.metrics.ConfusionMatrix` of the classifier on the masks at ``positions``
+    (scored as :func:`~schism_napari.evaluation.scoring.evaluate` scores a network)."""
     return score_samples(classifier.predict, data, positions, ignore_background=ignore_background)
 
 
@@ -253,7 +253,7 @@ def compare_with_baselines(
     kinds: Sequence[str] = ("lda", "forest"),
     ignore_background: bool = False,
 ) -> str:
-    """IoU per class of the network (an :class:`~schism_napari.evaluation.Evaluation`) beside LDA and
+    """IoU per class of the network (an :class:`~schism_napari.evaluation.scoring.Evaluation`) beside LDA and
     the forest, trained on the labels at ``train_positions`` and scored on ``positions``, as a table."""
     columns = {"network": network.matrix}
     for kind in kinds:

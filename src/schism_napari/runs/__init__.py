@@ -18,14 +18,14 @@ from typing import Any
 
 from torch import nn
 
-from .atomic import atomic_write_text
-from .config import SchismConfig, canonical_metric
-from .data.classes import default_class_names
-from .data.dataset import DEFAULT_STATS, STATS_FILE
-from .data.normalization import Normalization, read_stats_file
-from .errors import SchismError
-from .outputs import output_folder
-from .weights_io import load_torch_file, save_torch_file
+from ..config import SchismConfig, canonical_metric
+from ..data.classes import default_class_names
+from ..data.dataset import DEFAULT_STATS, STATS_FILE
+from ..data.normalization import Normalization, read_stats_file
+from ..errors import SchismError
+from ..plumbing.atomic import atomic_write_text
+from ..plumbing.output_folders import output_folder
+from ..plumbing.weights_io import load_torch_file, save_torch_file
 
 HYPERPARAMETERS = "hyperparameters.ini"
 LAST_CHECKPOINT = "last_checkpoint.pth"
@@ -55,7 +55,7 @@ def prepare_run_dir(path: Path, *, hint: str = "choose a new --out folder") -> P
 def claimed_new_run_dir(path: Path, *, hint: str = "choose a new --out folder") -> Iterator[Path]:
     """:func:`prepare_run_dir`, claimed for this process while the block runs (see :mod:`.claims`):
     a second process given the same folder is refused at once, even when both start together."""
-    from .claims import LOCK_FILE, claim
+    from ..plumbing.claims import LOCK_FILE, claim
 
     path = Path(path)
     try:
@@ -73,7 +73,7 @@ def claimed_new_run_dir(path: Path, *, hint: str = "choose a new --out folder") 
 @contextlib.contextmanager
 def claimed_run_dir(run_dir: Path) -> Iterator[Path]:
     """Hold an existing run folder (``--resume``): refused while another live process trains in it."""
-    from .claims import claim
+    from ..plumbing.claims import claim
 
     with claim(Path(run_dir), what="run folder"):
         yield Path(run_dir)
@@ -81,7 +81,7 @@ def claimed_run_dir(run_dir: Path) -> Iterator[Path]:
 
 def remove_partial_files(run_dir: Path) -> list[Path]:
     """Temporary files a killed run left (``.model_best_loss.pth.x1y2.tmp``: up to a model each)."""
-    from .atomic import remove_debris
+    from ..plumbing.atomic import remove_debris
 
     return remove_debris(Path(run_dir))
 
@@ -124,7 +124,7 @@ def available_weights(run_dir: Path) -> dict[str, Path]:
     """Checkpoint names ("loss", metric names as spelled in the config, "last") -> files.
 
     A folder holding one SCHISM run (the folder SCHISM was given) lists that run's checkpoints."""
-    from .schism_runs import locate_run
+    from .schism import locate_run
 
     run_dir = Path(run_dir)
     with contextlib.suppress(SchismError):  # several SCHISM runs inside: loading says which to choose
@@ -189,8 +189,8 @@ class TrainedModel:
 def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset: str | None = None) -> TrainedModel:
     """Load a run folder of this project, or one written by SCHISM (the timestamped folder or the
     folder holding it); ``dataset`` picks a SCHISM run's data_stats entry."""
-    from .models import build_model, legacy_architecture
-    from .schism_runs import is_schism_run, locate_run
+    from ..models import build_model, legacy_architecture
+    from .schism import is_schism_run, locate_run
 
     run_dir = locate_run(Path(run_dir))
     if not run_dir.is_dir():
@@ -207,12 +207,12 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
     model: nn.Module
     stage_one = None
     if info.get("kind") == "per_class":  # one-vs-rest members + stacker (training/per_class.py)
-        from .models.per_class import build_per_class_model
+        from ..models.per_class import build_per_class_model
 
         model = build_per_class_model(config, in_channels)
     elif info.get("stage_one"):  # stage 2 of a two-stage model (stages.py): C + K input channels
-        from .models.two_stage import ForestPrior
-        from .stages import StageOne
+        from ..forest.stages import StageOne
+        from ..models.two_stage import ForestPrior
 
         stage_one = StageOne.load(run_dir, info["stage_one"])
         network = build_model(config.model, stage_one.network_channels, source=str(run_dir / HYPERPARAMETERS))
@@ -254,7 +254,7 @@ def _chosen_combination(run_dir: Path, checkpoint: str, class_count: int, stage_
     """The run's held-out choice (``selection.json``) and its forest, for the checkpoint it was made
     with; other checkpoints predict with the network alone. A two-stage model's forest is stage 1's
     (the same pixels, trees and seed), so a prediction computes it once."""
-    from .selection import load_forest, read_selection
+    from ..forest.selection import load_forest, read_selection
 
     selection = read_selection(run_dir)
     if selection is None or selection.checkpoint != checkpoint:
@@ -271,8 +271,8 @@ def load_schism_run(run_dir: Path, metric: str = "loss", dataset: str | None = N
     It lives here rather than in ``schism_runs`` so that ``schism_runs`` (SCHISM's folders and
     input path) never imports this module, which dispatches to it: no import cycle.
     """
-    from .models import build_model
-    from .schism_runs import SchismInput, run_normalization, schism_inference_config
+    from ..models import build_model
+    from .schism import SchismInput, run_normalization, schism_inference_config
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

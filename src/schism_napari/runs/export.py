@@ -9,7 +9,7 @@ and the resize factor (img_res / crop_size). Each export is checked before it is
 (onnxruntime) and TorchScript outputs must match torch within 1e-4; a bioimage.io package is
 written as a zip that bioimageio.core's own model test passes (``check_bioimageio``).
 
-A two-stage model (:mod:`schism_napari.stages`) leaves as its second stage: ONNX and TorchScript
+A two-stage model (:mod:`schism_napari.forest.stages`) leaves as its second stage: ONNX and TorchScript
 carry the network, whose input is the image's channels then the K class probabilities of stage 1;
 stage 1 (a scikit-learn random forest on multiscale filter features) is not in them, and stays in
 the run folder's ``stage_one.npz``, as the sidecar says. A bioimage.io package would run without
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import SchismError
-from .runs import TrainedModel, load_trained_model
-from .weights_io import save_torch_file
+from ..errors import SchismError
+from ..plumbing.atomic import atomic_path, atomic_write_text
+from ..plumbing.weights_io import save_torch_file
+from . import TrainedModel, load_trained_model
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -84,7 +84,7 @@ class Exportable:
 
     def example(self, side: int | None = None, seed: int = 0) -> np.ndarray:
         """A raw test image (1, C, side, side) float32: the synthetic rock CT in the input's range."""
-        from .sample import make_rock, to_8bit
+        from ..sample import make_rock, to_8bit
 
         side = side or max(self.divisor, 64 // self.divisor * self.divisor)
         image, _ = make_rock((side, side), seed=seed)
@@ -105,8 +105,8 @@ class Exportable:
 
 def exportable(trained: TrainedModel) -> Exportable:
     """The bare network of a run (a SCHISM run's network without its resizing wrapper)."""
-    from .models import size_divisor
-    from .schism_runs import SchismInput
+    from ..models import size_divisor
+    from .schism import SchismInput
 
     network, scale = trained.model, trained.config.scale
     if isinstance(network, SchismInput):
@@ -120,7 +120,7 @@ def exportable(trained: TrainedModel) -> Exportable:
 
 def _input_dtype(trained: TrainedModel) -> str:
     """The dtype of the training images (run_info.json), which the normalisation's units depend on."""
-    from .runs import read_run_info
+    from . import read_run_info
 
     info = read_run_info(trained.run_dir) if trained.run_dir is not None else {}
     return str((info.get("input_dtypes") or ["uint8"])[0])
@@ -184,7 +184,7 @@ def _sidecar(item: Exportable, path: Path, fmt: str) -> None:
             f"raw dtype's range as the image is (0..255 for uint8; gain and offset map them back to 0..1), from a "
             f"scikit-learn random forest on multiscale filter features, which this file does not compute: it is "
             f"the run folder's {item.stage_one.describe()['file']} "
-            "(schism_napari.stages.StageOne.load), and schism predict runs both stages"
+            "(schism_napari.forest.stages.StageOne.load), and schism predict runs both stages"
         )
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(info, indent=2) + "\n")
 
@@ -281,7 +281,7 @@ class SchismNapariModel(nn.Module):
 def _architecture(item: Exportable) -> tuple[str, str, dict[str, Any]] | None:
     """(source code, class name, kwargs) of the network, self-contained (torch only); None when the
     network comes from a library (smp), whose code a package cannot carry."""
-    from .models import output_channels, schism, unet
+    from ..models import output_channels, schism, unet
 
     config = item.trained.config.model
     out = output_channels(config)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from . import events
+from .. import events
 
 
 class TqdmProgress:

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SchismConfig
-from .data import samples_from_arrays
-from .data.io import read_image
-from .evaluation import Evaluation, evaluate
-from .events import Message, ProgressCallback, ignore_events
-from .inference import Slices
-from .inference.files import predict_to_files
-from .runs import prepare_run_dir
-from .sample import SampleFiles, write_sample
-from .workflows import DatasetFolder, PredictRequest, TrainRequest, build_predictors, train
+from ..config import SchismConfig
+from ..data import samples_from_arrays
+from ..data.io import read_image
+from ..evaluation.scoring import Evaluation, evaluate
+from ..events import Message, ProgressCallback, ignore_events
+from ..inference import Slices
+from ..inference.files import predict_to_files
+from ..runs import prepare_run_dir
+from ..sample import SampleFiles, write_sample
+from ..workflows import DatasetFolder, PredictRequest, TrainRequest, build_predictors, train
 
 DEMO_EPOCHS = 12
 

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import SchismConfig, format_value
-from .data.io import IGNORE
+from ..config import SchismConfig, format_value
+from ..data.crops import SPARSE_FRACTION
+from ..data.io import IGNORE
 
 PLAN_FILE = "plan.json"
-SPARSE_LABELS = 0.5  # below this labelled fraction the masks are scribbles (as data.crops)
+SPARSE_LABELS = SPARSE_FRACTION  # below this labelled fraction the masks are scribbles (as in data.crops)
 # Minutes of training when the user sets neither a budget nor epochs/steps: the widgets wait less
 BUDGET_MINUTES = {("cpu", True): 1.5, ("cpu", False): 4.0, ("gpu", True): 3.0, ("gpu", False): 15.0}
 CLASS_CROPS = 0.33  # nnU-Net oversamples foreground in a third of its patches
@@ -85,7 +86,7 @@ class Plan:
     def write(self, run_dir: Path) -> Path:
         import json
 
-        from .atomic import atomic_write_text
+        from ..plumbing.atomic import atomic_write_text
 
         return atomic_write_text(Path(run_dir) / PLAN_FILE, json.dumps(self.to_json(), indent=2) + "\n", overwrite=True)
 
@@ -141,7 +142,7 @@ def plan_config(
     if config.training.schism_defaults:
         return Plan(planned, {"Training.schism_defaults": "True: keys left out keep SCHISM's literal defaults"})
     if device is None:
-        from .devices import select_device
+        from ..plumbing.devices import select_device
 
         device = select_device(config.training.device).type
     print_ = None if data is None else fingerprint(data, device=device)
@@ -297,9 +298,9 @@ class _Planner:
 
 def infer_class_count(path: str | Path, mask: str | Path | None = None) -> int | None:
     """Classes of a dataset from class_dict.csv or its mask values (None when they fit no encoding)."""
-    from .data.io import infer_class_count as from_values
-    from .data.io import mask_values, read_mask
-    from .data.summary import summarize_folder
+    from ..data.io import infer_class_count as from_values
+    from ..data.io import mask_values, read_mask
+    from ..data.summary import summarize_folder
 
     if mask is not None:
         return from_values(mask_values(read_mask(mask)))
@@ -330,7 +331,7 @@ def _value(config: SchismConfig, key: str) -> Any:
 
 def _has_value(config: SchismConfig, key: str) -> bool:
     section, name = key.split(".", 1)
-    from .config import SECTIONS
+    from ..config import SECTIONS
 
     return section in SECTIONS and hasattr(config.section(section), name)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.dataset import SegmentationData
-from .inference import Predictor
+from ..data.dataset import SegmentationData
+from ..inference import Predictor
 from .metrics import ConfusionMatrix, score_samples
 
 REPORTED = ("Jaccard", "Dice", "Precision", "Recall", "Accuracy")

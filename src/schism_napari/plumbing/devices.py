@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SchismError
+from ..errors import SchismError
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from ..plumbing.atomic import atomic_path
 
 
 class LearningCurves:

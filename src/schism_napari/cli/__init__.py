@@ -18,17 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import SchismError
+from .. import __version__
+from ..errors import SchismError
 from .progress import TqdmProgress
 
 if TYPE_CHECKING:
-    from .data.dataset import SegmentationData
-    from .events import StopToken
-    from .inference import Predictor
-    from .planning import Plan
-    from .runs import TrainedModel
-    from .workflows import InferenceOverrides, Predictors, PredictRequest
+    from ..data.dataset import SegmentationData
+    from ..events import StopToken
+    from ..inference import Predictor
+    from ..runs import TrainedModel
+    from ..training.planning import Plan
+    from ..workflows import InferenceOverrides, Predictors, PredictRequest
 
 EXIT_USER_ERROR = 2
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schism: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as error:  # a file system refusal the checks did not foresee: still one line
-        from .atomic import DISK_FULL_ERRNOS
+        from ..plumbing.atomic import DISK_FULL_ERRNOS
 
         where = f"{error.filename}: " if error.filename else ""
         reason = error.strerror or one_line(str(error))
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schism: error: {where}{reason}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as error:  # a library's wrapper around a full disk (torch's serializer)
-        from .atomic import disk_full_errno
+        from ..plumbing.atomic import disk_full_errno
 
         number = disk_full_errno(error)
         if number is None:
@@ -239,10 +239,10 @@ def stop_on_interrupt(stop: StopToken) -> Iterator[None]:
 
 
 def command_train(arguments: argparse.Namespace) -> int:
-    from .config import SchismConfig
-    from .events import StopToken
-    from .outputs import removed_on_failure
-    from .runs import (
+    from ..config import SchismConfig
+    from ..events import StopToken
+    from ..plumbing.output_folders import removed_on_failure
+    from ..runs import (
         BEST_LOSS,
         LAST_CHECKPOINT,
         best_weights_file,
@@ -251,7 +251,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         read_run_config,
         remove_partial_files,
     )
-    from .workflows import DatasetFolder, TrainRequest, prepare_training, run_training
+    from ..workflows import DatasetFolder, TrainRequest, prepare_training, run_training
 
     resume = arguments.resume is not None
     if resume:
@@ -274,7 +274,7 @@ def command_train(arguments: argparse.Namespace) -> int:
     if classes_from_masks:
         config.model.num_classes = _classes_from_masks(arguments.data, arguments.mask)
     validate_with_overrides(config, overrides)
-    from .resources import apply_threads
+    from ..plumbing.resources import apply_threads
 
     apply_threads(config.training.threads)
     progress = TqdmProgress()
@@ -327,7 +327,7 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 
 def _print_plan(plan: Plan) -> None:
-    """Say why each key the INI left out was planned from the data (see :mod:`schism_napari.planning`)."""
+    """Say why each key the INI left out was planned from the data (see :mod:`schism_napari.training.planning`)."""
     for key, reason in plan.reasons.items():
         if "." in key:
             section, name = key.split(".", 1)
@@ -344,7 +344,7 @@ def _check_per_class(arguments: argparse.Namespace) -> None:
 
 
 def _classes_from_masks(data: Path, mask: Path | None) -> int:
-    from .planning import infer_class_count
+    from ..training.planning import infer_class_count
 
     try:
         count = infer_class_count(data, mask)
@@ -358,7 +358,7 @@ def _classes_from_masks(data: Path, mask: Path | None) -> int:
 def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
     """Validate the whole configuration; a bad value given as a [Training] option on the command
     line is blamed on that option, not on the INI file it overrides."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     try:
         config.validate()
@@ -373,7 +373,7 @@ def validate_with_overrides(config: Any, overrides: dict[str, str]) -> None:
 
 def _inference_overrides(arguments: argparse.Namespace) -> InferenceOverrides:
     """The inference options given on the command line, over each run's [Inference]."""
-    from .workflows import InferenceOverrides
+    from ..workflows import InferenceOverrides
 
     return InferenceOverrides(
         tile_size=arguments.tile_size,
@@ -389,7 +389,7 @@ def _inference_overrides(arguments: argparse.Namespace) -> InferenceOverrides:
 def _predict_request(arguments: argparse.Namespace, dataset: str | None = None) -> PredictRequest:
     """The run folder(s) and the inference options of ``predict`` or ``evaluate``. ``dataset`` picks
     a SCHISM run's normalisation (its data_stats entry for that dataset)."""
-    from .workflows import PredictRequest
+    from ..workflows import PredictRequest
 
     return PredictRequest(
         runs=_weights(arguments),
@@ -406,14 +406,14 @@ def _weights(arguments: argparse.Namespace) -> list[Path]:
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
-    from .claims import claimed_outputs
-    from .data.discovery import list_image_files
-    from .data.io import gray_levels
-    from .inference.files import predict_to_files
-    from .inference.planes import DEFAULT_SLAB_DEPTH
-    from .inputs import CheckedSlices
-    from .outputs import output_folder, removed_on_failure
-    from .workflows import build_predictors, planar
+    from ..data.discovery import list_image_files
+    from ..data.io import gray_levels
+    from ..inference.files import predict_to_files
+    from ..inference.planes import DEFAULT_SLAB_DEPTH
+    from ..plumbing.claims import claimed_outputs
+    from ..plumbing.input_checks import CheckedSlices
+    from ..plumbing.output_folders import output_folder, removed_on_failure
+    from ..workflows import build_predictors, planar
 
     arguments.probabilities = arguments.probabilities or arguments.zarr
     if arguments.dask_scheduler or arguments.workers:
@@ -520,11 +520,11 @@ def _open_checked(
     """Open one input lazily (a video frame by frame) and check it (channels, size against memory
     and disk, beside the ``planned`` outputs of the inputs before it, to which its own are added)
     before any work."""
-    from .data.video import VideoFrames, is_video
-    from .data.voxels import read_voxel_size
-    from .inference import Slices
-    from .inference.files import check_channels, open_lazy, output_bytes
-    from .inputs import check_prediction_resources
+    from ..data.video import VideoFrames, is_video
+    from ..data.voxels import read_voxel_size
+    from ..inference import Slices
+    from ..inference.files import check_channels, open_lazy, output_bytes
+    from ..plumbing.input_checks import check_prediction_resources
 
     probabilities = arguments.probabilities
     if is_video(path):
@@ -549,7 +549,7 @@ def _open_checked(
 
 
 def _check_video_options(arguments: argparse.Namespace, inputs: list[Path]) -> None:
-    from .data.video import is_video
+    from ..data.video import is_video
 
     videos = [p for p in inputs if is_video(p)]
     if arguments.overlay is not None:
@@ -566,7 +566,7 @@ def _check_video_options(arguments: argparse.Namespace, inputs: list[Path]) -> N
 def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: TrainedModel) -> Path:
     import tifffile
 
-    from .data.video import write_overlay
+    from ..data.video import write_overlay
 
     mapped = tifffile.memmap(labels_path, mode="r")
     labels = mapped if mapped.ndim == 3 else mapped[None]  # one frame was written as (Y, X)
@@ -576,13 +576,13 @@ def _write_overlay(target: Path, frames: Any, labels_path: Path, trained: Traine
 
 def command_predict_distributed(arguments: argparse.Namespace) -> int:
     """``predict --dask-scheduler ADDRESS`` / ``--workers N``: chunks of slices on dask workers, OME-Zarr out."""
-    from .claims import claimed_outputs
-    from .data.discovery import list_image_files
-    from .data.io import gray_levels
-    from .inference.distributed import predict_distributed
-    from .outputs import output_folder, removed_on_failure
-    from .resources import choose_threads
-    from .runs import load_trained_model
+    from ..data.discovery import list_image_files
+    from ..data.io import gray_levels
+    from ..inference.distributed import predict_distributed
+    from ..plumbing.claims import claimed_outputs
+    from ..plumbing.output_folders import output_folder, removed_on_failure
+    from ..plumbing.resources import choose_threads
+    from ..runs import load_trained_model
 
     if arguments.workers is not None and arguments.workers < 1:
         raise SchismError(f"--workers {arguments.workers}: must be at least 1")
@@ -655,12 +655,12 @@ def _prediction_inputs(path: Path, list_image_files: Any) -> list[Path]:
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
-    from .atomic import atomic_write_text
-    from .data import load_dataset
-    from .data.splits import read_split
-    from .evaluation import evaluate
-    from .schism_runs import locate_run
-    from .workflows import build_predictors, dataset_options
+    from ..data import load_dataset
+    from ..data.splits import read_split
+    from ..evaluation.scoring import evaluate
+    from ..plumbing.atomic import atomic_write_text
+    from ..runs.schism import locate_run
+    from ..workflows import build_predictors, dataset_options
 
     built = build_predictors(_predict_request(arguments))
     members, predictors = built.members, built.each
@@ -680,7 +680,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     print(f"{arguments.split} split: {len(positions)} images, weights {trained.source}")
     print(result.format())
     if arguments.baseline:
-        from .baseline import compare_with_baselines
+        from ..forest.classifier import compare_with_baselines
 
         train_positions = read_split(runs[0], data).train
         print(
@@ -705,9 +705,9 @@ def _evaluate_ensemble(
     positions: list[int],
 ) -> int:
     """Each member, then the ensemble, on the same images (the first run's split); one CSV for all."""
-    from .atomic import atomic_write_text
-    from .data.splits import read_split
-    from .inference.ensemble import compare_members
+    from ..data.splits import read_split
+    from ..inference.ensemble import compare_members
+    from ..plumbing.atomic import atomic_write_text
 
     for run in runs[1:]:
         other = read_split(run, data)
@@ -729,7 +729,7 @@ def _evaluate_ensemble(
 
 
 def command_export(arguments: argparse.Namespace) -> int:
-    from .export import check_bioimageio, export_model
+    from ..runs.export import check_bioimageio, export_model
 
     path = export_model(arguments.weights, arguments.format, arguments.out, metric=arguments.metric)
     print(f"wrote {path}")
@@ -748,8 +748,8 @@ def command_export(arguments: argparse.Namespace) -> int:
 
 def _warn_stage_one(run_dir: Path, path: Path) -> None:
     """A two-stage model's export is its second stage: say where the first one is."""
-    from .runs import read_run_info
-    from .schism_runs import locate_run
+    from ..runs import read_run_info
+    from ..runs.schism import locate_run
 
     described = read_run_info(locate_run(Path(run_dir))).get("stage_one")
     if described:
@@ -763,7 +763,7 @@ def _warn_stage_one(run_dir: Path, path: Path) -> None:
 
 def _warn_network_only(run_dir: Path, metric: str) -> None:
     """An export holds the network: say so when the run predicts with the forest too."""
-    from .selection import LABELS, read_selection
+    from ..forest.selection import LABELS, read_selection
 
     selection = read_selection(run_dir) if Path(run_dir).is_dir() else None
     if selection is not None and selection.forest_weight > 0 and selection.checkpoint == metric:
@@ -775,10 +775,10 @@ def _warn_network_only(run_dir: Path, metric: str) -> None:
 
 
 def command_stats(arguments: argparse.Namespace) -> int:
-    from .data.dataset import STATS_FILE, folder_stats
-    from .data.discovery import discover_datasets
-    from .data.normalization import write_stats_file
-    from .outputs import writable_parent
+    from ..data.dataset import STATS_FILE, folder_stats
+    from ..data.discovery import discover_datasets
+    from ..data.normalization import write_stats_file
+    from ..plumbing.output_folders import writable_parent
 
     stats_folder, folders = discover_datasets(arguments.data, require_masks=False)
     target = arguments.out or stats_folder / STATS_FILE
@@ -796,7 +796,7 @@ def command_stats(arguments: argparse.Namespace) -> int:
 
 
 def command_sample(arguments: argparse.Namespace) -> int:
-    from .sample import write_sample
+    from ..sample import write_sample
 
     files = write_sample(arguments.out, seed=arguments.seed, schism=arguments.schism)
     print(f"wrote the synthetic rock CT sample to {files.root}:")

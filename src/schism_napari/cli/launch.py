@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .atomic import unique_path
+from ..plumbing.atomic import unique_path
 
 
 def has_display() -> bool:
@@ -28,7 +28,7 @@ def launch(out: Path, *, headless: bool = False) -> int:
     run_demo(root, callback=TqdmProgress())
     shots = root / "screenshots"
     if has_display():
-        command = [sys.executable, "-m", "schism_napari._screenshots", str(shots)]
+        command = [sys.executable, "-m", "schism_napari.cli.screenshots", str(shots)]
     elif shutil.which("xvfb-run"):
         command = [
             "xvfb-run",
@@ -37,7 +37,7 @@ def launch(out: Path, *, headless: bool = False) -> int:
             "-screen 0 1600x1000x24",
             sys.executable,
             "-m",
-            "schism_napari._screenshots",
+            "schism_napari.cli.screenshots",
             str(shots),
         ]
     else:

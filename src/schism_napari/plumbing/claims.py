@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SchismError
+from ..errors import SchismError
 
 LOCK_FILE = ".schism.lock"
 _ATTEMPTS = 5

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import canonical_metric
-from .data.io import IGNORE
+from ..config import canonical_metric
+from ..data.io import IGNORE
 
 if TYPE_CHECKING:
     import torch

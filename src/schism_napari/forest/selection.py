@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from .baseline import PixelClassifier
-from .data.dataset import SegmentationData
-from .data.io import IGNORE
-from .errors import SchismError
-from .metrics import jaccard
+from ..data.dataset import SegmentationData
+from ..data.io import IGNORE
+from ..errors import SchismError
+from ..evaluation.metrics import jaccard
+from .classifier import PixelClassifier
 
 SELECTION_FILE = "selection.json"
 FOREST_FILE = "forest.npz"
@@ -89,10 +89,10 @@ def hold_out(
     """Set aside held-out labels from the samples at ``positions`` (the training and validation
     images); returns the data to train on (held-out pixels unlabeled) and what was held out.
 
-    Scribbles (mean labelled fraction under :data:`~schism_napari.planning.SPARSE_LABELS`) lose
+    Scribbles (mean labelled fraction under :data:`~schism_napari.data.crops.SPARSE_FRACTION`) lose
     about ``share`` of each class's pixels as whole strokes; dense masks with ``validation`` images
     lose nothing and those images are scored instead. An image never loses all its labels."""
-    from .planning import SPARSE_LABELS
+    from ..data.crops import SPARSE_FRACTION as SPARSE_LABELS
 
     labelled = [p for p in sorted(set(positions)) if data.samples[p].mask is not None]
     if not labelled:
@@ -232,7 +232,7 @@ class Selection:
 
     def write(self, run_dir: Path, forest: PixelClassifier | None) -> Path:
         """``selection.json``, and ``forest.npz`` when the forest takes part, into the run folder."""
-        from .atomic import atomic_write_text
+        from ..plumbing.atomic import atomic_write_text
 
         run_dir = Path(run_dir)
         if self.forest_weight > 0:

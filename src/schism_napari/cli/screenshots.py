@@ -1,6 +1,6 @@
 """Screenshots of the plugin doing the whole loop on the sample: scribbles -> train -> predict.
 
-Run under a display or Xvfb: ``python -m schism_napari._screenshots OUT_DIR``.
+Run under a display or Xvfb: ``python -m schism_napari.cli.screenshots OUT_DIR``.
 """
 
 from __future__ import annotations

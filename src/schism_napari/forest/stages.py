@@ -6,7 +6,7 @@ mean IoU on held-out slices). ilastik's autocontext and Shallow2Deep (Matskevych
 answer this by giving the second stage the first one's class probabilities. Here:
 
 * **Stage 1** is the pixel classifier the napari preview already fits: multiscale filter features
-  and a random forest (:class:`~schism_napari.baseline.PixelClassifier`), on the strokes left for
+  and a random forest (:class:`~schism_napari.forest.classifier.PixelClassifier`), on the strokes left for
   training (the held-out ones are not seen by either stage).
 * **Stage 2** is the network. Its input is the image plus stage 1's K class probabilities, stored
   as K more channels in the image's own dtype (``low + p * (high - low)``, so the crops, the
@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from .baseline import PixelClassifier
-from .data.dataset import SegmentationData
-from .data.io import IGNORE, unit_range
-from .data.normalization import Normalization
-from .errors import SchismError
+from ..data.dataset import SegmentationData
+from ..data.io import IGNORE, unit_range
+from ..data.normalization import Normalization
+from ..errors import SchismError
+from .classifier import PixelClassifier
 from .selection import FOREST_TREES, HOLDOUT_SEED
 
 STAGE_ONE_FILE = "stage_one.npz"
@@ -164,7 +164,7 @@ def stage_two_data(
 
 def stage_one_positions(held: Any) -> list[int] | None:
     """The samples stage 1 is fitted on when the model has two stages (a
-    :class:`~schism_napari.selection.HeldOut`'s forest samples), or None for one stage: scribbles get
+    :class:`~schism_napari.forest.selection.HeldOut`'s forest samples), or None for one stage: scribbles get
     two stages; dense masks, whose networks beat the forest on their own, one."""
     if held.mode != "strokes":
         return None

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import SchismError
 from .atomic import atomic_path
-from .errors import SchismError
 
 # bytes a torch zip file adds to the tensors it holds (headers, pickled structure), for the estimate
 _ARCHIVE_OVERHEAD = 64 * 1024
@@ -43,7 +43,7 @@ def state_bytes(state: Any) -> int:
 
 def save_torch_file(path: Path, state: Any, *, overwrite: bool = True) -> None:
     """``torch.save`` under a temporary name, renamed when complete; a full disk is one
-    :class:`~schism_napari.atomic.DiskFullError` line and the previous file stays as it was."""
+    :class:`~schism_napari.plumbing.atomic.DiskFullError` line and the previous file stays as it was."""
     import torch
 
     # a file object, not the path: its OSError (ENOSPC) survives as the context of torch's RuntimeError
