@@ -751,13 +751,3 @@ class Trainer:
 
     def _target(self, y: torch.Tensor) -> torch.Tensor:
         return y  # SCHISM's ignore_background (gray 0 = unlabeled) is applied when masks are read
-
-
-def train(
-    config: SchismConfig,
-    data: SegmentationData,
-    run_dir: Path,
-    **options: Any,
-) -> TrainingResult:
-    """Convenience wrapper: ``Trainer(config, data, run_dir, **options).run()``."""
-    return Trainer(config, data, run_dir, **options).run()
