@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data.dataset import SegmentationData
 from ..inference import Predictor
+from ..inference.combined import CombinedPredictor
 from .metrics import ConfusionMatrix, score_samples
 
 REPORTED = ("Jaccard", "Dice", "Precision", "Recall", "Accuracy")
@@ -43,7 +44,7 @@ class Evaluation:
 
 
 def evaluate(
-    predictor: Predictor,
+    predictor: Predictor | CombinedPredictor,
     data: SegmentationData,
     positions: Sequence[int],
     class_names: list[str],

@@ -433,7 +433,7 @@ def collect_prediction(
     labels = labels_out
     if labels is None:
         labels = np.zeros((slices.count, slices.height, slices.width), labels_dtype)
-    probabilities = probabilities_out
+    probabilities: Any = probabilities_out  # the caller's output or a new array: either is read back in 2D
     if probabilities is None and keep_probabilities:
         probabilities = np.zeros((slices.count, source.class_count, slices.height, slices.width), dtype=np.float32)
     for z, slice_probabilities in source.iter_probabilities(slices):

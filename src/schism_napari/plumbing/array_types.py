@@ -64,6 +64,4 @@ class PlaneOutput(Protocol):
     """Where a prediction writes its slices, ``out[z] = plane``: a numpy or zarr array, a TIFF
     written page by page, or a view that stores them elsewhere."""
 
-    def __getitem__(self, index: int, /) -> Any: ...
-
     def __setitem__(self, index: int, value: np.ndarray, /) -> None: ...
