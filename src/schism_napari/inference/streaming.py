@@ -28,7 +28,7 @@ from .predictor import Slices
 
 if TYPE_CHECKING:
     from ..events import Event
-    from ..plumbing.array_types import PlaneArray
+    from ..plumbing.array_types import PlaneArray, StackArray
     from .combined import CombinedPredictor
     from .predictor import Predictor
 
@@ -102,7 +102,7 @@ class _Runs:
 
 def stream_prediction(
     predictor: Predictor | CombinedPredictor,
-    array: PlaneArray,
+    array: StackArray,
     store: VolumeStore,
     first: int,
     *,

@@ -9,6 +9,7 @@ written the same way.
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,6 +48,22 @@ class SlabArray(Protocol):
     def dtype(self) -> np.dtype[Any]: ...
 
     def __getitem__(self, index: slice, /) -> Any: ...
+
+
+class StackArray(Protocol):
+    """A stack read by planes, by slabs or whole (numpy, zarr, dask): both a :class:`PlaneArray`
+    and a :class:`SlabArray`."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def ndim(self) -> int: ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    def __getitem__(self, index: int | slice | EllipsisType, /) -> Any: ...
 
 
 class WritableSlabs(Protocol):
