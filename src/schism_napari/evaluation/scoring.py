@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.dataset import SegmentationData
 from ..inference import Predictor
-from ..inference.combined import CombinedPredictor
 from .metrics import ConfusionMatrix, score_samples
+
+if TYPE_CHECKING:
+    from ..inference.combined import CombinedPredictor
 
 REPORTED = ("Jaccard", "Dice", "Precision", "Recall", "Accuracy")
 

@@ -18,10 +18,11 @@ import numpy as np
 
 from ..errors import SchismError
 from .combined import CombinedPredictor
-from .predictor import Predictor, Slices
+from .predictor import Slices
 
 if TYPE_CHECKING:
     from ..data.dataset import SegmentationData
+    from .predictor import Predictor
 
 
 class EnsemblePredictor(CombinedPredictor):

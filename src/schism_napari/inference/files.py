@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +22,8 @@ from ..errors import DataError, SchismError
 from ..plumbing.input_checks import CheckedSlices, ngff_multiscales
 
 if TYPE_CHECKING:
+    from types import EllipsisType, TracebackType
+
     import tifffile
     import zarr
     from numpy.typing import ArrayLike, DTypeLike

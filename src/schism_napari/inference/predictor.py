@@ -461,7 +461,7 @@ def _pad_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return padded if tensor.ndim == 4 else padded[0]
 
 
-def _argmax_classes(probabilities: np.ndarray, dtype: type[np.unsignedinteger[Any]]) -> np.ndarray:
+def _argmax_classes(probabilities: np.ndarray, dtype: type[np.uint8] | type[np.uint16]) -> np.ndarray:
     """``probabilities.argmax(axis=0)`` (ties to the lowest class) in a few passes over whole planes:
     2x faster than numpy's argmax along the first axis, which walks the class axis pixel by pixel."""
     labels = np.zeros(probabilities.shape[1:], dtype)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +19,8 @@ from ..data.voxels import VoxelSize
 from ..errors import DataError
 
 if TYPE_CHECKING:
+    from types import EllipsisType
+
     from numpy.typing import DTypeLike
 
     from .array_types import StackArray
