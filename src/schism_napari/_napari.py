@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 # ---- reader --------------------------------------------------------------------------------------
 
@@ -57,7 +60,7 @@ def read_dataset_folder(path: str | list[str]) -> list[tuple]:
 # ---- writer --------------------------------------------------------------------------------------
 
 
-def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+def write_labels(path: str, data: ArrayLike, meta: dict) -> list[str]:
     """Labels (0 unpainted, k + 1 class k) -> TIFF mask with classes 0..C-1 and 255 for unpainted."""
     import tifffile
 

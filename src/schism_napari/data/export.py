@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError
 from ..plumbing.atomic import atomic_write, unique_path
 from .volume_store import iter_slabs
+
+if TYPE_CHECKING:
+    from ..plumbing.array_types import SlabArray
 
 
 def dataset_name(text: str) -> str:
@@ -22,7 +25,7 @@ def dataset_name(text: str) -> str:
 def write_training_pair(
     root: str | Path,
     name: str,
-    image: Any,
+    image: SlabArray,
     mask: np.ndarray,
     *,
     rgb: bool = False,

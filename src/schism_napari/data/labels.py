@@ -6,11 +6,14 @@ corrected napari Labels layer is training data as it is.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .io import IGNORE
+
+if TYPE_CHECKING:
+    from ..plumbing.array_types import WritableSlabs
 
 
 def labels_to_mask(labels: np.ndarray, class_count: int) -> np.ndarray:
@@ -86,7 +89,7 @@ class Corrections:
         self.reviewed: set[int] = set() if reviewed is None else reviewed
 
     @classmethod
-    def stored(cls, predicted: Any, edited: Any, reviewed: set[int] | None = None) -> Corrections:
+    def stored(cls, predicted: WritableSlabs, edited: WritableSlabs, reviewed: set[int] | None = None) -> Corrections:
         """Corrections kept in arrays on disk (a stack streamed to a store, see
         :mod:`.volume_store`), used as they are, not copied; new predictions merge into them slab
         by slab (:func:`.volume_store.write_labels`), not through :meth:`repredicted`."""

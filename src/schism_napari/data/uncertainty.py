@@ -6,9 +6,12 @@ uncertainty layer and jump to the slice most in need of review. Pure numpy, no Q
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..plumbing.array_types import SlabArray
 
 
 def margin_uncertainty(probabilities: np.ndarray, class_axis: int = 0) -> np.ndarray:
@@ -31,7 +34,7 @@ def margin_uncertainty(probabilities: np.ndarray, class_axis: int = 0) -> np.nda
 
 
 def most_uncertain_slice(
-    uncertainty: Any, exclude: set[int] | frozenset[int] = frozenset(), *, slab: int = 16
+    uncertainty: SlabArray, exclude: set[int] | frozenset[int] = frozenset(), *, slab: int = 16
 ) -> int | None:
     """The slice (first axis) with the highest mean uncertainty, skipping ``exclude`` (reviewed slices).
 

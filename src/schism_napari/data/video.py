@@ -12,12 +12,18 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError, SchismError
 from .classes import DEFAULT_COLORS
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+
+    from ..plumbing.array_types import PlaneArray
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -117,7 +123,7 @@ class VideoFrames:
             self.close()
 
 
-def _count_frames(container: Any, stream: Any) -> int:
+def _count_frames(container: InputContainer, stream: VideoStream) -> int:
     """Frames of a stream that does not record its length: count its packets (no decoding)."""
     count = sum(1 for packet in container.demux(stream) if packet.size)
     container.seek(0)
@@ -137,7 +143,7 @@ def overlay_frame(
 
 def write_overlay(
     frames: VideoFrames,
-    labels: Any,
+    labels: PlaneArray,
     path: Path,
     *,
     colors: Sequence[tuple[int, int, int]] | None = None,

@@ -25,12 +25,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError
 from .uncertainty import margin_uncertainty
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..plumbing.array_types import Shaped, SlabArray, WritableSlabs
 
 # An in-memory prediction of a stack holds about held_bytes(); above this it streams to disk.
 # Below it the results are a few tens of MB and stay exact float32 arrays, with no disk use.
@@ -47,7 +52,7 @@ def held_bytes(shape: tuple[int, ...], class_count: int) -> int:
     return voxels * (4 * class_count + 4 + 2)
 
 
-def should_stream(array: Any, *, rgb: bool, class_count: int) -> bool:
+def should_stream(array: Shaped, *, rgb: bool, class_count: int) -> bool:
     """Whether a prediction of ``array`` goes to a store on disk: stacks (Z, Y, X, not RGB) whose
     results would exceed :data:`STREAM_ABOVE_BYTES` in memory, and every stack read lazily (a
     dask or zarr array: it may be larger than memory itself). 2D and RGB images stay in memory."""
@@ -66,7 +71,7 @@ def to_bytes(values: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def from_bytes(values: Any) -> np.ndarray:
+def from_bytes(values: ArrayLike) -> np.ndarray:
     """Stored bytes -> float32 in [0, 1] (k / 255): what the probability and uncertainty layers show."""
     return np.asarray(values).astype(np.float32) / np.float32(255)
 
@@ -130,7 +135,7 @@ class VolumeStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def chunk_depth(array: Any) -> int:
+def chunk_depth(array: object) -> int:
     """Slices per chunk along the first axis of a dask or zarr array (1 when unknown)."""
     chunks = getattr(array, "chunks", None)
     if not chunks:
@@ -146,7 +151,7 @@ class SlabReader:
     it whole may not fit in memory. A slab is whole chunks, at most :data:`SLAB_BYTES`.
     """
 
-    def __init__(self, array: Any, max_bytes: int = SLAB_BYTES):
+    def __init__(self, array: SlabArray, max_bytes: int = SLAB_BYTES):
         self.array = array
         self.shape = tuple(int(v) for v in array.shape)
         self.ndim = len(self.shape)
@@ -170,7 +175,7 @@ class SlabReader:
         return self._slab[z - self._start]
 
 
-def iter_slabs(array: Any, max_bytes: int = SLAB_BYTES) -> Iterator[np.ndarray]:
+def iter_slabs(array: SlabArray, max_bytes: int = SLAB_BYTES) -> Iterator[np.ndarray]:
     """The first-axis slices of ``array`` (numpy or lazy), read a slab at a time (for writing a
     lazily opened volume to a file without holding it whole)."""
     reader = SlabReader(array, max_bytes)
@@ -187,12 +192,12 @@ def store_labels(store: VolumeStore, start: int, stop: int, reviewed: set[int] |
 
 
 def write_labels(
-    labels: Any,
-    predicted: Any,
+    labels: WritableSlabs,
+    predicted: WritableSlabs,
     start: int,
     new: np.ndarray,
     reviewed: set[int] | frozenset[int] = frozenset(),
-    edited: Any = None,
+    edited: WritableSlabs | None = None,
 ) -> None:
     """A new prediction ``new`` of slices ``start:start + len(new)``, merged around the user's work
     one slab at a time (a whole volume's temporaries would not fit). The arrays may be numpy or zarr.
@@ -218,12 +223,12 @@ def write_labels(
 
 
 def threshold_labels(
-    foreground: Any,
+    foreground: SlabArray,
     threshold: float,
-    labels: Any,
-    predicted: Any,
+    labels: WritableSlabs,
+    predicted: WritableSlabs,
     reviewed: set[int] | frozenset[int] = frozenset(),
-    edited: Any = None,
+    edited: WritableSlabs | None = None,
     *,
     slab: int = 4,
 ) -> Iterator[int]:

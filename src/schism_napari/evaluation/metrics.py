@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from ..data.io import IGNORE
 
 if TYPE_CHECKING:
     import torch
+
+    from ..data.dataset import SegmentationData
 
 AP_BINS = 1000
 
@@ -136,7 +138,7 @@ def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def score_samples(
     predict: Callable[[np.ndarray], np.ndarray],
-    data: Any,
+    data: SegmentationData,
     positions: Sequence[int],
     *,
     ignore_background: bool = False,

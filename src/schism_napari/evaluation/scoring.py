@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.dataset import SegmentationData
 from ..inference import Predictor
 from .metrics import ConfusionMatrix, score_samples
+
+if TYPE_CHECKING:
+    from ..inference.combined import CombinedPredictor
 
 REPORTED = ("Jaccard", "Dice", "Precision", "Recall", "Accuracy")
 
@@ -43,7 +46,7 @@ class Evaluation:
 
 
 def evaluate(
-    predictor: Predictor,
+    predictor: Predictor | CombinedPredictor,
     data: SegmentationData,
     positions: Sequence[int],
     class_names: list[str],

@@ -19,13 +19,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from ..data.io import IGNORE, unit_range
 from ..errors import DataError, SchismError
 from ..evaluation.metrics import ConfusionMatrix, score_samples
+
+if TYPE_CHECKING:
+    from ..data.dataset import SegmentationData
+
+
+class Scored(Protocol):
+    """A network's scores as :func:`compare_with_baselines` reads them (an
+    :class:`~schism_napari.evaluation.scoring.Evaluation`, which this layer does not import)."""
+
+    @property
+    def matrix(self) -> ConfusionMatrix: ...
+
 
 KINDS = ("forest", "lda")
 MAX_PIXELS_PER_CLASS = 20_000  # enough for a forest to settle, few enough to fit in seconds
@@ -228,15 +240,18 @@ class PixelClassifier:
         return RandomForestClassifier(n_estimators=self.trees, n_jobs=self.threads, random_state=self.seed)
 
 
-def fit_pixel_classifier(data: Any, positions: Sequence[int], kind: str = "forest", **options: Any) -> PixelClassifier:
+def fit_pixel_classifier(
+    data: SegmentationData, positions: Sequence[int], kind: str = "forest", **options: Any
+) -> PixelClassifier:
     """Train on the samples of a :class:`~schism_napari.data.SegmentationData` at ``positions``."""
     samples = [data.samples[p] for p in positions if data.samples[p].mask is not None]
     classifier = PixelClassifier(kind, class_count=data.class_count, **options)
-    return classifier.fit([s.image for s in samples], [s.mask for s in samples])
+    masks = cast("list[np.ndarray]", [s.mask for s in samples])  # samples without one are left out above
+    return classifier.fit([s.image for s in samples], masks)
 
 
 def score_pixel_classifier(
-    classifier: PixelClassifier, data: Any, positions: Sequence[int], *, ignore_background: bool = False
+    classifier: PixelClassifier, data: SegmentationData, positions: Sequence[int], *, ignore_background: bool = False
 ) -> ConfusionMatrix:
     """A :class:`~schism_napari.evaluation.metrics.ConfusionMatrix` of the classifier on the masks at ``positions``
     (scored as :func:`~schism_napari.evaluation.scoring.evaluate` scores a network)."""
@@ -244,8 +259,8 @@ def score_pixel_classifier(
 
 
 def compare_with_baselines(
-    network: Any,
-    data: Any,
+    network: Scored,
+    data: SegmentationData,
     train_positions: Sequence[int],
     positions: Sequence[int],
     class_names: Sequence[str],

@@ -31,7 +31,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from ..data.normalization import Normalization
 from ..errors import SchismError
 from .classifier import PixelClassifier
 from .selection import FOREST_TREES, HOLDOUT_SEED
+
+if TYPE_CHECKING:
+    from .selection import HeldOut
 
 STAGE_ONE_FILE = "stage_one.npz"
 FOLDS = 3  # out-of-fold forests: each fitted on two thirds of the strokes
@@ -162,7 +165,7 @@ def stage_two_data(
     return staged, stage_one
 
 
-def stage_one_positions(held: Any) -> list[int] | None:
+def stage_one_positions(held: HeldOut) -> list[int] | None:
     """The samples stage 1 is fitted on when the model has two stages (a
     :class:`~schism_napari.forest.selection.HeldOut`'s forest samples), or None for one stage: scribbles get
     two stages; dense masks, whose networks beat the forest on their own, one."""

@@ -9,11 +9,14 @@ take either without knowing which they got.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .predictor import PredictionResult, Predictor, Slices, collect_prediction
+
+if TYPE_CHECKING:
+    from ..plumbing.array_types import PlaneArray, PlaneOutput
 
 
 class CombinedPredictor:
@@ -34,12 +37,12 @@ class CombinedPredictor:
 
     def predict(
         self,
-        image: Any,
+        image: PlaneArray | Slices,
         *,
         rgb: bool = False,
         keep_probabilities: bool = True,
-        probabilities_out: Any = None,
-        labels_out: Any = None,
+        probabilities_out: PlaneOutput | None = None,
+        labels_out: PlaneOutput | None = None,
     ) -> PredictionResult:
         """Same contract as :meth:`Predictor.predict` (2D image or stack, optional streaming outputs)."""
         slices = image if isinstance(image, Slices) else Slices(image, rgb=rgb)

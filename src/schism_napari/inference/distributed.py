@@ -22,9 +22,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +31,12 @@ from ..config import InferenceConfig
 from ..errors import SchismError
 from ..events import PredictionProgress, ProgressCallback, ignore_events
 from ..plumbing.atomic import OutputExistsError, full_disk_error
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from ..plumbing.array_types import PlaneArray
+    from .predictor import Predictor, Slices
 
 LOADS: dict[tuple[Any, ...], int] = {}  # model loads per cache key in this process (what the tests check)
 
@@ -79,7 +84,7 @@ class _SliceWriter:
 class _SliceRange:
     """A lazy view of slices ``start..stop`` of a stack (only what is indexed is read)."""
 
-    def __init__(self, array: Any, start: int, stop: int, stack: bool):
+    def __init__(self, array: PlaneArray, start: int, stop: int, stack: bool):
         self.array, self.start, self.stack = array, start, stack
         self.shape = (stop - start, *(array.shape[1:] if stack else array.shape))
         self.ndim = len(self.shape)
@@ -97,7 +102,7 @@ def _settings_of(job: ChunkJob) -> InferenceConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_predictor(run_dir: str, metric: str, settings: tuple[tuple[str, Any], ...], device: str) -> Any:
+def cached_predictor(run_dir: str, metric: str, settings: tuple[tuple[str, Any], ...], device: str) -> Predictor:
     """The Predictor of a run folder, loaded once per worker process and kept for its next chunks."""
     from ..runs import load_trained_model
     from .predictor import Predictor
@@ -172,7 +177,7 @@ def predict_distributed(
     device: str = "cpu",
     levels: np.ndarray | None = None,
     callback: ProgressCallback = ignore_events,
-    client: Any = None,
+    client: Client | None = None,
 ) -> DistributedResult:
     """Predict a stack on a dask cluster into OME-Zarr groups ``labels_path`` (Z, Y, X) and optionally
     ``probabilities_path`` (Z, C, Y, X). Give ``scheduler`` (an address), ``workers`` (a local cluster
@@ -234,17 +239,17 @@ def predict_distributed(
     return DistributedResult(outputs, reports, time.perf_counter() - began)
 
 
-def _padded(slices: Any, divisor: int) -> tuple[int, int]:
+def _padded(slices: Slices, divisor: int) -> tuple[int, int]:
     return -(-slices.height // divisor) * divisor, -(-slices.width // divisor) * divisor
 
 
 def _run(
-    client: Any,
+    client: Client,
     job: ChunkJob,
     ranges: list[tuple[int, int]],
     tiles_per_slice: int,
     count: int,
-    callback: Callable[[Any], None],
+    callback: ProgressCallback,
 ) -> list[dict[str, Any]]:
     from distributed import as_completed
 
@@ -262,11 +267,11 @@ def _run(
 class _client:
     """Context manager: the given client, a client of ``scheduler``, or a local cluster of ``workers``."""
 
-    def __init__(self, client: Any, scheduler: str | None, workers: int | None):
+    def __init__(self, client: Client | None, scheduler: str | None, workers: int | None):
         self.given, self.scheduler, self.workers = client, scheduler, workers
         self.opened: list[Any] = []
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Client:
         if self.given is not None:
             return self.given
         try:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,11 +20,15 @@ from ..errors import SchismError
 from .combined import CombinedPredictor
 from .predictor import Slices
 
+if TYPE_CHECKING:
+    from ..data.dataset import SegmentationData
+    from .predictor import Predictor
+
 
 class EnsemblePredictor(CombinedPredictor):
     """Mean (or weighted mean) of the members' probabilities; labels follow the first member's rule."""
 
-    def __init__(self, members: Sequence[Any], weights: Sequence[float] | None = None, names: Sequence[str] = ()):
+    def __init__(self, members: Sequence[Predictor], weights: Sequence[float] | None = None, names: Sequence[str] = ()):
         if not members:
             raise SchismError("an ensemble needs at least one run")
         super().__init__(members[0])
@@ -100,9 +104,9 @@ class MemberComparison:
 
 
 def compare_members(
-    predictors: Sequence[Any],
+    predictors: Sequence[Predictor],
     names: Sequence[str],
-    data: Any,
+    data: SegmentationData,
     positions: Sequence[int],
     class_names: list[str],
     *,
@@ -111,7 +115,7 @@ def compare_members(
     """Score every member alone and their (mean) ensemble, per class, on ``positions`` of ``data``."""
     from ..evaluation.scoring import evaluate
 
-    candidates = [*predictors, EnsemblePredictor(predictors, names=names)]
+    candidates: list[Predictor | CombinedPredictor] = [*predictors, EnsemblePredictor(predictors, names=names)]
     evaluations, seconds = [], []
     for predictor in candidates:
         started = time.perf_counter()

@@ -13,13 +13,23 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.voxels import VoxelSize
 from ..errors import DataError, SchismError
 from ..plumbing.input_checks import CheckedSlices, ngff_multiscales
+
+if TYPE_CHECKING:
+    from types import EllipsisType, TracebackType
+
+    import tifffile
+    import zarr
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .combined import CombinedPredictor
+    from .predictor import Predictor, Slices
 
 
 def open_lazy(path: Path) -> tuple[Any, bool]:
@@ -69,7 +79,7 @@ def _open(path: Path) -> tuple[Any, bool]:
     return (slices[0] if slices.shape[0] == 1 else slices), True
 
 
-def _beyond_the_end(series: Any, size: int) -> tuple[int, int] | None:
+def _beyond_the_end(series: tifffile.TiffPageSeries, size: int) -> tuple[int, int] | None:
     """(bytes the series' pixel data reaches, the file's size) when the file ends before its data."""
     if series.dataoffset is not None:  # contiguous, uncompressed
         end = int(series.dataoffset) + int(series.nbytes)
@@ -106,17 +116,17 @@ def _open_zarr(path: Path) -> Any:
     raise SchismError(f"{path}: is a zarr group; give the array inside it")
 
 
-def check_channels(slices: Any, in_channels: int, path: Path) -> None:
+def check_channels(slices: Slices, in_channels: int, path: Path) -> None:
     if slices.channels not in (1, in_channels) and not (in_channels == 1 and slices.channels == 3):
         raise SchismError(f"{path}: {slices.channels} channels, but the model takes {in_channels}")
 
 
 def predict_to_files(
-    predictor: Any,
-    slices: Any,
+    predictor: Predictor | CombinedPredictor,
+    slices: Slices,
     labels_path: Path,
     probabilities_path: Path | None,
-    levels: Any,
+    levels: np.ndarray | None,
     voxel_size: VoxelSize | None = None,
 ) -> list[Path]:
     """Stream slices into TIFFs (or an OME-Zarr image) beside their final names, then rename.
@@ -158,26 +168,26 @@ def predict_to_files(
     return [labels_path] + ([probabilities_path] if probabilities_path is not None else [])
 
 
-def output_bytes(slices: Any, class_count: int, probabilities: bool) -> int:
+def output_bytes(slices: Slices, class_count: int, probabilities: bool) -> int:
     """Bytes the labels (and probabilities) of ``slices`` take on disk, for the space check."""
     pixels = slices.count * slices.height * slices.width
     return pixels * (1 if class_count <= 256 else 2) + (pixels * class_count * 4 if probabilities else 0)
 
 
-def _shape(slices: Any, per_slice: tuple[int, ...]) -> tuple[int, ...]:
+def _shape(slices: Slices, per_slice: tuple[int, ...]) -> tuple[int, ...]:
     return (slices.count, *per_slice) if slices.is_stack else per_slice
 
 
 class _OnlySlice:
     """Lets a 2D output array stand where the predictor writes ``out[0]``."""
 
-    def __init__(self, array: Any):
+    def __init__(self, array: TiffSlices | zarr.Array):
         self.array = array
 
     def __getitem__(self, index: int) -> Any:
         return self.array[...]
 
-    def __setitem__(self, index: int, value: Any) -> None:
+    def __setitem__(self, index: int, value: ArrayLike) -> None:
         self.array[...] = value
 
 
@@ -188,7 +198,7 @@ def tiff_output(
     stack: contextlib.ExitStack,
     path: Path,
     shape: tuple[int, ...],
-    dtype: Any,
+    dtype: DTypeLike,
     axes: str,
     voxel_size: VoxelSize | None = None,
 ) -> TiffSlices:
@@ -234,7 +244,7 @@ class TiffSlices:
         self.slice_bytes = int(np.prod(self.slice_shape, dtype=np.int64)) * dtype.itemsize
         self.fd: int | None = os.open(path, os.O_RDWR)
 
-    def _position(self, index: Any) -> int:
+    def _position(self, index: int | EllipsisType) -> int:
         if index is Ellipsis:
             return -1
         z = int(index)
@@ -242,7 +252,7 @@ class TiffSlices:
             raise IndexError(z)
         return self.offset + z * self.slice_bytes
 
-    def __setitem__(self, index: Any, value: Any) -> None:
+    def __setitem__(self, index: int | EllipsisType, value: ArrayLike) -> None:
         assert self.fd is not None
         position = self._position(index)
         shape = self.shape if position < 0 else self.slice_shape
@@ -253,7 +263,7 @@ class TiffSlices:
             written = os.pwrite(self.fd, view, position)
             view, position = view[written:], position + written
 
-    def __getitem__(self, index: Any) -> np.ndarray:
+    def __getitem__(self, index: int | EllipsisType) -> np.ndarray:
         assert self.fd is not None
         position = self._position(index)
         shape = self.shape if position < 0 else self.slice_shape
@@ -268,8 +278,8 @@ class TiffSlices:
 
 
 def create_ome_zarr(
-    path: Path, shape: tuple[int, ...], dtype: Any, axes: str, *, name: str, voxel_size: VoxelSize | None
-) -> Any:
+    path: Path, shape: tuple[int, ...], dtype: DTypeLike, axes: str, *, name: str, voxel_size: VoxelSize | None
+) -> zarr.Array:
     """Create an OME-Zarr image (NGFF 0.4, zarr format 2) at ``path``: one array ``0`` of ``shape``
     filled with zeros, one zarr chunk per plane, ``axes`` such as "zyx" or "czyx", the input's voxel
     size as its scale. Returns the array."""
@@ -283,8 +293,8 @@ def create_ome_zarr(
 
 
 def ome_zarr_output(
-    stack: contextlib.ExitStack, path: Path, slices: Any, classes: int, voxel_size: VoxelSize | None
-) -> Any:
+    stack: contextlib.ExitStack, path: Path, slices: Slices, classes: int, voxel_size: VoxelSize | None
+) -> zarr.Array | _ClassesFirst:
     """An OME-Zarr image (NGFF 0.4, zarr format 2) of probabilities (C, [Z,] Y, X) in a temporary
     folder, renamed to ``path`` when the block succeeds. Returns what the predictor writes
     (Z, C, Y, X) slices into."""
@@ -301,7 +311,9 @@ def ome_zarr_output(
     axes = "czyx" if slices.is_stack else "cyx"
     array = create_ome_zarr(temporary, shape, np.float32, axes, name=path.stem, voxel_size=voxel_size)
 
-    def finish(exc_type: Any, exc: Any, traceback: Any) -> bool:
+    def finish(
+        exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
         if exc_type is not None:
             full = full_disk_error(exc, path, needed=needed) if isinstance(exc, Exception) else None
             shutil.rmtree(temporary, ignore_errors=True)
@@ -322,11 +334,11 @@ def ome_zarr_output(
 class _ClassesFirst:
     """Takes (C, Y, X) slices at z and stores them in a (C, Z, Y, X) array."""
 
-    def __init__(self, array: Any):
+    def __init__(self, array: zarr.Array):
         self.array = array
 
     def __getitem__(self, z: int) -> Any:
         return self.array[:, z]
 
-    def __setitem__(self, z: int, value: Any) -> None:
+    def __setitem__(self, z: int, value: ArrayLike) -> None:
         self.array[:, z] = value

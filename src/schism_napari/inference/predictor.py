@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +28,29 @@ from ..models.probabilities import probabilities_from_logits
 from ..plumbing.devices import select_device
 from .tiling import auto_halo, auto_tile_size, fit_tile, halo_starts, importance_map, ramp_map, tile_starts
 
+if TYPE_CHECKING:
+    from ..forest.stages import StageOne
+    from ..plumbing.array_types import PlaneArray, PlaneOutput
+    from ..runs import TrainedModel
+
+
+class ForestLike(Protocol):
+    """What the predictor mixes in: a :class:`~schism_napari.forest.classifier.PixelClassifier`, or
+    anything giving a plane's (K, Y, X) class probabilities."""
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray: ...
+
+
+class ProbabilitySource(Protocol):
+    """What :func:`collect_prediction` reads: a :class:`Predictor`, or a predictor built on one."""
+
+    @property
+    def class_count(self) -> int: ...
+
+    def iter_probabilities(self, slices: Slices) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray: ...
+
 
 class Slices:
     """A lazy ``(N, Y, X, C)`` view of a 2D image or 3D stack, gray or RGB (numpy, zarr, dask).
@@ -35,7 +58,7 @@ class Slices:
     Only the slice asked for is read, so a volume on disk is never loaded whole.
     """
 
-    def __init__(self, array: Any, *, rgb: bool = False):
+    def __init__(self, array: PlaneArray, *, rgb: bool = False):
         self.array, self.rgb = array, rgb
         spatial = array.ndim - (1 if rgb else 0)
         if spatial not in (2, 3):
@@ -66,7 +89,7 @@ class StagedSlices:
     The last few staged planes are kept, so a prediction that also mixes the forest into the result
     (a held-out choice of "average") does not compute stage 1 twice."""
 
-    def __init__(self, base: Slices, stage_one: Any, image_channels: int):
+    def __init__(self, base: Slices, stage_one: StageOne, image_channels: int):
         self.base, self.stage_one, self.image_channels = base, stage_one, image_channels
         self.count, self.height, self.width = base.count, base.height, base.width
         self.is_stack, self.dtype = base.is_stack, base.dtype
@@ -93,7 +116,7 @@ class StagedSlices:
         return self.stage_one.encode(plane)
 
     @staticmethod
-    def stage_one_part(plane: np.ndarray, stage_one: Any) -> np.ndarray:
+    def stage_one_part(plane: np.ndarray, stage_one: StageOne) -> np.ndarray:
         """Stage 1's (K, Y, X) probabilities back from a staged plane (its last K channels)."""
         from ..data.io import unit_range
 
@@ -147,14 +170,14 @@ class Predictor:
         device: torch.device | str = "cpu",
         callback: ProgressCallback = ignore_events,
         stop: StopToken | None = None,
-        forest: Any = None,
+        forest: ForestLike | None = None,
         forest_weight: float = 0.0,
-        stage_one: Any = None,
+        stage_one: StageOne | None = None,
     ):
         self.settings = settings or InferenceConfig()
         self.stage_one = stage_one
         mixed = forest is not None and forest_weight > 0
-        self.forest: Any = forest if mixed else None
+        self.forest: ForestLike | None = forest if mixed else None
         self.forest_weight = float(forest_weight) if mixed else 0.0
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -181,7 +204,7 @@ class Predictor:
 
     @classmethod
     def from_trained(
-        cls, trained: Any, *, settings: InferenceConfig | None = None, device: str = "auto", **options: Any
+        cls, trained: TrainedModel, *, settings: InferenceConfig | None = None, device: str = "auto", **options: Any
     ) -> Predictor:
         """Build from a :class:`~schism_napari.runs.TrainedModel`; tiles default to crop_size. A run
         whose held-out choice includes the forest predicts with it (``forest=None`` leaves it out)."""
@@ -207,12 +230,12 @@ class Predictor:
 
     def predict(
         self,
-        image: Any,
+        image: PlaneArray | Slices,
         *,
         rgb: bool = False,
         keep_probabilities: bool = True,
-        probabilities_out: Any = None,
-        labels_out: Any = None,
+        probabilities_out: PlaneOutput | None = None,
+        labels_out: PlaneOutput | None = None,
     ) -> PredictionResult:
         """Predict a 2D image ``(Y, X[, C])`` or a stack ``(Z, Y, X[, C])``.
 
@@ -250,6 +273,7 @@ class Predictor:
             if self.forest is self.stage_one.forest:  # computed already
                 return StagedSlices.stage_one_part(plane, self.stage_one)
             plane = plane[..., : self.stage_one.image_channels]
+        assert self.forest is not None  # only called when a forest is mixed in
         probabilities = np.asarray(self.forest.predict_proba(plane), dtype=np.float32)
         if probabilities.shape[0] != self.class_count:
             raise DataError(f"the forest predicts {probabilities.shape[0]} classes, the network {self.class_count}")
@@ -396,7 +420,11 @@ class Predictor:
 
 
 def collect_prediction(
-    source: Any, slices: Slices, keep_probabilities: bool, probabilities_out: Any, labels_out: Any
+    source: ProbabilitySource,
+    slices: Slices,
+    keep_probabilities: bool,
+    probabilities_out: PlaneOutput | None,
+    labels_out: PlaneOutput | None,
 ) -> PredictionResult:
     """Labels (and probabilities) of every slice that ``source.iter_probabilities`` yields, into the
     given outputs or new arrays; a 2D image gives 2D results. Shared by :class:`Predictor` and the
@@ -405,7 +433,7 @@ def collect_prediction(
     labels = labels_out
     if labels is None:
         labels = np.zeros((slices.count, slices.height, slices.width), labels_dtype)
-    probabilities = probabilities_out
+    probabilities: Any = probabilities_out  # the caller's output or a new array: either is read back in 2D
     if probabilities is None and keep_probabilities:
         probabilities = np.zeros((slices.count, source.class_count, slices.height, slices.width), dtype=np.float32)
     for z, slice_probabilities in source.iter_probabilities(slices):
@@ -433,7 +461,7 @@ def _pad_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return padded if tensor.ndim == 4 else padded[0]
 
 
-def _argmax_classes(probabilities: np.ndarray, dtype: Any) -> np.ndarray:
+def _argmax_classes(probabilities: np.ndarray, dtype: type[np.uint8] | type[np.uint16]) -> np.ndarray:
     """``probabilities.argmax(axis=0)`` (ties to the lowest class) in a few passes over whole planes:
     2x faster than numpy's argmax along the first axis, which walks the class axis pixel by pixel."""
     labels = np.zeros(probabilities.shape[1:], dtype)

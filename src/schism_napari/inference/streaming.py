@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,12 @@ from ..errors import Cancelled, DataError
 from ..events import PredictionProgress, ProgressCallback, SlicesStored, StopToken, ignore_events
 from .planes import TriPlanarPredictor
 from .predictor import Slices
+
+if TYPE_CHECKING:
+    from ..events import Event
+    from ..plumbing.array_types import PlaneArray, StackArray
+    from .combined import CombinedPredictor
+    from .predictor import Predictor
 
 REPORT_EVERY_S = 0.5  # at most about this often a run of finished slices is announced
 
@@ -44,7 +50,7 @@ class StreamProgress:
         self.slices = 1  # slices the whole run writes
         self.raw = False
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: Event) -> None:
         if isinstance(event, PredictionProgress) and not self.raw and event.slices:
             per_slice = event.total / event.slices
             event = PredictionProgress(
@@ -59,7 +65,7 @@ class StreamProgress:
 class _Picked:
     """Slices ``indices`` of a stack, in that order: what the predictor sees of the slices to do."""
 
-    def __init__(self, array: Any, indices: Sequence[int]):
+    def __init__(self, array: PlaneArray, indices: Sequence[int]):
         self.array, self.indices = array, list(indices)
         self.shape = (len(self.indices), *tuple(array.shape)[1:])
         self.ndim = len(self.shape)
@@ -95,8 +101,8 @@ class _Runs:
 
 
 def stream_prediction(
-    predictor: Any,
-    array: Any,
+    predictor: Predictor | CombinedPredictor,
+    array: StackArray,
     store: VolumeStore,
     first: int,
     *,
@@ -119,11 +125,11 @@ def stream_prediction(
     source = array if isinstance(array, np.ndarray) else SlabReader(array)
     first = min(max(int(first), 0), count - 1)
     planar = isinstance(predictor, TriPlanarPredictor)
-    quick = predictor.base if planar else predictor
+    quick = predictor.base if isinstance(predictor, TriPlanarPredictor) else predictor
     total = 1 if only_first else count + (1 if planar else 0)
     runs = _Runs(report.callback, total, every)
 
-    def written(z: int, probabilities: np.ndarray, source_of_labels: Any) -> None:
+    def written(z: int, probabilities: np.ndarray, source_of_labels: Predictor | CombinedPredictor) -> None:
         store.write(z, probabilities, source_of_labels.labels_from_probabilities(probabilities))
         runs.add(z)
         if stop is not None and stop.requested:

@@ -11,12 +11,19 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.voxels import VoxelSize
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from types import EllipsisType
+
+    from numpy.typing import DTypeLike
+
+    from .array_types import StackArray
 
 GB = 1024**3
 # float32 accumulator + blended probabilities per class, normalised input, weights: bytes per pixel
@@ -134,12 +141,12 @@ class CheckedSlices:
     spread through the convolutions to NaN probabilities several times their number.
     """
 
-    def __init__(self, array: Any, path: str | Path):
+    def __init__(self, array: StackArray, path: str | Path):
         self.array, self.path = array, path
         self.shape, self.ndim, self.dtype = tuple(array.shape), len(array.shape), np.dtype(array.dtype)
         self.replaced = 0
 
-    def __getitem__(self, index: Any) -> np.ndarray:
+    def __getitem__(self, index: int | slice | EllipsisType) -> np.ndarray:
         try:
             values = np.asarray(self.array[index])
         except Exception as error:  # decoders raise many types for broken files
@@ -154,7 +161,7 @@ class CheckedSlices:
         fill = float(values[finite].mean()) if bad < values.size else 0.0
         return np.where(finite, values, np.asarray(fill, dtype=values.dtype))
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         values = self[...]
         return values if dtype is None else values.astype(dtype)
 

@@ -9,7 +9,10 @@ exactly the zarr 3 calls.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import zarr
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
@@ -29,7 +32,7 @@ def open_v2_group(path: str | Path, mode: Mode = "w-") -> Any:
     return zarr.open_group(str(path), mode=mode)
 
 
-def create_array(group: Any, name: str, **kwargs: Any) -> Any:
+def create_array(group: zarr.Group, name: str, **kwargs: Any) -> Any:
     """``group.create_array(name, ...)`` (zarr 3); zarr 2 calls it ``create_dataset`` with the same
     ``shape``, ``chunks``, ``dtype`` and ``fill_value``."""
     if _zarr_3():

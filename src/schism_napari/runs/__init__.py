@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -26,6 +26,9 @@ from ..errors import SchismError
 from ..plumbing.atomic import atomic_write_text
 from ..plumbing.output_folders import output_folder
 from ..plumbing.weights_io import load_torch_file, save_torch_file
+
+if TYPE_CHECKING:
+    from ..forest.stages import StageOne
 
 HYPERPARAMETERS = "hyperparameters.ini"
 LAST_CHECKPOINT = "last_checkpoint.pth"
@@ -250,7 +253,9 @@ def load_trained_model(run_dir: str | Path, metric: str = BEST_LOSS, *, dataset:
     )
 
 
-def _chosen_combination(run_dir: Path, checkpoint: str, class_count: int, stage_one: Any = None) -> tuple[Any, Any]:
+def _chosen_combination(
+    run_dir: Path, checkpoint: str, class_count: int, stage_one: StageOne | None = None
+) -> tuple[Any, Any]:  # (Selection, its PixelClassifier or None) or (None, None)
     """The run's held-out choice (``selection.json``) and its forest, for the checkpoint it was made
     with; other checkpoints predict with the network alone. A two-stage model's forest is stage 1's
     (the same pixels, trees and seed), so a prediction computes it once."""

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..runs import BEST_LOSS, LAST_CHECKPOINT, best_weights_file, load_weights, save_weights
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
 
 
 @dataclass
@@ -62,7 +65,7 @@ class TrainingState:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        scheduler: LRScheduler | None,
         scaler: torch.amp.GradScaler | None,
     ) -> dict[str, Any]:
         """``last_checkpoint.pth``'s contents (``scaler`` None when mixed precision is off)."""
@@ -120,7 +123,7 @@ class Checkpoints:
         state: TrainingState,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        scheduler: LRScheduler | None,
         scaler: torch.amp.GradScaler | None,
     ) -> None:
         self._save(self.last, state.checkpoint(model, optimizer, scheduler, scaler))

@@ -162,7 +162,9 @@ def fit_stacker(
     return {"stacked": stacked.mean("Jaccard"), "members_argmax": naive.mean("Jaccard")}
 
 
-def _random_crop(x: torch.Tensor, y: torch.Tensor, size: int, generator: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_crop(
+    x: torch.Tensor, y: torch.Tensor, size: int, generator: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A random size x size window of features and mask (the whole image when smaller)."""
     height, width = y.shape[-2:]
     top = int(generator.integers(0, max(1, height - size + 1)))

@@ -19,13 +19,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import SchismConfig, format_value
 from ..data.crops import SPARSE_FRACTION
 from ..data.io import IGNORE
+
+if TYPE_CHECKING:
+    from ..data.dataset import SegmentationData
 
 PLAN_FILE = "plan.json"
 SPARSE_LABELS = SPARSE_FRACTION  # below this labelled fraction the masks are scribbles (as in data.crops)
@@ -91,7 +94,7 @@ class Plan:
         return atomic_write_text(Path(run_dir) / PLAN_FILE, json.dumps(self.to_json(), indent=2) + "\n", overwrite=True)
 
 
-def fingerprint(data: Any, positions: Sequence[int] | None = None, device: str = "cpu") -> Fingerprint:
+def fingerprint(data: SegmentationData, positions: Sequence[int] | None = None, device: str = "cpu") -> Fingerprint:
     """Measure a :class:`~schism_napari.data.SegmentationData` (at ``positions``, default all)."""
     samples = [data.samples[p] for p in (positions if positions is not None else range(len(data.samples)))]
     heights = [s.image.shape[0] for s in samples]
@@ -124,7 +127,7 @@ def fingerprint(data: Any, positions: Sequence[int] | None = None, device: str =
 
 def plan_config(
     config: SchismConfig,
-    data: Any = None,
+    data: SegmentationData | None = None,
     device: str | None = None,
     *,
     interactive: bool = False,

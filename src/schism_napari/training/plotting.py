@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..plumbing.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class LearningCurves:
@@ -17,7 +20,7 @@ class LearningCurves:
     enough for the napari dock's GUI thread; the run folder's PNG uses the same drawing.
     """
 
-    def __init__(self, figure: Any, metrics: list[str]):
+    def __init__(self, figure: Figure, metrics: list[str]):
         figure.clear()
         figure.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.88, wspace=0.25)
         self.figure, self.metrics = figure, list(metrics)
@@ -82,6 +85,6 @@ def save_confusion_matrix(path: Path, matrix: np.ndarray, class_names: list[str]
     _save(figure, path)
 
 
-def _save(figure: Any, path: Path) -> None:
+def _save(figure: Figure, path: Path) -> None:
     with atomic_path(Path(path), overwrite=True) as temporary:
         figure.savefig(temporary, format="png", pil_kwargs={"compress_level": 1})  # fast: less GIL held

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -65,6 +65,9 @@ from .distributed import Distributed, from_environment
 from .losses import build_loss, class_weights_from_counts
 from .optimizers import build_optimizer, build_scheduler
 from .planning import Plan
+
+if TYPE_CHECKING:
+    from ..forest.classifier import PixelClassifier
 
 PER_BATCH_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # always per batch in earlier versions; kept for importers
 
@@ -147,7 +150,7 @@ class Trainer:
         distributed: bool = True,
         plan: Plan | None = None,
         forest_positions: Sequence[int] | None = None,
-        forest: Any = None,
+        forest: PixelClassifier | None = None,
     ):
         """``curves_each_epoch=False`` draws learning_curves.png once at the end: the napari dock
         shows the curves live, and rendering in the worker thread holds the GIL for ~70 ms.

@@ -268,7 +268,12 @@ def trained_model(result: TrainingResult, data: SegmentationData) -> TrainedMode
 
 
 def _choose(
-    outcome: TrainOutcome, result: TrainingResult, held: HeldOut, forest: Any, *, network_from_disk: bool
+    outcome: TrainOutcome,
+    result: TrainingResult,
+    held: HeldOut,
+    forest: PixelClassifier | None,
+    *,
+    network_from_disk: bool,
 ) -> None:
     """Score the forest, the network and their average on the held-out labels; the run folder keeps
     the choice (``selection.json``, and ``forest.npz`` when the forest takes part)."""
