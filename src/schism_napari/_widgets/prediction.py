@@ -149,6 +149,7 @@ class PredictionWidget(StreamsToDisk, FollowsJob, Container):
                 self.status,
             ]
         )
+        _full_width(self.review)
 
     def _connect(self) -> None:
         self.run_folder.changed.connect(self._list_weights)
@@ -434,6 +435,14 @@ class PredictionWidget(StreamsToDisk, FollowsJob, Container):
         assert family.labels is not None and family.corrections is not None
         labels = ((self._foreground > self.threshold.value).astype(np.uint8) + 1).astype(np.uint8)
         family.labels.data = family.corrections.repredicted(family.labels.data, labels)
+
+
+def _full_width(part: Container) -> None:
+    """A part of the tab spans its width, as its controls did when they were the tab's own rows: the
+    part's empty label cell (magicgui gives every child of a labelled Container but a button one) hides."""
+    labeled = part._labeled_widget()
+    if labeled is not None:
+        labeled._label_widget.visible = False
 
 
 def _short(source: str, limit: int = 48) -> str:
