@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from schism_napari._widgets import prediction as prediction_module
+from schism_napari._widgets import model_export
 from schism_napari.plumbing import resources
 from test_widgets import add_scribble_pair, click_and_wait, dock, errors, notifications, rock, small_training
 
@@ -129,7 +129,7 @@ def test_export_model_writes_a_checked_torchscript_file(qtbot, dock, trained_run
     load_run(prediction, trained_run)
     assert prediction.export_button.enabled
     out = tmp_path / "exported" / "rock.pt"
-    monkeypatch.setattr(prediction_module.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
+    monkeypatch.setattr(model_export.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
     prediction.export_format.value = "torchscript"
     with qtbot.waitSignal(prediction.export_relay.finished, timeout=180_000):
         prediction.export_button.clicked.emit()
