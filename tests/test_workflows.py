@@ -32,9 +32,7 @@ from schism_napari.workflows import (
 
 PACKAGE = Path(schism_napari.__file__).parent
 FRONT_ENDS = [
-    PACKAGE / "cli.py",
-    PACKAGE / "demo.py",
-    PACKAGE / "launch.py",
+    *sorted((PACKAGE / "cli").glob("*.py")),
     *sorted((PACKAGE / "_widgets").glob("*.py")),
 ]
 # what only the workflows (and the engines) may build
