@@ -958,9 +958,9 @@ def test_a_missing_extra_is_named_in_one_line(sample_files, trained_run, tmp_pat
 def test_a_full_disk_outside_atomic_writes_is_still_one_line(wrapped, monkeypatch, capsys):
     import errno
 
-    from schism_napari import cli
+    from schism_napari.cli import stats
 
-    def fills_the_disk(arguments):
+    def fills_the_disk(options):
         try:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError:
@@ -970,7 +970,7 @@ def test_a_full_disk_outside_atomic_writes_is_still_one_line(wrapped, monkeypatc
                 ) from None
             raise
 
-    monkeypatch.setattr(cli, "command_stats", fills_the_disk)
+    monkeypatch.setattr(stats, "run", fills_the_disk)
     assert main(["stats", "--data", "anywhere"]) == 2
     assert one_error_line(capsys) == (
         "schism: error: disk full (No space left on device) while writing an output; free some space and run it again"

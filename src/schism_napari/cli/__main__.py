@@ -1,7 +1,8 @@
-"""``python -m schism_napari.cli``: the ``schism`` command (torchrun starts it this way)."""
+"""``python -m schism_napari.cli``: the ``schism`` command (torchrun starts its processes this way)."""
 
 import sys
 
 from . import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

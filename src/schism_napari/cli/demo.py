@@ -1,22 +1,51 @@
-"""The headless demo: sample -> short training -> prediction -> metrics, in about a minute on CPU."""
+"""``schism demo``: sample -> short training -> prediction -> metrics, in about a minute on CPU.
+
+The command line builds its parser from this module: torch and the core load when the demo runs.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import SchismConfig
-from ..data import samples_from_arrays
-from ..data.io import read_image
-from ..evaluation.scoring import Evaluation, evaluate
-from ..events import Message, ProgressCallback, ignore_events
-from ..inference import Slices
-from ..inference.files import predict_to_files
-from ..runs import prepare_run_dir
-from ..sample import SampleFiles, write_sample
-from ..workflows import DatasetFolder, PredictRequest, TrainRequest, build_predictors, train
+from ..events import ProgressCallback, ignore_events
+
+if TYPE_CHECKING:
+    from ..evaluation.scoring import Evaluation
+    from ..sample import SampleFiles
+    from .common import Commands
 
 DEMO_EPOCHS = 12
+
+
+def add_parser(commands: Commands) -> None:
+    demo = commands.add_parser("demo", help="sample -> short training -> prediction -> metrics (about a minute on CPU)")
+    demo.add_argument("--out", required=True, type=Path)
+    demo.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
+    demo.set_defaults(handler=handle)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path
+    epochs: int | None
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> DemoOptions:
+        return cls(out=namespace.out, epochs=namespace.epochs)
+
+
+def handle(namespace: argparse.Namespace) -> int:
+    return run(DemoOptions.from_namespace(namespace))
+
+
+def run(options: DemoOptions) -> int:
+    from .progress import TqdmProgress
+
+    run_demo(options.out, epochs=options.epochs, callback=TqdmProgress())
+    return 0
 
 
 @dataclass
@@ -31,6 +60,17 @@ class DemoResult:
 
 
 def run_demo(out: str | Path, *, epochs: int | None = None, callback: ProgressCallback = ignore_events) -> DemoResult:
+    from ..config import SchismConfig
+    from ..data import samples_from_arrays
+    from ..data.io import read_image
+    from ..evaluation.scoring import evaluate
+    from ..events import Message
+    from ..inference import Slices
+    from ..inference.files import predict_to_files
+    from ..runs import prepare_run_dir
+    from ..sample import write_sample
+    from ..workflows import DatasetFolder, PredictRequest, TrainRequest, build_predictors, train
+
     root = prepare_run_dir(Path(out))
     sample = write_sample(root / "sample")
     config = SchismConfig.from_ini(sample.config)

@@ -1,16 +1,48 @@
-"""The main job: napari with the SCHISM dock and the sample, or, without a display, the headless
+"""``schism launch``, the main job: napari with the SCHISM dock and the sample, or, without a display, the headless
 demo followed by screenshots of the plugin taken under Xvfb."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..plumbing.atomic import unique_path
+
+if TYPE_CHECKING:
+    from .common import Commands
+
+
+def add_parser(commands: Commands) -> None:
+    launch = commands.add_parser(
+        "launch", help="open napari with the plugin and the sample (headless: run the demo and take screenshots)"
+    )
+    launch.add_argument("--out", type=Path, default=Path("schism-demo"), help="folder for the sample and runs")
+    launch.add_argument("--headless", action="store_true", help="force the headless demo even with a display")
+    launch.set_defaults(handler=handle)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    out: Path
+    headless: bool
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> LaunchOptions:
+        return cls(out=namespace.out, headless=namespace.headless)
+
+
+def handle(namespace: argparse.Namespace) -> int:
+    return run(LaunchOptions.from_namespace(namespace))
+
+
+def run(options: LaunchOptions) -> int:
+    return launch(options.out, headless=options.headless)
 
 
 def has_display() -> bool:
