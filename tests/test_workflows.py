@@ -71,6 +71,30 @@ def test_front_ends_build_no_trainer_or_predictor_themselves():
     assert not found, "build these through schism_napari.workflows:\n" + "\n".join(found)
 
 
+# Engine internals that build their own parts, and why (the only places outside workflows/):
+ENGINE_INTERNALS = {
+    "training/per_class.py": "a per-class run trains one binary member per class and predicts with them",
+    "inference/distributed.py": "each dask worker rebuilds the predictor from the run folder it is sent",
+    "inference/ensemble.py": "comparing members also scores their ensemble, made of the predictors given",
+    "inference/planes.py": "planar_predictor wraps the predictor it is given in tri-planar consensus",
+}
+
+
+def test_nothing_but_the_workflows_builds_a_trainer_or_predictor():
+    """The whole package: outside workflows/, only the engine internals named above build a Trainer
+    or a Predictor, and each still does so (an entry here that no longer builds anything goes)."""
+    builders: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).as_posix()
+        if where.startswith("workflows/"):
+            continue
+        found = [f"{line}: {name}(...)" for line, name in _called_names(path.read_text(encoding="utf-8"))]
+        found = [call for call in found if call.split(": ")[1][:-5] in ENGINE_BUILDERS]
+        if found:
+            builders[where] = found
+    assert set(builders) == set(ENGINE_INTERNALS), builders
+
+
 def test_the_grep_test_would_see_a_direct_construction():
     source = "def f(t):\n    Trainer(c, d, r).run()\n    return Predictor.from_trained(t)\n"
     assert {name for _, name in _called_names(source)} >= {"Trainer", "from_trained"}
