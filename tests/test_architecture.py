@@ -279,3 +279,19 @@ def test_the_core_reaches_qt_or_napari_only_through_launch():
     full = import_graph(type_checking=True)
     gui = {(m, t) for m in core for t in full[m] if t.split(".")[0] in GUI_MODULES}
     assert not gui
+
+
+# The root holds the package's face and its folders; each module here says why it stands alone.
+ROOT_MODULES = {
+    "__init__.py": "the package's version and one import for its users",
+    "_napari.py": "npe2's reader, writer and sample-data hooks (napari.yaml points here)",
+    "config.py": "the one typed configuration that the INI, the CLI and the widgets share",
+    "registries.py": "the torch-free architecture and loss names that config validates against",
+    "errors.py": "one-line user errors, raised by every layer",
+    "events.py": "the one progress/stop interface, used by every layer",
+    "sample.py": "the synthetic rock CT: napari's sample data, the demo's and the tests' data",
+}
+
+
+def test_the_root_holds_only_the_face_and_folders():
+    assert {path.name for path in ROOT.glob("*.py")} == set(ROOT_MODULES)
