@@ -22,12 +22,9 @@ class Shaped(Protocol):
     def shape(self) -> tuple[int, ...]: ...
 
 
-class PlaneArray(Protocol):
+class PlaneArray(Shaped, Protocol):
     """A 2D image or a stack read one plane (``array[z]``) at a time: numpy, zarr, dask, a TIFF's
     zarr view, :class:`~.input_checks.CheckedSlices`."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
     @property
     def ndim(self) -> int: ...
@@ -38,11 +35,8 @@ class PlaneArray(Protocol):
     def __getitem__(self, index: int, /) -> Any: ...
 
 
-class SlabArray(Protocol):
+class SlabArray(Shaped, Protocol):
     """A stack read one slab of consecutive planes (``array[start:stop]``) at a time."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
     @property
     def dtype(self) -> np.dtype[Any]: ...
@@ -50,12 +44,9 @@ class SlabArray(Protocol):
     def __getitem__(self, index: slice, /) -> Any: ...
 
 
-class StackArray(Protocol):
+class StackArray(Shaped, Protocol):
     """A stack read by planes, by slabs or whole (numpy, zarr, dask): both a :class:`PlaneArray`
     and a :class:`SlabArray`."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
     @property
     def ndim(self) -> int: ...
@@ -66,11 +57,8 @@ class StackArray(Protocol):
     def __getitem__(self, index: int | slice | EllipsisType, /) -> Any: ...
 
 
-class WritableSlabs(Protocol):
+class WritableSlabs(Shaped, Protocol):
     """A stack whose slabs of planes are read and rewritten (numpy or zarr labels)."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
     def __getitem__(self, index: slice, /) -> Any: ...
 
