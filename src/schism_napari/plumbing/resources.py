@@ -139,7 +139,6 @@ class _ThreadChoice:
     """The last automatic choice of :func:`apply_threads`, so a long run can look again."""
 
     leave_for_gui: bool | None = None  # None: the count was set by the user (or never chosen)
-    yielding = False  # the worker's threads were reniced below the GUI thread
     checked_at = 0.0
 
 
@@ -157,7 +156,6 @@ def apply_threads(requested: int | None = None, *, leave_for_gui: bool = False) 
     torch.set_num_threads(threads)
     automatic = not requested and not os.environ.get("OMP_NUM_THREADS", "").isdigit()
     _ThreadChoice.leave_for_gui = gui_core if automatic else None
-    _ThreadChoice.yielding = yielding
     _ThreadChoice.checked_at = time.monotonic()
     return threads
 
@@ -184,15 +182,13 @@ def yield_to_gui(increment: int = WORKER_NICE) -> bool:
 
 def recheck_threads(every: float = RECHECK_EVERY_S) -> int | None:
     """During a long run (at epoch ends): choose the thread count again when it was chosen
-    automatically and ``every`` seconds have passed, since neighbours come and go (and a napari
-    worker's newer threads are reniced too). Returns the new count when it changed, else None."""
+    automatically and ``every`` seconds have passed, since neighbours come and go. Returns the new
+    count when it changed, else None."""
     if _ThreadChoice.leave_for_gui is None or time.monotonic() - _ThreadChoice.checked_at < every:
         return None
     import torch
 
     _ThreadChoice.checked_at = time.monotonic()
-    if _ThreadChoice.yielding:
-        yield_to_gui()
     threads = choose_threads(None, leave_for_gui=_ThreadChoice.leave_for_gui)
     if threads == torch.get_num_threads():
         return None
